@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install what aal-core needs into ./.venv and build it (Cython + protobuf).
+#   TOOLS/setup.sh          runtime only (for `aal-core run`)
+#   TOOLS/setup.sh --test   also the test/bench tools, torch (client side) and
+#                           the system packages the system tests use
+set -euo pipefail
+cd "$(dirname "$0")/.."
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+apt_pkgs=()
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
+if [ "$want_test" = 1 ]; then
+    command -v systemd-nspawn >/dev/null || apt_pkgs+=(systemd-container)
+    command -v socat >/dev/null || apt_pkgs+=(socat)
+    command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
+    command -v sudo >/dev/null || apt_pkgs+=(sudo)
+    command -v setpriv >/dev/null || apt_pkgs+=(util-linux)
+fi
+if [ "${#apt_pkgs[@]}" -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "setup: need these Debian packages (run as root or install them): ${apt_pkgs[*]}" >&2
+        exit 1
+    fi
+    echo "setup: apt-get install ${apt_pkgs[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${apt_pkgs[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c TOOLS/constraints.txt)
+"${PIP[@]}" setuptools wheel Cython grpcio-tools numpy
+if [ "$want_test" = 1 ]; then
+    "${PIP[@]}" pytest pytest-timeout hypothesis simple-pid jetson-stats torch
+fi
+# Build the extensions and bindings and install the package (not editable:
+# what is tested is what a user gets).
+"${PIP[@]}" --no-build-isolation .
+echo "setup: ready ($(.venv/bin/aal-core --version))" >&2

@@ -1,0 +1,205 @@
+"""Wiring: build the parts, connect them, run until told to stop.
+
+This module holds no policy.  `build_units` is the one place that says which
+capabilities the daemon has and what each depends on; `serve` is the main
+loop: listen, start units, READY=1, watchdog and STATUS=, SIGHUP reload,
+SIGTERM graceful stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import signal
+import time
+
+from . import config as config_mod
+from . import hardware, log as log_mod, system
+from .clock import SYSTEM as SYSTEM_CLOCK
+from .config import Config
+from .listener import bind_socket, inherited_socket
+from .notify import Notifier, watchdog_interval, watchdog_loop
+from .rpc import codec
+from .rpc.protocol import Dispatcher, Limits
+from .rpc.registry import Registry
+from .rpc.server import Hub, RpcServer
+from .units import Context, Unit
+
+log = log_mod.get_logger("daemon")
+
+
+def build_units(ctx: Context) -> list[Unit]:
+    """Every capability, in dependency order (each gets what it needs by name)."""
+    units: list[Unit] = []
+    return units
+
+
+class Runtime:
+    """The running daemon's parts, for system.* and the main loop."""
+
+    def __init__(self, config: Config, config_file: str | None, overrides: dict):
+        self.config = config
+        self.config_file = config_file
+        self.overrides = overrides
+        self.started = time.monotonic()
+        self.notifier = Notifier()
+        self.hardware = hardware.detect()
+        self.hub = Hub()
+        self.registry = Registry()
+        self.ctx = Context(config=config, clock=SYSTEM_CLOCK, hub=self.hub,
+                           state_dir=config.daemon.state_dir)
+        self.units = build_units(self.ctx)
+        system.register(self.registry, self)
+        for u in self.units:
+            u.register(self.registry)
+        rpc = config.rpc
+        self.dispatcher = Dispatcher(self.registry, Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch))
+        self.server = RpcServer(self.dispatcher, self.hub, max_connections=rpc.max_connections,
+                                idle_timeout_s=rpc.idle_timeout_s, outbox_max_frames=rpc.outbox_max_frames,
+                                group=rpc.group)
+        self.socket_path = config.daemon.socket
+        self.socket_activated = False
+        self.bound_path: str | None = None
+        self.event_loop_name = ""
+        self.json_name = codec.NAME
+        self.stop_event = asyncio.Event()
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    def summary(self) -> str:
+        parts = [u.summary() for u in self.units]
+        parts.append(f"{len(self.server.conns)} clients")
+        return "; ".join(p for p in parts if p)
+
+    async def reload(self) -> dict:
+        """Re-read the config file; apply what can change while running."""
+        self.notifier.reloading()
+        try:
+            base = config_mod.load(self.config_file)
+            new = base.with_overrides(self.overrides)
+            changed = config_mod.diff(self.config, new)
+            restart = [f"{s}.{k}" for s, k in changed if (s, k) in config_mod.RESTART_KEYS]
+            live = config_mod.keep_restart_keys(self.config, new)
+            self.config = live
+            self.ctx.config = live
+            log_mod.set_level(live.daemon.log_level)
+            self._apply_rpc(live)
+            for u in self.units:
+                u.reload(live)
+            log.info("reloaded", file=self.config_file or "-", changed=",".join(f"{s}.{k}" for s, k in changed) or "-")
+            return {"reloaded": True, "changed": [f"{s}.{k}" for s, k in changed], "restart_required": restart}
+        finally:
+            self.notifier.ready(self.summary())
+
+    def _apply_rpc(self, cfg: Config) -> None:
+        rpc = cfg.rpc
+        self.dispatcher.limits = Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch)
+        self.server.limits = self.dispatcher.limits
+        self.server.max_connections = rpc.max_connections
+        self.server.idle_timeout_s = rpc.idle_timeout_s
+        self.server.outbox_max = rpc.outbox_max_frames
+
+    def listen(self):
+        sock = inherited_socket()
+        if sock is not None:
+            self.socket_activated = True
+            try:
+                self.socket_path = sock.getsockname() or self.socket_path
+            except OSError:
+                pass
+            return sock
+        sock = bind_socket(self.config.daemon.socket, self.config.rpc.group)
+        self.bound_path = self.config.daemon.socket
+        return sock
+
+
+def _raise_fd_limit(want: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, max(soft, want)) if hard != resource.RLIM_INFINITY else max(soft, want)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def serve(rt: Runtime) -> int:
+    loop = asyncio.get_running_loop()
+    rt.event_loop_name = f"{type(loop).__module__}.{type(loop).__name__}"
+    cfg = rt.config
+    os.makedirs(cfg.daemon.state_dir, exist_ok=True)
+    _raise_fd_limit(cfg.rpc.max_connections + 64)
+
+    sock = rt.listen()
+    await rt.server.start(sock)
+    log.info("listening", socket=rt.socket_path, activated=rt.socket_activated,
+             state_dir=cfg.daemon.state_dir, config=rt.config_file or "-",
+             hardware=rt.hardware.kind, loop=rt.event_loop_name, json=rt.json_name)
+
+    for u in rt.units:
+        await u.start()
+    deadline = time.monotonic() + cfg.daemon.ready_timeout_s
+    while not all(u.ready() for u in rt.units) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    not_ready = [u.name for u in rt.units if not u.ready()]
+    if not_ready:
+        log.warning("ready_without_first_readings", units=",".join(not_ready))
+    rt.notifier.ready(rt.summary())
+    log.info("ready", summary=rt.summary(), pid=os.getpid())
+
+    tasks = []
+    interval = watchdog_interval()
+    if interval:
+        tasks.append(asyncio.ensure_future(watchdog_loop(rt.notifier, interval)))
+    tasks.append(asyncio.ensure_future(_status_loop(rt)))
+
+    def _on_hup():
+        asyncio.ensure_future(_safe_reload(rt))
+
+    loop.add_signal_handler(signal.SIGTERM, rt.stop_event.set)
+    loop.add_signal_handler(signal.SIGINT, rt.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_hup)
+
+    await rt.stop_event.wait()
+
+    log.info("stopping", clients=len(rt.server.conns), inflight=len(rt.server.inflight))
+    rt.notifier.stopping()
+    await rt.server.stop(rt.config.daemon.stop_grace_s)
+    for u in reversed(rt.units):
+        try:
+            await u.stop()
+        except Exception as exc:  # noqa: BLE001 - keep stopping the others
+            log.error("unit_stop_failed", unit=u.name, error=repr(exc))
+    for t in tasks:
+        t.cancel()
+    if rt.bound_path:
+        try:
+            os.unlink(rt.bound_path)
+        except OSError:
+            pass
+    log.info("stopped")
+    return 0
+
+
+async def _safe_reload(rt: Runtime):
+    try:
+        await rt.reload()
+    except Exception as exc:  # noqa: BLE001 - a bad file must not stop the daemon
+        log.error("reload_failed", error=str(exc))
+
+
+async def _status_loop(rt: Runtime):
+    while True:
+        await asyncio.sleep(2.0)
+        rt.notifier.status(rt.summary())
+
+
+def run(config: Config, config_file: str | None, overrides: dict) -> int:
+    import uvloop  # chosen by measurement: bench/loop_json.py
+
+    rt_holder = {}
+
+    async def main():
+        rt = Runtime(config, config_file, overrides)
+        rt_holder["rt"] = rt
+        return await serve(rt)
+
+    return uvloop.run(main())

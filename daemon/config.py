@@ -1,0 +1,206 @@
+"""Configuration: a TOML file of sections, each a frozen dataclass here.
+
+Every key is documented in README ("Configuration").  An unknown section or
+key, or a value of the wrong type, is a ConfigError naming the key and the
+file.  Command-line options override the file.  Defaults are the ones for a
+root install; `local_defaults()` gives the no-root, no-service ones used by
+`aal-core run --local`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from dataclasses import dataclass, field, fields, replace
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Jetson JetPack 6 ships Python 3.10
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "/etc/aal-core/aal-core.toml"
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    socket: str = "/run/aal-core/aal-core.sock"
+    state_dir: str = "/var/lib/aal-core"
+    log_level: str = "info"
+    # Seconds to let in-flight requests finish on SIGTERM before closing.
+    stop_grace_s: float = 5.0
+    # Seconds to wait for the first readings before READY=1 anyway.
+    ready_timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    max_frame_bytes: int = 1 << 20
+    max_depth: int = 64
+    max_batch: int = 100
+    max_connections: int = 1000
+    # Seconds without a complete frame or a subscription before a connection is closed.
+    idle_timeout_s: float = 300.0
+    # Notifications queued per connection while the client does not read;
+    # beyond it the oldest are dropped and counted.
+    outbox_max_frames: int = 256
+    # Group that owns the socket (mode 0660) and whose members get write access.
+    group: str = "aal"
+
+
+@dataclass(frozen=True)
+class SenseConfig:
+    proc_root: str = "/proc"
+    # Command to run tegrastats; "off" disables the source; "replay" uses the bundled recording.
+    tegrastats_command: str = "tegrastats"
+    tegrastats_interval_ms: int = 1000
+    # cgroup to watch (a directory under /sys/fs/cgroup...), "" for none.
+    cgroup: str = ""
+    # Memory sampling rate in Hz (faster when headroom shrinks).
+    sample_hz: float = 10.0
+
+
+@dataclass(frozen=True)
+class SignalConfig:
+    model: str = "fused"
+
+
+@dataclass(frozen=True)
+class GovernConfig:
+    mode: str = "progressive"
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    # File name inside the state directory.
+    file: str = "ledger.aal"
+
+
+@dataclass(frozen=True)
+class VenomConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    rpc: RpcConfig = field(default_factory=RpcConfig)
+    sense: SenseConfig = field(default_factory=SenseConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
+    govern: GovernConfig = field(default_factory=GovernConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    venom: VenomConfig = field(default_factory=VenomConfig)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def with_overrides(self, overrides: dict[str, dict]) -> "Config":
+        """Apply {"section": {"key": value}} (already typed, e.g. from argv)."""
+        out = self
+        for section, kv in overrides.items():
+            if kv:
+                out = replace(out, **{section: replace(getattr(out, section), **kv)})
+        return out
+
+
+# Allowed choices for string keys, checked at load.
+CHOICES = {
+    ("daemon", "log_level"): ("debug", "info", "warning", "error"),
+    ("signal", "model"): ("classic", "fused"),
+    ("govern", "mode"): ("seed", "progressive"),
+}
+
+# Keys a SIGHUP reload cannot change in a running daemon.
+RESTART_KEYS = {("daemon", "socket"), ("daemon", "state_dir"), ("rpc", "group"),
+                ("ledger", "file")}
+
+
+def local_defaults(base: str) -> Config:
+    """Defaults for `--local`: socket and state under `base`, no root needed."""
+    base = os.path.abspath(base)
+    return Config(daemon=DaemonConfig(socket=os.path.join(base, "aal-core.sock"),
+                                      state_dir=os.path.join(base, "state")))
+
+
+def _type_ok(expected, value) -> bool:
+    if expected is bool:
+        return type(value) is bool
+    if expected is int:
+        return type(value) is int
+    if expected is float:
+        return type(value) in (int, float)
+    if expected is str:
+        return type(value) is str
+    origin = typing.get_origin(expected)
+    if origin in (list, tuple):
+        (inner,) = typing.get_args(expected)[:1]
+        return isinstance(value, list) and all(_type_ok(inner, v) for v in value)
+    return isinstance(value, expected)
+
+
+def _type_label(t) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string"}.get(t, str(t))
+
+
+def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
+    """Build a Config from parsed TOML, validating every key against `base`."""
+    base = base or Config()
+    sections = {f.name: f for f in fields(Config)}
+    overrides: dict[str, dict] = {}
+    for sname, body in data.items():
+        if sname not in sections:
+            raise ConfigError(f"{source}: unknown section [{sname}] (known: {', '.join(sections)})")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{sname}] must be a table")
+        section_cls = type(getattr(base, sname))
+        hints = typing.get_type_hints(section_cls)
+        for key, value in body.items():
+            if key not in hints:
+                raise ConfigError(f"{source}: unknown key {sname}.{key} (known: {', '.join(hints)})")
+            if not _type_ok(hints[key], value):
+                raise ConfigError(f"{source}: {sname}.{key} must be a {_type_label(hints[key])}, "
+                                  f"got {type(value).__name__} {value!r}")
+            choices = CHOICES.get((sname, key))
+            if choices and value not in choices:
+                raise ConfigError(f"{source}: {sname}.{key} must be one of {', '.join(choices)}, got {value!r}")
+            if hints[key] is float:
+                value = float(value)
+            overrides.setdefault(sname, {})[key] = value
+    return base.with_overrides(overrides)
+
+
+def load(path: str | None, base: Config | None = None) -> Config:
+    """Read a TOML file.  path None → defaults (the file is optional only then)."""
+    if path is None:
+        return base or Config()
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except PermissionError:
+        raise ConfigError(f"{path}: config file not readable (permission denied)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return from_mapping(data, path, base)
+
+
+def keep_restart_keys(old: Config, new: Config) -> Config:
+    """`new`, except for the RESTART_KEYS, which keep their running values."""
+    keep: dict[str, dict] = {}
+    for s, k in RESTART_KEYS:
+        keep.setdefault(s, {})[k] = getattr(getattr(old, s), k)
+    return new.with_overrides(keep)
+
+
+def diff(old: Config, new: Config) -> list[tuple[str, str]]:
+    """Keys whose values differ, as (section, key)."""
+    out = []
+    for f in fields(Config):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        for sf in fields(a):
+            if getattr(a, sf.name) != getattr(b, sf.name):
+                out.append((f.name, sf.name))
+    return out

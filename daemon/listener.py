@@ -1,0 +1,94 @@
+"""The listening socket: inherited from systemd (socket activation) or bound here.
+
+Socket activation (sd_listen_fds(3)): when LISTEN_PID is our pid and
+LISTEN_FDS >= 1, fd 3 is an already-listening AF_UNIX stream socket.
+Otherwise bind the path; an existing socket file is removed only after a
+connect() to it fails with ECONNREFUSED (nobody listening): a live socket
+is never stolen.
+"""
+from __future__ import annotations
+
+import errno
+import grp
+import os
+import socket
+import stat
+
+from .errors import AalError
+
+SD_LISTEN_FDS_START = 3
+
+
+class ListenError(AalError):
+    pass
+
+
+def inherited_socket() -> socket.socket | None:
+    """The socket passed by systemd, or None.  Unsets the LISTEN_* variables
+    so child processes do not inherit them."""
+    pid = os.environ.get("LISTEN_PID")
+    fds = os.environ.get("LISTEN_FDS")
+    if pid is None or fds is None:
+        return None
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    if not pid.isdigit() or int(pid) != os.getpid():
+        return None
+    if not fds.isdigit() or int(fds) < 1:
+        return None
+    if int(fds) > 1:
+        raise ListenError(f"systemd passed {fds} sockets; aal-core.socket must define exactly one")
+    sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        raise ListenError("the socket passed by systemd is not an AF_UNIX stream socket")
+    os.set_inheritable(SD_LISTEN_FDS_START, False)
+    sock.setblocking(False)
+    return sock
+
+
+def _is_live(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        # EAGAIN (backlog full) or a timeout: someone is there.
+        return exc.errno in (errno.EAGAIN, errno.ETIMEDOUT) or isinstance(exc, socket.timeout)
+    finally:
+        probe.close()
+
+
+def bind_socket(path: str, group: str) -> socket.socket:
+    """Bind and listen on `path`, mode 0660, group `group` when it exists."""
+    if len(os.fsencode(path)) >= 108:
+        raise ListenError(f"socket path too long for AF_UNIX ({len(path)} bytes, limit 107): {path}")
+    parent = os.path.dirname(path) or "."
+    os.makedirs(parent, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise ListenError(f"{path} exists and is not a socket; refusing to remove it")
+        if _is_live(path):
+            raise ListenError(f"{path} is in use by a running server (another aal-core?); not taking it over")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o117)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o660)
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        os.chown(path, -1, gid)
+    except (KeyError, PermissionError):
+        pass  # no such group, or not root: the owner's own group applies
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock

@@ -1,0 +1,287 @@
+"""JSON-RPC 2.0 over newline-delimited frames, with no I/O (the h11 way).
+
+`LineFramer` turns received bytes into frames; `Dispatcher` turns one frame
+into the bytes of its reply (or None for notifications), calling handlers
+from the registry.  The socket server feeds bytes in and writes bytes out;
+tests do the same without a socket.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from dataclasses import dataclass
+
+from .. import errors as E
+from ..errors import AalError, ParseError, RpcError, LedgerError, SourceError
+from . import codec
+from .registry import Access, Registry
+
+log = logging.getLogger("aal_core.rpc")
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int = 1 << 20
+    max_depth: int = 64
+    max_batch: int = 100
+
+
+# --------------------------------------------------------------------- framing
+
+class FrameTooLarge:
+    """Event: the peer sent more than max_frame_bytes without a newline."""
+
+    def __init__(self, size: int, limit: int):
+        self.size = size
+        self.limit = limit
+
+
+class LineFramer:
+    """Splits a byte stream on b'\\n'.  Blank lines are ignored."""
+
+    __slots__ = ("_buf", "_limit")
+
+    def __init__(self, max_frame_bytes: int):
+        self._buf = bytearray()
+        self._limit = max_frame_bytes
+
+    def feed(self, data: bytes) -> list:
+        """Return the complete frames in `data` (bytes), or a FrameTooLarge
+        as the last event once the limit is passed; after that, stop feeding."""
+        if not self._buf and len(data) <= self._limit and data.find(b"\n") == len(data) - 1:
+            # Fast path: exactly one whole frame in this read.
+            return [data[:-1]] if data.strip() else []
+        buf = self._buf
+        buf += data
+        frames = []
+        start = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            if nl - start > self._limit:
+                del buf[:]
+                frames.append(FrameTooLarge(nl - start, self._limit))
+                return frames
+            frame = bytes(buf[start:nl])
+            if frame.strip():
+                frames.append(frame)
+            start = nl + 1
+        del buf[:start]
+        if len(buf) > self._limit:
+            size = len(buf)
+            del buf[:]
+            frames.append(FrameTooLarge(size, self._limit))
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+# ------------------------------------------------------------------- the call
+
+class Call:
+    """What a handler knows about its caller.  The server subclasses it to
+    give subscribe/unsubscribe and close hooks a real connection."""
+
+    __slots__ = ("pid", "uid", "gid", "access", "conn")
+
+    def __init__(self, pid: int = 0, uid: int = 0, gid: int = 0,
+                 access: Access = Access.ADMIN, conn=None):
+        self.pid, self.uid, self.gid, self.access, self.conn = pid, uid, gid, access, conn
+
+    def subscribe(self, topic, accept) -> str:
+        if self.conn is None:
+            raise RpcError(E.CONFLICT, "subscriptions need a connection")
+        return self.conn.subscribe(topic, accept)
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        return self.conn is not None and self.conn.unsubscribe(sub_id)
+
+    def on_close(self, fn) -> None:
+        """Run fn() when the caller's connection closes (e.g. release its jobs)."""
+        if self.conn is not None:
+            self.conn.on_close(fn)
+
+
+# ------------------------------------------------------------------- dispatch
+
+def _depth_exceeds(obj, limit: int) -> bool:
+    stack = [(obj, 1)]
+    while stack:
+        o, d = stack.pop()
+        if d > limit:
+            return True
+        if type(o) is dict:
+            stack.extend((v, d + 1) for v in o.values() if type(v) in (dict, list))
+        elif type(o) is list:
+            stack.extend((v, d + 1) for v in o if type(v) in (dict, list))
+    return False
+
+
+_NO_ID = object()
+
+
+def _error(id_, code: int, message: str, data=None) -> dict:
+    err = {"code": code, "message": message}
+    if data is not None:
+        err["data"] = data
+    return {"jsonrpc": "2.0", "id": id_, "error": err}
+
+
+def error_frame(id_, code: int, message: str, data=None) -> bytes:
+    return codec.dumps(_error(id_, code, message, data))
+
+
+def _valid_id(v) -> bool:
+    t = type(v)
+    return t is str or t is int or t is float or v is None
+
+
+def map_exception(exc: BaseException, method: str) -> dict:
+    """An exception from a handler → a JSON-RPC error object."""
+    if isinstance(exc, RpcError):
+        return exc.to_obj()
+    if isinstance(exc, ParseError):
+        return {"code": E.INVALID_PARAMS, "message": str(exc), "data": exc.to_data()}
+    if isinstance(exc, LedgerError):
+        data = {"index": exc.index} if exc.index is not None else None
+        obj = {"code": E.LEDGER_ERROR, "message": str(exc)}
+        if data:
+            obj["data"] = data
+        return obj
+    if isinstance(exc, SourceError):
+        return {"code": E.SOURCE_ABSENT, "message": str(exc)}
+    if isinstance(exc, AalError):
+        return {"code": E.INTERNAL_ERROR, "message": str(exc)}
+    log.error("event=rpc.handler_crash method=%s error=%r", method, exc, exc_info=exc)
+    return {"code": E.INTERNAL_ERROR, "message": "internal error",
+            "data": {"method": method, "exception": type(exc).__name__}}
+
+
+class Dispatcher:
+    def __init__(self, registry: Registry, limits: Limits = Limits()):
+        self.registry = registry
+        self.limits = limits
+
+    # Result of handle_frame: bytes (reply), None (nothing to send), or an
+    # awaitable giving bytes/None (some handler was async).
+    def handle_frame(self, frame: bytes, call: Call):
+        if len(frame) > self.limits.max_frame_bytes:
+            return error_frame(None, E.FRAME_TOO_LARGE,
+                               f"frame of {len(frame)} bytes exceeds the limit of {self.limits.max_frame_bytes}",
+                               {"limit": self.limits.max_frame_bytes, "size": len(frame)})
+        try:
+            msg = codec.loads(frame)
+        except codec.JSONDecodeError as exc:
+            return error_frame(None, E.PARSE_ERROR, "parse error: not valid JSON",
+                               {"reason": str(exc)})
+        limit = self.limits.max_depth
+        if (frame.count(b"[") + frame.count(b"{")) > limit and _depth_exceeds(msg, limit):
+            return error_frame(None, E.INVALID_REQUEST, f"nesting deeper than {limit} levels",
+                               {"max_depth": limit})
+        if type(msg) is list:
+            return self._batch(msg, call)
+        out = self._one(msg, call)
+        if out is None or type(out) is dict:
+            return None if out is None else self._encode(out)
+        return self._await_one(out)
+
+    async def _await_one(self, aw):
+        out = await aw
+        return None if out is None else self._encode(out)
+
+    def _batch(self, msgs: list, call: Call):
+        if not msgs:
+            return error_frame(None, E.INVALID_REQUEST, "empty batch")
+        if len(msgs) > self.limits.max_batch:
+            return error_frame(None, E.INVALID_REQUEST,
+                               f"batch of {len(msgs)} exceeds the limit of {self.limits.max_batch}",
+                               {"max_batch": self.limits.max_batch, "size": len(msgs)})
+        outs = [self._one(m, call) for m in msgs]
+        if any(o is not None and type(o) is not dict for o in outs):
+            return self._await_batch(outs)
+        replies = [o for o in outs if o is not None]
+        return self._encode(replies) if replies else None
+
+    async def _await_batch(self, outs):
+        done = []
+        for o in outs:
+            if o is not None and type(o) is not dict:
+                o = await o
+            if o is not None:
+                done.append(o)
+        return self._encode(done) if done else None
+
+    def _encode(self, obj) -> bytes:
+        try:
+            return codec.dumps(obj)
+        except TypeError as exc:
+            log.error("event=rpc.encode_failed error=%r", exc)
+            if type(obj) is list:
+                return codec.dumps([self._encode_fallback(o) for o in obj])
+            return codec.dumps(self._encode_fallback(obj))
+
+    def _encode_fallback(self, o: dict) -> dict:
+        try:
+            codec.dumps(o)
+            return o
+        except TypeError as exc:
+            id_ = o.get("id")
+            try:
+                codec.dumps(id_)
+            except TypeError:
+                id_ = None
+            return _error(id_, E.INTERNAL_ERROR, "result could not be encoded as JSON",
+                          {"reason": str(exc)})
+
+    def _one(self, msg, call: Call):
+        """One request → response dict, None (notification), or an awaitable."""
+        if type(msg) is not dict:
+            return _error(None, E.INVALID_REQUEST, "request must be a JSON object",
+                          {"got": type(msg).__name__})
+        id_ = msg.get("id", _NO_ID)
+        if id_ is not _NO_ID and not _valid_id(id_):
+            return _error(None, E.INVALID_REQUEST, "id must be a string, a number or null")
+        if msg.get("jsonrpc") != "2.0":
+            return _error(None if id_ is _NO_ID else id_, E.INVALID_REQUEST,
+                          'missing or wrong "jsonrpc" member: must be exactly "2.0"')
+        name = msg.get("method")
+        if type(name) is not str:
+            return _error(None if id_ is _NO_ID else id_, E.INVALID_REQUEST, '"method" must be a string')
+        unknown = set(msg).difference(("jsonrpc", "method", "params", "id"))
+        if unknown:
+            return _error(None if id_ is _NO_ID else id_, E.INVALID_REQUEST,
+                          f"unknown request member(s): {', '.join(sorted(unknown))}")
+        notify = id_ is _NO_ID
+        params = msg.get("params")
+        if "params" in msg and type(params) not in (list, dict):
+            return None if notify else _error(id_, E.INVALID_REQUEST, '"params" must be an array or an object')
+        m = self.registry.get(name)
+        if m is None:
+            return None if notify else _error(id_, E.METHOD_NOT_FOUND, f"method not found: {name}",
+                                              {"method": name})
+        if call.access < m.access:
+            return None if notify else _error(
+                id_, E.PERMISSION_DENIED,
+                f"{name} needs {m.access.name.lower()} access; peer uid {call.uid} has {call.access.name.lower()}",
+                {"required": m.access.name.lower(), "peer_uid": call.uid})
+        try:
+            bound = m.params.bind(params)
+            result = m.handler(bound, call)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a reply
+            return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
+        if inspect.isawaitable(result):
+            return self._finish_async(result, id_, notify, name)
+        return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
+
+    async def _finish_async(self, aw, id_, notify: bool, name: str):
+        try:
+            result = await aw
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
+        return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}

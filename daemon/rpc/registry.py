@@ -1,0 +1,165 @@
+"""The method registry: what dispatches a call is also what documents it.
+
+Each method names its params and result messages from contracts/ (package
+aal_core.v1), and its access level.  `openrpc()` builds the rpc.discover
+document from the same entries.
+"""
+from __future__ import annotations
+
+import enum
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from google.protobuf import descriptor_pool
+
+from ..errors import RpcError, CONFLICT
+from .schema import ParamSpec, json_schema
+
+PROTO_PACKAGE = "aal_core.v1"
+
+
+class Access(enum.IntEnum):
+    """Who may call a method.  A peer's level is computed from SO_PEERCRED."""
+
+    READ = 0   # any peer that could connect
+    WRITE = 1  # members of the socket group (rpc.group), root, the daemon's user
+    ADMIN = 2  # root or the daemon's own user only
+
+
+_loaded = False
+
+
+def _load_contracts():
+    """Import every generated module so its messages are in the default pool."""
+    global _loaded
+    if _loaded:
+        return
+    from .. import v1
+    for mod in pkgutil.iter_modules(v1.__path__):
+        if mod.name.endswith("_pb2"):
+            importlib.import_module(f"{v1.__name__}.{mod.name}")
+    _loaded = True
+
+
+def message(name: str):
+    """Descriptor of a message of the contracts package, by short or full name."""
+    _load_contracts()
+    full = name if "." in name else f"{PROTO_PACKAGE}.{name}"
+    try:
+        return descriptor_pool.Default().FindMessageTypeByName(full)
+    except KeyError:
+        raise KeyError(f"no message {full} in contracts/ (is the .proto compiled?)") from None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    handler: Callable[..., Any]
+    params: ParamSpec
+    result: Any            # message descriptor
+    access: Access
+    summary: str
+    # For notifications pushed by a topic: the message of the pushed data.
+    pushes: Any = None
+
+
+@dataclass
+class Topic:
+    """A push stream: `<name>.subscribe` / `<name>.unsubscribe` and notifications."""
+
+    name: str
+    notify_method: str
+    data: Any              # descriptor of the pushed payload
+    summary: str = ""
+
+
+class Registry:
+    def __init__(self):
+        self._methods: dict[str, Method] = {}
+        self.topics: dict[str, Topic] = {}
+
+    def add(self, name: str, handler: Callable, *, result: str, params: str | None = None,
+            access: Access = Access.READ, summary: str = "") -> Method:
+        """Register `handler(params: dict, call: Call)`; may return an awaitable."""
+        if name in self._methods:
+            raise ValueError(f"method {name} registered twice")
+        m = Method(name=name, handler=handler,
+                   params=ParamSpec(message(params) if params else None),
+                   result=message(result), access=access,
+                   summary=summary or (inspect.getdoc(handler) or "").split("\n")[0])
+        self._methods[name] = m
+        return m
+
+    def method(self, name: str, **kw):
+        """Decorator form of add()."""
+        def deco(fn):
+            self.add(name, fn, **kw)
+            return fn
+        return deco
+
+    def add_topic(self, name: str, *, data: str, subscribe: Callable, notify_method: str | None = None,
+                  params: str | None = None, summary: str = "") -> Topic:
+        """Register `<name>.subscribe` (handled by `subscribe(params, call)`, which
+        returns a filter or None) and `<name>.unsubscribe`."""
+        topic = Topic(name=name, notify_method=notify_method or f"{name}.update",
+                      data=message(data), summary=summary)
+        self.topics[name] = topic
+
+        def _subscribe(p, call):
+            accept = subscribe(p, call)
+            if inspect.isawaitable(accept):
+                raise TypeError("subscribe filters must be synchronous")
+            sub = call.subscribe(topic, accept)
+            return {"subscription": sub, "topic": name}
+
+        def _unsubscribe(p, call):
+            if not call.unsubscribe(p["subscription"]):
+                raise RpcError(CONFLICT, f"no subscription {p['subscription']!r} on this connection",
+                               {"subscription": p["subscription"]})
+            return {"unsubscribed": True}
+
+        self.add(f"{name}.subscribe", _subscribe, params=params, result="SubscribeResult",
+                 summary=summary or f"Push {topic.notify_method} notifications to this connection.")
+        self.add(f"{name}.unsubscribe", _unsubscribe, params="UnsubscribeParams",
+                 result="UnsubscribeResult", summary=f"Stop a {name} subscription.")
+        return topic
+
+    def get(self, name: str) -> Method | None:
+        return self._methods.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._methods)
+
+    def __iter__(self):
+        return iter(self._methods.values())
+
+    def openrpc(self, version: str) -> dict:
+        schemas: dict = {}
+        methods = []
+        for m in sorted(self._methods.values(), key=lambda m: m.name):
+            methods.append({
+                "name": m.name,
+                "summary": m.summary,
+                "paramStructure": "either",
+                "params": m.params.content_descriptors(schemas),
+                "result": {"name": m.result.name,
+                           "schema": {"$ref": "#/components/schemas/" + json_schema(m.result, schemas)}},
+                "x-access": m.access.name.lower(),
+            })
+        for t in sorted(self.topics.values(), key=lambda t: t.name):
+            json_schema(t.data, schemas)
+        notifications = [{"name": t.notify_method, "topic": t.name,
+                          "params": {"subscription": {"type": "string"},
+                                     "dropped": {"type": "integer", "minimum": 0},
+                                     "data": {"$ref": "#/components/schemas/" + t.data.full_name}}}
+                         for t in sorted(self.topics.values(), key=lambda t: t.name)]
+        return {
+            "openrpc": "1.2.6",
+            "info": {"title": "aal-core", "version": version,
+                     "x-notifications": notifications},
+            "methods": methods,
+            "components": {"schemas": schemas},
+        }

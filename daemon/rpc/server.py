@@ -1,0 +1,340 @@
+"""The Unix-socket server: a thin asyncio shell around the pure protocol.
+
+One `Connection` per client.  Bytes go through `LineFramer` and `Dispatcher`;
+replies are written in order of completion.  Flow control: when the kernel
+buffer towards a client is full (it does not read), reading from that client
+pauses, so it cannot make the daemon queue replies without bound; pushed
+notifications wait in a bounded per-connection queue where the oldest are
+dropped and counted, and the count is reported to the client in the next
+notification it does get.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import grp
+import itertools
+import os
+import socket
+import struct
+import time
+
+from .. import errors as E
+from ..log import get_logger
+from . import codec
+from .protocol import Call, Dispatcher, FrameTooLarge, LineFramer, error_frame
+from .registry import Access
+
+log = get_logger("rpc")
+
+_SO_PEERCRED_FMT = "3i"
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the peer, from SO_PEERCRED."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize(_SO_PEERCRED_FMT))
+    return struct.unpack(_SO_PEERCRED_FMT, raw)
+
+
+def supplementary_groups(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("Groups:"):
+                    return {int(g) for g in line.split()[1:]}
+    except OSError:
+        pass
+    return set()
+
+
+class AccessPolicy:
+    """Root and the daemon's own user: admin.  Members of the socket group
+    (primary or supplementary): write.  Anyone else who could connect: read."""
+
+    def __init__(self, group: str):
+        self.daemon_uid = os.geteuid()
+        try:
+            self.group_gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            self.group_gid = os.getegid()
+
+    def level(self, pid: int, uid: int, gid: int) -> Access:
+        if uid == 0 or uid == self.daemon_uid:
+            return Access.ADMIN
+        if gid == self.group_gid or self.group_gid in supplementary_groups(pid):
+            return Access.WRITE
+        return Access.READ
+
+
+class Subscription:
+    __slots__ = ("id", "topic", "accept", "dropped")
+
+    def __init__(self, sub_id: str, topic, accept):
+        self.id, self.topic, self.accept, self.dropped = sub_id, topic, accept, 0
+
+
+class Hub:
+    """Topic → subscriptions across all connections."""
+
+    def __init__(self):
+        self._subs: dict[str, dict[str, tuple["Connection", Subscription]]] = collections.defaultdict(dict)
+        self._ids = itertools.count(1)
+        self.published = collections.Counter()
+
+    def add(self, conn: "Connection", topic, accept) -> Subscription:
+        sub = Subscription(f"s{next(self._ids)}", topic, accept)
+        self._subs[topic.name][sub.id] = (conn, sub)
+        return sub
+
+    def remove(self, sub: Subscription) -> None:
+        self._subs.get(sub.topic.name, {}).pop(sub.id, None)
+
+    def subscribers(self, topic: str) -> int:
+        return len(self._subs.get(topic, ()))
+
+    def publish(self, topic: str, data: dict, encoded: bytes | None = None) -> int:
+        """Push `data` to every subscriber whose filter accepts it, encoding it
+        once (or using `encoded`, its JSON, if the caller has it already).
+        Returns the number of connections it was queued to."""
+        subs = self._subs.get(topic)
+        self.published[topic] += 1
+        if not subs:
+            return 0
+        frag = codec.Fragment(encoded if encoded is not None else codec.dumps_value(data))
+        n = 0
+        for conn, sub in list(subs.values()):
+            if sub.accept is None or sub.accept(data):
+                conn.push(sub, frag)
+                n += 1
+        return n
+
+
+class ServerCall(Call):
+    __slots__ = ()
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, server: "RpcServer"):
+        self.server = server
+        self.framer = LineFramer(server.limits.max_frame_bytes)
+        self.transport = None
+        self.call: Call | None = None
+        self.subs: dict[str, Subscription] = {}
+        self.outbox: collections.deque = collections.deque()
+        self.dropped_total = 0
+        self.inflight: set[asyncio.Future] = set()
+        self.paused = False
+        self.closing = False
+        self.last_activity = time.monotonic()
+        self._close_hooks: list = []
+
+    # -- asyncio callbacks
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        try:
+            pid, uid, gid = peer_credentials(sock)
+        except OSError:
+            pid, uid, gid = 0, -1, -1
+        self.call = ServerCall(pid, uid, gid, self.server.policy.level(pid, uid, gid), self)
+        transport.set_write_buffer_limits(high=256 * 1024)
+        if not self.server.admit(self):
+            transport.write(error_frame(None, E.OVERLOADED,
+                                        f"too many connections (limit {self.server.max_connections}); try again later",
+                                        {"max_connections": self.server.max_connections}))
+            transport.close()
+            self.closing = True
+
+    def data_received(self, data: bytes):
+        if self.closing:
+            return
+        self.last_activity = time.monotonic()
+        for ev in self.framer.feed(data):
+            if isinstance(ev, FrameTooLarge):
+                self._write(error_frame(None, E.FRAME_TOO_LARGE,
+                                        f"frame exceeds the limit of {ev.limit} bytes; closing the connection",
+                                        {"limit": ev.limit, "size_at_least": ev.size}))
+                log.warning("frame_too_large", pid=self.call.pid, uid=self.call.uid, limit=ev.limit)
+                self.close()
+                return
+            if self.server.stopping:
+                self._write(error_frame(None, E.OVERLOADED, "server is shutting down"))
+                continue
+            out = self.server.dispatcher.handle_frame(ev, self.call)
+            if out is None:
+                continue
+            if type(out) is bytes:
+                self._write(out)
+            else:
+                fut = asyncio.ensure_future(out)
+                self.inflight.add(fut)
+                self.server.inflight.add(fut)
+                fut.add_done_callback(self._async_done)
+
+    def _async_done(self, fut: asyncio.Future):
+        self.inflight.discard(fut)
+        self.server.inflight.discard(fut)
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            log.error("async_reply_failed", error=repr(exc))
+            return
+        out = fut.result()
+        if out is not None and not self.closing:
+            self._write(out)
+
+    def eof_received(self):
+        # Client half-closed: finish in-flight replies, then close.
+        if self.inflight:
+            asyncio.ensure_future(self._close_after_inflight())
+            return True
+        return False
+
+    async def _close_after_inflight(self):
+        await asyncio.gather(*self.inflight, return_exceptions=True)
+        self.close()
+
+    def pause_writing(self):
+        self.paused = True
+        self.transport.pause_reading()
+
+    def resume_writing(self):
+        self.paused = False
+        self._flush_outbox()
+        if not self.paused and not self.closing:
+            self.transport.resume_reading()
+
+    def connection_lost(self, exc):
+        self.closing = True
+        for sub in self.subs.values():
+            self.server.hub.remove(sub)
+        self.subs.clear()
+        self.outbox.clear()
+        for fn in self._close_hooks:
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001
+                log.error("close_hook_failed", error=repr(e))
+        self._close_hooks.clear()
+        self.server.forget(self)
+
+    # -- used by handlers through Call
+    def subscribe(self, topic, accept) -> str:
+        sub = self.server.hub.add(self, topic, accept)
+        self.subs[sub.id] = sub
+        return sub.id
+
+    def unsubscribe(self, sub_id: str) -> bool:
+        sub = self.subs.pop(sub_id, None)
+        if sub is None:
+            return False
+        self.server.hub.remove(sub)
+        return True
+
+    def on_close(self, fn) -> None:
+        self._close_hooks.append(fn)
+
+    # -- output
+    def _write(self, data: bytes):
+        if not self.closing:
+            self.transport.write(data)
+
+    def push(self, sub: Subscription, frag) -> None:
+        """Queue a notification; drop the oldest queued one when full."""
+        if self.closing:
+            return
+        if len(self.outbox) >= self.server.outbox_max:
+            old_sub, _ = self.outbox.popleft()
+            old_sub.dropped += 1
+            self.dropped_total += 1
+            self.server.dropped_total += 1
+        self.outbox.append((sub, frag))
+        if not self.paused:
+            self._flush_outbox()
+
+    def _flush_outbox(self):
+        while self.outbox and not self.paused and not self.closing:
+            sub, frag = self.outbox.popleft()
+            if sub.id not in self.subs:
+                continue
+            frame = codec.dumps({"jsonrpc": "2.0", "method": sub.topic.notify_method,
+                                 "params": {"subscription": sub.id, "dropped": sub.dropped, "data": frag}})
+            sub.dropped = 0
+            self.transport.write(frame)
+
+    def close(self):
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def idle_for(self, now: float) -> float:
+        if self.subs or self.inflight:
+            return 0.0
+        return now - self.last_activity
+
+
+class RpcServer:
+    def __init__(self, dispatcher: Dispatcher, hub: Hub, *, max_connections: int,
+                 idle_timeout_s: float, outbox_max_frames: int, group: str):
+        self.dispatcher = dispatcher
+        self.limits = dispatcher.limits
+        self.hub = hub
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.outbox_max = outbox_max_frames
+        self.policy = AccessPolicy(group)
+        self.conns: set[Connection] = set()
+        self.inflight: set[asyncio.Future] = set()
+        self.accepted_total = 0
+        self.refused_total = 0
+        self.dropped_total = 0
+        self.stopping = False
+        self._server: asyncio.AbstractServer | None = None
+        self._reaper: asyncio.Task | None = None
+
+    def admit(self, conn: Connection) -> bool:
+        if self.stopping or len(self.conns) >= self.max_connections:
+            self.refused_total += 1
+            return False
+        self.conns.add(conn)
+        self.accepted_total += 1
+        return True
+
+    def forget(self, conn: Connection) -> None:
+        self.conns.discard(conn)
+
+    async def start(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_unix_server(lambda: Connection(self), sock=sock, backlog=1024)
+        self._reaper = asyncio.ensure_future(self._reap_idle())
+
+    async def _reap_idle(self):
+        while True:
+            await asyncio.sleep(min(5.0, self.idle_timeout_s / 2))
+            now = time.monotonic()
+            for c in list(self.conns):
+                if c.idle_for(now) > self.idle_timeout_s:
+                    log.info("idle_close", pid=c.call.pid, idle_s=round(now - c.last_activity, 1))
+                    c.close()
+
+    def stats(self) -> dict:
+        return {"open": len(self.conns), "max": self.max_connections,
+                "accepted_total": self.accepted_total, "refused_total": self.refused_total}
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close all."""
+        self.stopping = True
+        if self._server is not None:
+            self._server.close()
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self.inflight:
+            _, pending = await asyncio.wait(list(self.inflight), timeout=grace_s)
+            for p in pending:
+                p.cancel()
+            if pending:
+                log.warning("stop_cancelled_inflight", count=len(pending))
+        for c in list(self.conns):
+            c.close()
+        await asyncio.sleep(0)

@@ -1,0 +1,54 @@
+"""system.* and rpc.discover: the service describing itself."""
+from __future__ import annotations
+
+import os
+
+from . import __version__
+from .rpc.registry import Access, Registry
+
+
+def register(registry: Registry, runtime) -> None:
+    """`runtime` is app.Runtime: it holds the server, the units and the config."""
+
+    def health(p, call):
+        """Liveness: the loop answers."""
+        return {"ok": True, "uptime_s": round(runtime.uptime(), 3)}
+
+    def status(p, call):
+        """Version, uptime, the config in force, connections, detected sources and hardware."""
+        out = {
+            "version": __version__,
+            "uptime_s": round(runtime.uptime(), 3),
+            "pid": os.getpid(),
+            "socket": runtime.socket_path,
+            "state_dir": runtime.config.daemon.state_dir,
+            "config": runtime.config.as_dict(),
+            "connections": runtime.server.stats(),
+            "hardware": runtime.hardware.to_dict(),
+            "sources": [],
+            "summary": runtime.summary(),
+            "event_loop": runtime.event_loop_name,
+            "json_library": runtime.json_name,
+            "socket_activated": runtime.socket_activated,
+        }
+        if runtime.config_file:
+            out["config_file"] = runtime.config_file
+        for unit in runtime.units:
+            extra = unit.status()
+            if "sources" in extra:
+                out["sources"].extend(extra.pop("sources"))
+            out.update(extra)
+        return out
+
+    async def reload(p, call):
+        """Re-read the config file and apply it (as SIGHUP does)."""
+        return await runtime.reload()
+
+    def discover(p, call):
+        """The OpenRPC document of every method, from the registry that dispatches."""
+        return registry.openrpc(__version__)
+
+    registry.add("system.health", health, result="HealthResult")
+    registry.add("system.status", status, result="SystemStatus")
+    registry.add("system.reload", reload, result="ReloadResult", access=Access.ADMIN)
+    registry.add("rpc.discover", discover, result="DiscoverResult")
