@@ -23,6 +23,7 @@ LEDGER_ERROR = -32006           # ledger append/read failed (e.g. disk full); le
 CONFLICT = -32007               # object already exists / state does not allow the call
 OVERLOADED = -32008             # too many connections / server shutting down
 QUARANTINED = -32009            # admissions at this priority are quarantined
+CONFIG_INVALID = -32010         # system.reload: the config file is wrong (names key and file); old config kept
 
 APP_CODES = {
     PERMISSION_DENIED: "permission denied",
@@ -34,6 +35,7 @@ APP_CODES = {
     CONFLICT: "conflict",
     OVERLOADED: "overloaded",
     QUARANTINED: "quarantined",
+    CONFIG_INVALID: "config invalid",
 }
 
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import logging
+import json
+import re
 from dataclasses import dataclass
 
 from .. import errors as E
-from ..errors import AalError, ParseError, RpcError, LedgerError, SourceError
+from ..errors import AalError, ConfigError, ParseError, RpcError, LedgerError, SourceError
+from ..log import get_logger
 from . import codec
 from .registry import Access, Registry
 
-log = logging.getLogger("aal_core.rpc")
+log = get_logger("rpc")
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class LineFramer:
     def feed(self, data: bytes) -> list:
         """Return the complete frames in `data` (bytes), or a FrameTooLarge
         as the last event once the limit is passed; after that, stop feeding."""
-        if not self._buf and len(data) <= self._limit and data.find(b"\n") == len(data) - 1:
+        if not data:
+            return []
+        if not self._buf and len(data) - 1 <= self._limit and data.find(b"\n") == len(data) - 1:
             # Fast path: exactly one whole frame in this read.
             return [data[:-1]] if data.strip() else []
         buf = self._buf
@@ -123,6 +127,44 @@ def _depth_exceeds(obj, limit: int) -> bool:
 
 _NO_ID = object()
 
+# JSON integers the wire accepts: what fits in int64 or uint64.  orjson
+# silently turns larger ones into (lossy) floats, so a frame with a run of
+# 19+ digits is re-read exactly with the stdlib parser to tell.
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
+_LONG_DIGITS = re.compile(rb"\d{19}")
+
+
+class BigInt:
+    """An integer literal outside [INT_MIN, INT_MAX], kept as its text."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        t = self.text
+        return t if len(t) <= 40 else f"{t[:20]}...({len(t)} digits)"
+
+
+def _exact_int(text: str):
+    v = int(text)
+    return v if INT_MIN <= v <= INT_MAX else BigInt(text)
+
+
+def _has_bigint(obj) -> BigInt | None:
+    stack = [obj]
+    while stack:
+        o = stack.pop()
+        t = type(o)
+        if t is BigInt:
+            return o
+        if t is dict:
+            stack.extend(o.values())
+        elif t is list:
+            stack.extend(o)
+    return None
+
 
 def _error(id_, code: int, message: str, data=None) -> dict:
     err = {"code": code, "message": message}
@@ -140,6 +182,21 @@ def _valid_id(v) -> bool:
     return t is str or t is int or t is float or v is None
 
 
+def _parse_error(frame: bytes, exc) -> bytes:
+    """A -32700 reply that says what is wrong and where."""
+    try:
+        frame.decode("utf-8")
+    except UnicodeDecodeError as ue:
+        return error_frame(None, E.PARSE_ERROR, f"parse error: not valid UTF-8 (byte {ue.start})",
+                           {"reason": "invalid UTF-8", "position": ue.start})
+    reason = str(exc).split(": line ", 1)[0]
+    data = {"reason": reason}
+    pos = getattr(exc, "pos", None)
+    if pos is not None:
+        data.update(position=pos, line=exc.lineno, column=exc.colno)
+    return error_frame(None, E.PARSE_ERROR, f"parse error: {reason}", data)
+
+
 def map_exception(exc: BaseException, method: str) -> dict:
     """An exception from a handler → a JSON-RPC error object."""
     if isinstance(exc, RpcError):
@@ -147,21 +204,25 @@ def map_exception(exc: BaseException, method: str) -> dict:
     if isinstance(exc, ParseError):
         return {"code": E.INVALID_PARAMS, "message": str(exc), "data": exc.to_data()}
     if isinstance(exc, LedgerError):
-        data = {"index": exc.index} if exc.index is not None else None
         obj = {"code": E.LEDGER_ERROR, "message": str(exc)}
-        if data:
-            obj["data"] = data
+        if exc.index is not None:
+            obj["data"] = {"index": exc.index}
         return obj
     if isinstance(exc, SourceError):
         return {"code": E.SOURCE_ABSENT, "message": str(exc)}
+    if isinstance(exc, ConfigError):
+        return {"code": E.CONFIG_INVALID, "message": str(exc)}
     if isinstance(exc, AalError):
-        return {"code": E.INTERNAL_ERROR, "message": str(exc)}
-    log.error("event=rpc.handler_crash method=%s error=%r", method, exc, exc_info=exc)
+        return {"code": E.INTERNAL_ERROR, "message": str(exc),
+                "data": {"method": method, "exception": type(exc).__name__}}
+    log.error("handler_crash", method=method, error=repr(exc), exc_info=exc)
     return {"code": E.INTERNAL_ERROR, "message": "internal error",
             "data": {"method": method, "exception": type(exc).__name__}}
 
 
 class Dispatcher:
+    """Frame in, reply bytes out.  Never raises for anything a peer sends."""
+
     def __init__(self, registry: Registry, limits: Limits = Limits()):
         self.registry = registry
         self.limits = limits
@@ -169,25 +230,34 @@ class Dispatcher:
     # Result of handle_frame: bytes (reply), None (nothing to send), or an
     # awaitable giving bytes/None (some handler was async).
     def handle_frame(self, frame: bytes, call: Call):
-        if len(frame) > self.limits.max_frame_bytes:
+        limits = self.limits
+        if len(frame) > limits.max_frame_bytes:
             return error_frame(None, E.FRAME_TOO_LARGE,
-                               f"frame of {len(frame)} bytes exceeds the limit of {self.limits.max_frame_bytes}",
-                               {"limit": self.limits.max_frame_bytes, "size": len(frame)})
+                               f"frame of {len(frame)} bytes exceeds the limit of {limits.max_frame_bytes}",
+                               {"limit": limits.max_frame_bytes, "size": len(frame)})
         try:
             msg = codec.loads(frame)
         except codec.JSONDecodeError as exc:
-            return error_frame(None, E.PARSE_ERROR, "parse error: not valid JSON",
-                               {"reason": str(exc)})
-        limit = self.limits.max_depth
+            if "depth limit" in str(exc):
+                return self._too_deep()
+            return _parse_error(frame, exc)
+        limit = limits.max_depth
         if (frame.count(b"[") + frame.count(b"{")) > limit and _depth_exceeds(msg, limit):
-            return error_frame(None, E.INVALID_REQUEST, f"nesting deeper than {limit} levels",
-                               {"max_depth": limit})
+            return self._too_deep()
+        if _LONG_DIGITS.search(frame) is not None:
+            # Rare: re-read exactly so out-of-range integers are reported, not rounded.
+            msg = json.loads(frame, parse_int=_exact_int)
         if type(msg) is list:
             return self._batch(msg, call)
         out = self._one(msg, call)
         if out is None or type(out) is dict:
             return None if out is None else self._encode(out)
         return self._await_one(out)
+
+    def _too_deep(self) -> bytes:
+        limit = self.limits.max_depth
+        return error_frame(None, E.INVALID_REQUEST, f"nesting deeper than {limit} levels",
+                           {"max_depth": limit})
 
     async def _await_one(self, aw):
         out = await aw
@@ -207,19 +277,19 @@ class Dispatcher:
         return self._encode(replies) if replies else None
 
     async def _await_batch(self, outs):
-        done = []
-        for o in outs:
-            if o is not None and type(o) is not dict:
-                o = await o
-            if o is not None:
-                done.append(o)
+        # The async members run concurrently; replies keep the batch order.
+        pending = [(i, o) for i, o in enumerate(outs) if o is not None and type(o) is not dict]
+        results = await asyncio.gather(*(o for _, o in pending))
+        for (i, _), r in zip(pending, results):
+            outs[i] = r
+        done = [o for o in outs if o is not None]
         return self._encode(done) if done else None
 
     def _encode(self, obj) -> bytes:
         try:
             return codec.dumps(obj)
         except TypeError as exc:
-            log.error("event=rpc.encode_failed error=%r", exc)
+            log.error("encode_failed", error=repr(exc))
             if type(obj) is list:
                 return codec.dumps([self._encode_fallback(o) for o in obj])
             return codec.dumps(self._encode_fallback(obj))
@@ -241,24 +311,31 @@ class Dispatcher:
         """One request → response dict, None (notification), or an awaitable."""
         if type(msg) is not dict:
             return _error(None, E.INVALID_REQUEST, "request must be a JSON object",
-                          {"got": type(msg).__name__})
+                          {"got": _kind(msg)})
         id_ = msg.get("id", _NO_ID)
         if id_ is not _NO_ID and not _valid_id(id_):
-            return _error(None, E.INVALID_REQUEST, "id must be a string, a number or null")
+            if type(id_) is BigInt:
+                return _error(None, E.INVALID_REQUEST, "id is an integer outside the 64-bit range",
+                              {"id": repr(id_), "min": INT_MIN, "max": INT_MAX})
+            return _error(None, E.INVALID_REQUEST, "id must be a string, a number or null",
+                          {"got": _kind(id_)})
+        rid = None if id_ is _NO_ID else id_
         if msg.get("jsonrpc") != "2.0":
-            return _error(None if id_ is _NO_ID else id_, E.INVALID_REQUEST,
-                          'missing or wrong "jsonrpc" member: must be exactly "2.0"')
+            return _error(rid, E.INVALID_REQUEST, 'missing or wrong "jsonrpc" member: must be exactly "2.0"')
         name = msg.get("method")
         if type(name) is not str:
-            return _error(None if id_ is _NO_ID else id_, E.INVALID_REQUEST, '"method" must be a string')
+            return _error(rid, E.INVALID_REQUEST, '"method" must be a string',
+                          {"got": _kind(name)})
         unknown = set(msg).difference(("jsonrpc", "method", "params", "id"))
         if unknown:
-            return _error(None if id_ is _NO_ID else id_, E.INVALID_REQUEST,
-                          f"unknown request member(s): {', '.join(sorted(unknown))}")
-        notify = id_ is _NO_ID
+            return _error(rid, E.INVALID_REQUEST,
+                          f"unknown request member(s): {', '.join(sorted(unknown))}",
+                          {"unknown": sorted(unknown)})
         params = msg.get("params")
         if "params" in msg and type(params) not in (list, dict):
-            return None if notify else _error(id_, E.INVALID_REQUEST, '"params" must be an array or an object')
+            return _error(rid, E.INVALID_REQUEST, '"params" must be an array or an object',
+                          {"got": _kind(params)})
+        notify = id_ is _NO_ID
         m = self.registry.get(name)
         if m is None:
             return None if notify else _error(id_, E.METHOD_NOT_FOUND, f"method not found: {name}",
@@ -266,8 +343,17 @@ class Dispatcher:
         if call.access < m.access:
             return None if notify else _error(
                 id_, E.PERMISSION_DENIED,
-                f"{name} needs {m.access.name.lower()} access; peer uid {call.uid} has {call.access.name.lower()}",
-                {"required": m.access.name.lower(), "peer_uid": call.uid})
+                f"{name} needs {m.access.name.lower()} access; peer uid {call.uid} has {call.access.name.lower()}"
+                + (" (admin: root or the daemon's user only)" if m.access is Access.ADMIN else
+                   " (write: members of the socket's group)"),
+                {"method": name, "required": m.access.name.lower(), "granted": call.access.name.lower(),
+                 "peer_uid": call.uid})
+        if params is not None:
+            big = _has_bigint(params)
+            if big is not None:
+                return None if notify else _error(
+                    id_, E.INVALID_PARAMS, f"params contain an integer outside the 64-bit range: {big!r}",
+                    {"integer": repr(big), "min": INT_MIN, "max": INT_MAX})
         try:
             bound = m.params.bind(params)
             result = m.handler(bound, call)
@@ -285,3 +371,17 @@ class Dispatcher:
         except Exception as exc:  # noqa: BLE001
             return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
         return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
+
+
+def _kind(value) -> str:
+    """The JSON type of a value, for error data."""
+    if value is None:
+        return "null"
+    t = type(value)
+    if t is bool:
+        return "boolean"
+    if t is int or t is float:
+        return "number"
+    if t is BigInt:
+        return "integer beyond 64 bits"
+    return {str: "string", list: "array", dict: "object"}.get(t, t.__name__)
