@@ -63,31 +63,33 @@ def cmd_run(args) -> int:
     config_file = args.config
     if config_file is None and args.local is None and os.path.exists(config_mod.DEFAULT_CONFIG_FILE):
         config_file = config_mod.DEFAULT_CONFIG_FILE
+    log_mod.setup(args.log_level or "info")
+    log = log_mod.get_logger("daemon")
     try:
-        base = config_mod.local_defaults(args.local) if args.local is not None else None
+        base = None
         if args.local is not None:
-            base = base.with_overrides({"sense": {"tegrastats_command": "replay"}})
+            base = config_mod.local_defaults(args.local).with_overrides(
+                {"sense": {"tegrastats_command": "replay"}})
         overrides = overrides_from_args(args)
         cfg = config_mod.load(config_file, base).with_overrides(overrides)
         log_mod.setup(cfg.daemon.log_level)
     except (ConfigError, ValueError) as exc:
-        print(f"aal-core: configuration error: {exc}", file=sys.stderr)
+        log.error("config_error", reason=str(exc), file=config_file or "-")
         return EXIT_CONFIG
     if args.local is not None:
-        print(f"aal-core: local mode: socket {cfg.daemon.socket}, state {cfg.daemon.state_dir}",
-              file=sys.stderr, flush=True)
+        log.info("local_mode", socket=cfg.daemon.socket, state_dir=cfg.daemon.state_dir)
     from . import app
     from .listener import ListenError
     try:
-        return app.run(cfg, config_file, overrides)
+        return app.run(cfg, config_file, overrides, base)
     except ListenError as exc:
-        log_mod.get_logger("daemon").error("cannot_listen", reason=str(exc))
+        log.error("cannot_listen", reason=str(exc))
         return EXIT_LISTEN
     except ConfigError as exc:
-        log_mod.get_logger("daemon").error("config_error", reason=str(exc))
+        log.error("config_error", reason=str(exc))
         return EXIT_CONFIG
     except AalError as exc:
-        log_mod.get_logger("daemon").error("fatal", reason=str(exc), kind=type(exc).__name__)
+        log.error("fatal", reason=str(exc), kind=type(exc).__name__)
         return EXIT_STATE
     except KeyboardInterrupt:
         return EXIT_OK

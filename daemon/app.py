@@ -17,6 +17,7 @@ from . import config as config_mod
 from . import hardware, log as log_mod, system
 from .clock import SYSTEM as SYSTEM_CLOCK
 from .config import Config
+from .errors import AalError
 from .listener import bind_socket, inherited_socket
 from .notify import Notifier, watchdog_interval, watchdog_loop
 from .rpc import codec
@@ -28,6 +29,10 @@ from .units import Context, Unit
 log = log_mod.get_logger("daemon")
 
 
+class StateError(AalError):
+    """The state directory cannot be used (exit code 4)."""
+
+
 def build_units(ctx: Context) -> list[Unit]:
     """Every capability, in dependency order (each gets what it needs by name)."""
     units: list[Unit] = []
@@ -37,10 +42,14 @@ def build_units(ctx: Context) -> list[Unit]:
 class Runtime:
     """The running daemon's parts, for system.* and the main loop."""
 
-    def __init__(self, config: Config, config_file: str | None, overrides: dict):
+    def __init__(self, config: Config, config_file: str | None, overrides: dict,
+                 base: Config | None = None):
         self.config = config
         self.config_file = config_file
         self.overrides = overrides
+        # Defaults the file is read over (the --local ones, say): a reload
+        # must start from the same base, or every default would look changed.
+        self.base = base
         self.started = time.monotonic()
         self.notifier = Notifier()
         self.hardware = hardware.detect()
@@ -73,11 +82,11 @@ class Runtime:
         return "; ".join(p for p in parts if p)
 
     async def reload(self) -> dict:
-        """Re-read the config file; apply what can change while running."""
+        """Re-read the config file; apply what can change while running.
+        A bad file raises ConfigError and leaves the running config as it was."""
         self.notifier.reloading()
         try:
-            base = config_mod.load(self.config_file)
-            new = base.with_overrides(self.overrides)
+            new = config_mod.load(self.config_file, self.base).with_overrides(self.overrides)
             changed = config_mod.diff(self.config, new)
             restart = [f"{s}.{k}" for s, k in changed if (s, k) in config_mod.RESTART_KEYS]
             live = config_mod.keep_restart_keys(self.config, new)
@@ -86,9 +95,14 @@ class Runtime:
             log_mod.set_level(live.daemon.log_level)
             self._apply_rpc(live)
             for u in self.units:
-                u.reload(live)
-            log.info("reloaded", file=self.config_file or "-", changed=",".join(f"{s}.{k}" for s, k in changed) or "-")
-            return {"reloaded": True, "changed": [f"{s}.{k}" for s, k in changed], "restart_required": restart}
+                try:
+                    u.reload(live)
+                except Exception as exc:  # noqa: BLE001 - one unit must not stop the others
+                    log.error("unit_reload_failed", unit=u.name, error=repr(exc))
+            names = [f"{s}.{k}" for s, k in changed]
+            log.info("reloaded", file=self.config_file or "-", changed=",".join(names) or "-",
+                     restart_required=",".join(restart) or "-")
+            return {"reloaded": True, "changed": names, "restart_required": restart}
         finally:
             self.notifier.ready(self.summary())
 
@@ -125,8 +139,19 @@ async def serve(rt: Runtime) -> int:
     loop = asyncio.get_running_loop()
     rt.event_loop_name = f"{type(loop).__module__}.{type(loop).__name__}"
     cfg = rt.config
-    os.makedirs(cfg.daemon.state_dir, exist_ok=True)
+    try:
+        os.makedirs(cfg.daemon.state_dir, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create the state directory {cfg.daemon.state_dir}: {exc.strerror}") from None
     _raise_fd_limit(cfg.rpc.max_connections + 64)
+
+    # Signals first: a SIGTERM during start-up is a graceful stop too.
+    def _on_hup():
+        asyncio.ensure_future(_safe_reload(rt))
+
+    loop.add_signal_handler(signal.SIGTERM, rt.stop_event.set)
+    loop.add_signal_handler(signal.SIGINT, rt.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, _on_hup)
 
     sock = rt.listen()
     await rt.server.start(sock)
@@ -137,7 +162,8 @@ async def serve(rt: Runtime) -> int:
     for u in rt.units:
         await u.start()
     deadline = time.monotonic() + cfg.daemon.ready_timeout_s
-    while not all(u.ready() for u in rt.units) and time.monotonic() < deadline:
+    while not all(u.ready() for u in rt.units) and time.monotonic() < deadline \
+            and not rt.stop_event.is_set():
         await asyncio.sleep(0.02)
     not_ready = [u.name for u in rt.units if not u.ready()]
     if not_ready:
@@ -150,13 +176,7 @@ async def serve(rt: Runtime) -> int:
     if interval:
         tasks.append(asyncio.ensure_future(watchdog_loop(rt.notifier, interval)))
     tasks.append(asyncio.ensure_future(_status_loop(rt)))
-
-    def _on_hup():
-        asyncio.ensure_future(_safe_reload(rt))
-
-    loop.add_signal_handler(signal.SIGTERM, rt.stop_event.set)
-    loop.add_signal_handler(signal.SIGINT, rt.stop_event.set)
-    loop.add_signal_handler(signal.SIGHUP, _on_hup)
+    tasks.append(asyncio.ensure_future(system.heartbeat_loop(rt)))
 
     await rt.stop_event.wait()
 
@@ -183,7 +203,7 @@ async def _safe_reload(rt: Runtime):
     try:
         await rt.reload()
     except Exception as exc:  # noqa: BLE001 - a bad file must not stop the daemon
-        log.error("reload_failed", error=str(exc))
+        log.error("reload_failed", error=str(exc), kept="running config")
 
 
 async def _status_loop(rt: Runtime):
@@ -192,14 +212,11 @@ async def _status_loop(rt: Runtime):
         rt.notifier.status(rt.summary())
 
 
-def run(config: Config, config_file: str | None, overrides: dict) -> int:
+def run(config: Config, config_file: str | None, overrides: dict, base: Config | None = None) -> int:
     import uvloop  # chosen by measurement: bench/loop_json.py
 
-    rt_holder = {}
-
     async def main():
-        rt = Runtime(config, config_file, overrides)
-        rt_holder["rt"] = rt
+        rt = Runtime(config, config_file, overrides, base)
         return await serve(rt)
 
     return uvloop.run(main())

@@ -48,6 +48,8 @@ class RpcConfig:
     outbox_max_frames: int = 256
     # Group that owns the socket (mode 0660) and whose members get write access.
     group: str = "aal"
+    # Seconds between system.heartbeat pushes (only while someone subscribes).
+    heartbeat_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,19 @@ CHOICES = {
     ("govern", "mode"): ("seed", "progressive"),
 }
 
+# Inclusive (min, max) for numeric keys, checked at load; None = unbounded.
+RANGES = {
+    ("daemon", "stop_grace_s"): (0.0, 300.0),
+    ("daemon", "ready_timeout_s"): (0.0, 600.0),
+    ("rpc", "max_frame_bytes"): (64, 1 << 30),
+    ("rpc", "max_depth"): (2, 1000),
+    ("rpc", "max_batch"): (1, None),
+    ("rpc", "max_connections"): (1, 1 << 20),
+    ("rpc", "idle_timeout_s"): (0.1, None),
+    ("rpc", "outbox_max_frames"): (1, None),
+    ("rpc", "heartbeat_interval_s"): (0.001, 3600.0),
+}
+
 # Keys a SIGHUP reload cannot change in a running daemon.
 RESTART_KEYS = {("daemon", "socket"), ("daemon", "state_dir"), ("rpc", "group"),
                 ("ledger", "file")}
@@ -165,6 +180,12 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
             choices = CHOICES.get((sname, key))
             if choices and value not in choices:
                 raise ConfigError(f"{source}: {sname}.{key} must be one of {', '.join(choices)}, got {value!r}")
+            bounds = RANGES.get((sname, key))
+            if bounds is not None:
+                lo, hi = bounds
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+                    raise ConfigError(f"{source}: {sname}.{key} must be {rng}, got {value!r}")
             if hints[key] is float:
                 value = float(value)
             overrides.setdefault(sname, {})[key] = value
@@ -182,6 +203,12 @@ def load(path: str | None, base: Config | None = None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except PermissionError:
         raise ConfigError(f"{path}: config file not readable (permission denied)") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: not UTF-8 (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return from_mapping(data, path, base)

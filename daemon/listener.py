@@ -63,6 +63,13 @@ def _is_live(path: str) -> bool:
 
 def bind_socket(path: str, group: str) -> socket.socket:
     """Bind and listen on `path`, mode 0660, group `group` when it exists."""
+    try:
+        return _bind(path, group)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {path}: {exc.strerror or exc}") from None
+
+
+def _bind(path: str, group: str) -> socket.socket:
     if len(os.fsencode(path)) >= 108:
         raise ListenError(f"socket path too long for AF_UNIX ({len(path)} bytes, limit 107): {path}")
     parent = os.path.dirname(path) or "."
@@ -78,17 +85,21 @@ def bind_socket(path: str, group: str) -> socket.socket:
             raise ListenError(f"{path} is in use by a running server (another aal-core?); not taking it over")
         os.unlink(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o117)
     try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o660)
-    try:
-        gid = grp.getgrnam(group).gr_gid
-        os.chown(path, -1, gid)
-    except (KeyError, PermissionError):
-        pass  # no such group, or not root: the owner's own group applies
-    sock.listen(1024)
-    sock.setblocking(False)
+        old_umask = os.umask(0o117)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o660)
+        try:
+            gid = grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        except (KeyError, PermissionError):
+            pass  # no such group, or not root: the owner's own group applies
+        sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
     return sock

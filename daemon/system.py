@@ -1,6 +1,12 @@
-"""system.* and rpc.discover: the service describing itself."""
+"""system.* and rpc.discover: the service describing itself.
+
+`system.heartbeat` is a push topic: a tick every rpc.heartbeat_interval_s
+while anyone subscribes, so a client can tell a live daemon from a stalled
+one and exercise its notification handling without any sensor.
+"""
 from __future__ import annotations
 
+import asyncio
 import os
 
 from . import __version__
@@ -48,7 +54,24 @@ def register(registry: Registry, runtime) -> None:
         """The OpenRPC document of every method, from the registry that dispatches."""
         return registry.openrpc(__version__)
 
+    def heartbeat_subscribe(p, call):
+        return None  # every tick goes to every subscriber
+
+    registry.add_topic("system.heartbeat", data="Heartbeat", subscribe=heartbeat_subscribe,
+                       summary="Push a system.heartbeat.update every rpc.heartbeat_interval_s.")
     registry.add("system.health", health, result="HealthResult")
     registry.add("system.status", status, result="SystemStatus")
     registry.add("system.reload", reload, result="ReloadResult", access=Access.ADMIN)
     registry.add("rpc.discover", discover, result="DiscoverResult")
+
+
+async def heartbeat_loop(runtime) -> None:
+    """Publish a tick while system.heartbeat has subscribers (encoded once per tick)."""
+    seq = 0
+    hub = runtime.hub
+    while True:
+        await asyncio.sleep(runtime.config.rpc.heartbeat_interval_s)
+        if hub.subscribers("system.heartbeat"):
+            seq += 1
+            hub.publish("system.heartbeat", {"seq": seq, "uptime_s": round(runtime.uptime(), 3),
+                                             "connections": len(runtime.server.conns)})

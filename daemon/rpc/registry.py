@@ -64,6 +64,12 @@ class Method:
     summary: str
     # For notifications pushed by a topic: the message of the pushed data.
     pushes: Any = None
+    # Params that make a valid call (named form), for rpc.discover and the
+    # contracts test, which calls every method; None when it takes none.
+    example: Any = None
+    # An application error code the example is documented to get (e.g. a
+    # NOT_FOUND for a call naming an object that does not exist yet).
+    example_error: int | None = None
 
 
 @dataclass
@@ -82,14 +88,25 @@ class Registry:
         self.topics: dict[str, Topic] = {}
 
     def add(self, name: str, handler: Callable, *, result: str, params: str | None = None,
-            access: Access = Access.READ, summary: str = "") -> Method:
-        """Register `handler(params: dict, call: Call)`; may return an awaitable."""
+            access: Access = Access.READ, summary: str = "", example: dict | None = None,
+            example_error: int | None = None) -> Method:
+        """Register `handler(params: dict, call: Call)`; may return an awaitable.
+
+        `example`: named params of a valid call (checked here, so a typo
+        fails at start-up).  Give one when `params` has required fields:
+        tests/test_contracts.py calls every method and fails without it."""
         if name in self._methods:
             raise ValueError(f"method {name} registered twice")
-        m = Method(name=name, handler=handler,
-                   params=ParamSpec(message(params) if params else None),
+        spec = ParamSpec(message(params) if params else None)
+        if example is not None:
+            try:
+                spec.bind(example)
+            except RpcError as exc:
+                raise ValueError(f"example params of {name} are invalid: {exc.message}") from None
+        m = Method(name=name, handler=handler, params=spec,
                    result=message(result), access=access,
-                   summary=summary or (inspect.getdoc(handler) or "").split("\n")[0])
+                   summary=summary or (inspect.getdoc(handler) or "").split("\n")[0],
+                   example=example, example_error=example_error)
         self._methods[name] = m
         return m
 
@@ -101,7 +118,8 @@ class Registry:
         return deco
 
     def add_topic(self, name: str, *, data: str, subscribe: Callable, notify_method: str | None = None,
-                  params: str | None = None, summary: str = "") -> Topic:
+                  params: str | None = None, summary: str = "", example: dict | None = None,
+                  access: Access = Access.READ) -> Topic:
         """Register `<name>.subscribe` (handled by `subscribe(params, call)`, which
         returns a filter or None) and `<name>.unsubscribe`."""
         topic = Topic(name=name, notify_method=notify_method or f"{name}.update",
@@ -122,9 +140,11 @@ class Registry:
             return {"unsubscribed": True}
 
         self.add(f"{name}.subscribe", _subscribe, params=params, result="SubscribeResult",
-                 summary=summary or f"Push {topic.notify_method} notifications to this connection.")
+                 summary=summary or f"Push {topic.notify_method} notifications to this connection.",
+                 example=example, access=access)
         self.add(f"{name}.unsubscribe", _unsubscribe, params="UnsubscribeParams",
-                 result="UnsubscribeResult", summary=f"Stop a {name} subscription.")
+                 result="UnsubscribeResult", summary=f"Stop a {name} subscription.",
+                 example={"subscription": "s0"}, example_error=CONFLICT)
         return topic
 
     def get(self, name: str) -> Method | None:
@@ -149,6 +169,10 @@ class Registry:
                            "schema": {"$ref": "#/components/schemas/" + json_schema(m.result, schemas)}},
                 "x-access": m.access.name.lower(),
             })
+            if m.example is not None:
+                methods[-1]["x-example-params"] = m.example
+            if m.example_error is not None:
+                methods[-1]["x-example-error"] = m.example_error
         for t in sorted(self.topics.values(), key=lambda t: t.name):
             json_schema(t.data, schemas)
         notifications = [{"name": t.notify_method, "topic": t.name,

@@ -113,6 +113,17 @@ class ServerCall(Call):
     __slots__ = ()
 
 
+# Per-connection flow control.  Replies and pushes go to the transport; once
+# its buffer passes WRITE_HIGH the client is not reading, so we stop reading
+# its requests (it cannot make us queue replies without bound) and hold its
+# notifications in the bounded outbox (oldest dropped and counted).
+WRITE_HIGH = 256 * 1024
+# Async requests of one connection running at once; beyond it, reading pauses.
+MAX_INFLIGHT = 128
+# Seconds a closing connection may take to flush before it is aborted.
+CLOSE_FLUSH_S = 2.0
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, server: "RpcServer"):
         self.server = server
@@ -121,12 +132,15 @@ class Connection(asyncio.Protocol):
         self.call: Call | None = None
         self.subs: dict[str, Subscription] = {}
         self.outbox: collections.deque = collections.deque()
+        self.backlog: collections.deque = collections.deque()   # frames read but not yet handled
         self.dropped_total = 0
         self.inflight: set[asyncio.Future] = set()
-        self.paused = False
+        self.paused = False           # the transport asked us to stop writing
+        self.reading = True
         self.closing = False
         self.last_activity = time.monotonic()
         self._close_hooks: list = []
+        self.closed = asyncio.get_running_loop().create_future()
 
     # -- asyncio callbacks
     def connection_made(self, transport):
@@ -137,30 +151,41 @@ class Connection(asyncio.Protocol):
         except OSError:
             pid, uid, gid = 0, -1, -1
         self.call = ServerCall(pid, uid, gid, self.server.policy.level(pid, uid, gid), self)
-        transport.set_write_buffer_limits(high=256 * 1024)
+        transport.set_write_buffer_limits(high=WRITE_HIGH)
         if not self.server.admit(self):
-            transport.write(error_frame(None, E.OVERLOADED,
-                                        f"too many connections (limit {self.server.max_connections}); try again later",
+            if self.server.stopping:
+                msg = "server is shutting down"
+            else:
+                msg = f"too many connections (limit {self.server.max_connections}); try again later"
+            transport.write(error_frame(None, E.OVERLOADED, msg,
                                         {"max_connections": self.server.max_connections}))
-            transport.close()
-            self.closing = True
+            self.close()
 
     def data_received(self, data: bytes):
         if self.closing:
             return
         self.last_activity = time.monotonic()
-        for ev in self.framer.feed(data):
-            if isinstance(ev, FrameTooLarge):
+        self.backlog.extend(self.framer.feed(data))
+        self._process()
+
+    def _process(self):
+        """Handle backlog frames while the client keeps up; pause reading if not."""
+        server = self.server
+        backlog = self.backlog
+        while backlog and not self.paused and not self.closing and len(self.inflight) < MAX_INFLIGHT:
+            ev = backlog.popleft()
+            if type(ev) is FrameTooLarge:
+                backlog.clear()
                 self._write(error_frame(None, E.FRAME_TOO_LARGE,
                                         f"frame exceeds the limit of {ev.limit} bytes; closing the connection",
                                         {"limit": ev.limit, "size_at_least": ev.size}))
                 log.warning("frame_too_large", pid=self.call.pid, uid=self.call.uid, limit=ev.limit)
                 self.close()
                 return
-            if self.server.stopping:
+            if server.stopping:
                 self._write(error_frame(None, E.OVERLOADED, "server is shutting down"))
                 continue
-            out = self.server.dispatcher.handle_frame(ev, self.call)
+            out = server.dispatcher.handle_frame(ev, self.call)
             if out is None:
                 continue
             if type(out) is bytes:
@@ -168,8 +193,18 @@ class Connection(asyncio.Protocol):
             else:
                 fut = asyncio.ensure_future(out)
                 self.inflight.add(fut)
-                self.server.inflight.add(fut)
+                server.inflight.add(fut)
                 fut.add_done_callback(self._async_done)
+        self._set_reading(not backlog and not self.paused)
+
+    def _set_reading(self, on: bool):
+        if self.closing or on == self.reading:
+            return
+        self.reading = on
+        if on:
+            self.transport.resume_reading()
+        else:
+            self.transport.pause_reading()
 
     def _async_done(self, fut: asyncio.Future):
         self.inflight.discard(fut)
@@ -181,29 +216,35 @@ class Connection(asyncio.Protocol):
             log.error("async_reply_failed", error=repr(exc))
             return
         out = fut.result()
-        if out is not None and not self.closing:
+        if out is not None:
             self._write(out)
+        if self.backlog:
+            self._process()
 
     def eof_received(self):
-        # Client half-closed: finish in-flight replies, then close.
-        if self.inflight:
+        # Client half-closed: answer what it sent, then close.
+        if self.inflight or self.backlog:
             asyncio.ensure_future(self._close_after_inflight())
             return True
         return False
 
     async def _close_after_inflight(self):
-        await asyncio.gather(*self.inflight, return_exceptions=True)
+        while (self.inflight or self.backlog) and not self.closing:
+            if self.inflight:
+                await asyncio.gather(*self.inflight, return_exceptions=True)
+            else:
+                await asyncio.sleep(0.01)
         self.close()
 
     def pause_writing(self):
         self.paused = True
-        self.transport.pause_reading()
+        self._set_reading(False)
 
     def resume_writing(self):
         self.paused = False
         self._flush_outbox()
-        if not self.paused and not self.closing:
-            self.transport.resume_reading()
+        if not self.paused:
+            self._process()
 
     def connection_lost(self, exc):
         self.closing = True
@@ -211,6 +252,9 @@ class Connection(asyncio.Protocol):
             self.server.hub.remove(sub)
         self.subs.clear()
         self.outbox.clear()
+        self.backlog.clear()
+        # In-flight handlers run to completion (a half-done write is worse
+        # than a reply nobody reads); their replies are dropped.
         for fn in self._close_hooks:
             try:
                 fn()
@@ -218,6 +262,8 @@ class Connection(asyncio.Protocol):
                 log.error("close_hook_failed", error=repr(e))
         self._close_hooks.clear()
         self.server.forget(self)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     # -- used by handlers through Call
     def subscribe(self, topic, accept) -> str:
@@ -263,10 +309,16 @@ class Connection(asyncio.Protocol):
             sub.dropped = 0
             self.transport.write(frame)
 
-    def close(self):
-        if not self.closing:
-            self.closing = True
-            self.transport.close()
+    def close(self, flush_s: float = CLOSE_FLUSH_S):
+        """Close after flushing what is buffered; abort if the peer does not
+        take it within flush_s (a client that never reads)."""
+        if self.closing:
+            return
+        self.closing = True
+        t = self.transport
+        t.close()
+        if t.get_write_buffer_size() > 0:
+            asyncio.get_running_loop().call_later(flush_s, t.abort)
 
     def idle_for(self, now: float) -> float:
         if self.subs or self.inflight:
@@ -296,6 +348,8 @@ class RpcServer:
     def admit(self, conn: Connection) -> bool:
         if self.stopping or len(self.conns) >= self.max_connections:
             self.refused_total += 1
+            log.warning("connection_refused", open=len(self.conns), max=self.max_connections,
+                        stopping=self.stopping)
             return False
         self.conns.add(conn)
         self.accepted_total += 1
@@ -311,16 +365,18 @@ class RpcServer:
 
     async def _reap_idle(self):
         while True:
-            await asyncio.sleep(min(5.0, self.idle_timeout_s / 2))
+            # Re-read each round: a reload may change the timeout.
+            await asyncio.sleep(max(0.05, min(5.0, self.idle_timeout_s / 4)))
             now = time.monotonic()
             for c in list(self.conns):
-                if c.idle_for(now) > self.idle_timeout_s:
+                if not c.closing and c.idle_for(now) > self.idle_timeout_s:
                     log.info("idle_close", pid=c.call.pid, idle_s=round(now - c.last_activity, 1))
                     c.close()
 
     def stats(self) -> dict:
         return {"open": len(self.conns), "max": self.max_connections,
-                "accepted_total": self.accepted_total, "refused_total": self.refused_total}
+                "accepted_total": self.accepted_total, "refused_total": self.refused_total,
+                "dropped_total": self.dropped_total, "inflight": len(self.inflight)}
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting, let in-flight requests finish (bounded), close all."""
@@ -335,6 +391,9 @@ class RpcServer:
                 p.cancel()
             if pending:
                 log.warning("stop_cancelled_inflight", count=len(pending))
-        for c in list(self.conns):
-            c.close()
-        await asyncio.sleep(0)
+        conns = list(self.conns)
+        for c in conns:
+            c.close(flush_s=1.0)
+        if conns:
+            # Let the last replies reach their clients (bounded by close()'s abort).
+            await asyncio.wait([c.closed for c in conns], timeout=2.0)
