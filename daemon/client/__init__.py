@@ -80,11 +80,20 @@ class Client:
         self.sock.close()
 
     def _send(self, obj) -> None:
-        self.sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        try:
+            self.sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        except OSError as exc:
+            raise ConnectError(f"connection to aal-core on {self.path} failed: {exc.strerror or exc}") from None
 
     def _read_msg(self):
         while b"\n" not in self._buf:
-            chunk = self.sock.recv(1 << 16)
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except socket.timeout:
+                raise ConnectError(f"no reply from aal-core on {self.path} within "
+                                   f"{self.sock.gettimeout()}s (is the daemon stalled?)") from None
+            except OSError as exc:
+                raise ConnectError(f"connection to aal-core on {self.path} failed: {exc.strerror or exc}") from None
             if not chunk:
                 raise ConnectError(f"aal-core closed the connection on {self.path}")
             self._buf += chunk
@@ -120,17 +129,12 @@ class Client:
         ids = [next(self._ids) for _ in calls]
         self._send([{"jsonrpc": "2.0", "id": i, "method": m, **({"params": p} if p is not None else {})}
                     for i, (m, p) in zip(ids, calls)])
+        if not calls:
+            raise ValueError("an empty batch is not a valid JSON-RPC request")
         replies = self._wait(ids[0])
         if isinstance(replies, dict):  # the whole batch was rejected
             _result(replies)
-        by_id = {r.get("id"): r for r in replies}
-        out = []
-        for i in ids:
-            try:
-                out.append(_result(by_id[i]))
-            except RpcCallError as e:
-                out.append(e)
-        return out
+        return _batch_results(ids, replies)
 
     def subscribe(self, topic: str, params=None):
         """Subscribe and yield each pushed notification's params."""
@@ -149,16 +153,19 @@ class Client:
 
 
 class AsyncClient:
-    """asyncio client; pushed notifications go to an asyncio.Queue per subscription."""
+    """asyncio client.  Many calls may be outstanding at once (replies are
+    matched by id); pushed notifications go to an asyncio.Queue per
+    subscription, which gets None when the connection ends."""
 
     def __init__(self, path: str | None = None):
         self.path = path or default_socket()
         self._ids = itertools.count(1)
-        self._pending: dict = {}
+        self._pending: dict = {}          # id, or frozenset of a batch's ids → future
         self._subs: dict[str, asyncio.Queue] = {}
         self._early: dict[str, list] = {}
         self._reader = self._writer = None
         self._task = None
+        self._closed: Exception | None = None
 
     async def connect(self) -> "AsyncClient":
         try:
@@ -183,6 +190,15 @@ class AsyncClient:
                 pass
         if self._task is not None:
             self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    def _resolve(self, key, msg) -> None:
+        fut = self._pending.pop(key, None)
+        if fut is not None and not fut.done():
+            fut.set_result(msg)
 
     async def _read_loop(self):
         err = ConnectError(f"aal-core closed the connection on {self.path}")
@@ -193,39 +209,74 @@ class AsyncClient:
                     break
                 msg = json.loads(line)
                 if isinstance(msg, list):
-                    key = tuple(sorted(str(r.get("id")) for r in msg))
-                    fut = self._pending.pop(key, None)
-                    if fut and not fut.done():
-                        fut.set_result(msg)
+                    self._resolve(frozenset(r.get("id") for r in msg if isinstance(r, dict)), msg)
                     continue
                 if "method" in msg and "id" not in msg:
-                    sub = msg.get("params", {}).get("subscription")
+                    params = msg.get("params", {})
+                    sub = params.get("subscription")
                     q = self._subs.get(sub)
                     if q is not None:
-                        q.put_nowait(msg["params"])
+                        q.put_nowait(params)
                     else:
-                        self._early.setdefault(sub, []).append(msg["params"])
+                        early = self._early.setdefault(sub, [])
+                        if len(early) < 1024:
+                            early.append(params)
                     continue
-                fut = self._pending.pop(msg.get("id"), None)
-                if fut and not fut.done():
-                    fut.set_result(msg)
+                id_ = msg.get("id")
+                if id_ is None and "error" in msg:
+                    # A whole batch (or a frame) was rejected: fail the only
+                    # batch waiting, if it is unambiguous.
+                    batches = [k for k in self._pending if isinstance(k, frozenset)]
+                    if len(batches) == 1:
+                        self._resolve(batches[0], msg)
+                    continue
+                self._resolve(id_, msg)
+        except (OSError, ValueError) as exc:
+            err = ConnectError(f"connection to aal-core on {self.path} failed: {exc}")
         finally:
+            self._closed = err
             for fut in self._pending.values():
                 if not fut.done():
                     fut.set_exception(err)
+            self._pending.clear()
             for q in self._subs.values():
                 q.put_nowait(None)
 
+    async def _send(self, key, obj):
+        if self._closed is not None:
+            raise self._closed
+        if self._writer is None:
+            raise ConnectError("not connected: call connect() first")
+        fut = asyncio.get_running_loop().create_future()
+        self._pending[key] = fut
+        self._writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        try:
+            await self._writer.drain()
+        except OSError as exc:
+            self._pending.pop(key, None)
+            raise ConnectError(f"connection to aal-core on {self.path} failed: {exc}") from None
+        return await fut
+
     async def call(self, method: str, params=None):
         id_ = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        self._pending[id_] = fut
         req = {"jsonrpc": "2.0", "id": id_, "method": method}
         if params is not None:
             req["params"] = params
-        self._writer.write(json.dumps(req, separators=(",", ":")).encode() + b"\n")
-        await self._writer.drain()
-        return _result(await fut)
+        return _result(await self._send(id_, req))
+
+    async def batch(self, calls: list[tuple[str, object]]) -> list:
+        """Send [(method, params), ...] as one batch; results (or RpcCallError
+        instances) in the same order.  A batch the daemon rejects as a
+        whole raises RpcCallError."""
+        if not calls:
+            raise ValueError("an empty batch is not a valid JSON-RPC request")
+        ids = [next(self._ids) for _ in calls]
+        reqs = [{"jsonrpc": "2.0", "id": i, "method": m, **({"params": p} if p is not None else {})}
+                for i, (m, p) in zip(ids, calls)]
+        replies = await self._send(frozenset(ids), reqs)
+        if isinstance(replies, dict):
+            _result(replies)
+        return _batch_results(ids, replies)
 
     async def subscribe(self, topic: str, params=None) -> tuple[str, asyncio.Queue]:
         """Returns (subscription id, queue of notification params; None when the connection ends)."""
@@ -236,3 +287,23 @@ class AsyncClient:
         for p in self._early.pop(sub, []):
             q.put_nowait(p)
         return sub, q
+
+    async def unsubscribe(self, topic: str, subscription: str) -> None:
+        await self.call(f"{topic}.unsubscribe", {"subscription": subscription})
+        self._subs.pop(subscription, None)
+        self._early.pop(subscription, None)
+
+
+def _batch_results(ids: list, replies: list) -> list:
+    by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
+    out = []
+    for i in ids:
+        r = by_id.get(i)
+        if r is None:
+            out.append(RpcCallError(-32603, f"no reply for request id {i} in the batch"))
+            continue
+        try:
+            out.append(_result(r))
+        except RpcCallError as e:
+            out.append(e)
+    return out

@@ -46,13 +46,20 @@ def _fmt_status(s: dict) -> str:
     return "\n".join(lines)
 
 
+class UsageError(Exception):
+    pass
+
+
 def _parse_params(text: str | None):
     if text is None:
         return None
     try:
-        return json.loads(text)
+        params = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise SystemExit(f"aalctl: params are not valid JSON: {exc}")
+        raise UsageError(f"params are not valid JSON: {exc}") from None
+    if not isinstance(params, (list, dict)):
+        raise UsageError("params must be a JSON array or object, e.g. '{\"key\": 1}'")
+    return params
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +83,9 @@ def main(argv=None) -> int:
     handler = COMMANDS.get(args.command)
     try:
         return handler(args)
+    except UsageError as exc:
+        print(f"aalctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ConnectError as exc:
         print(f"aalctl: {exc}", file=sys.stderr)
         return EXIT_CONNECT
@@ -89,6 +99,9 @@ def main(argv=None) -> int:
         return EXIT_OK
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as exc:
+        print(f"aalctl: connection to aal-core failed: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CONNECT
 
 
 def cmd_status(args) -> int:
@@ -98,15 +111,17 @@ def cmd_status(args) -> int:
 
 
 def cmd_call(args) -> int:
+    params = _parse_params(args.params)
     with Client(args.socket) as c:
-        print(json.dumps(c.call(args.method, _parse_params(args.params)), indent=2, sort_keys=True))
+        print(json.dumps(c.call(args.method, params), indent=2, sort_keys=True))
     return EXIT_OK
 
 
 def cmd_watch(args) -> int:
+    params = _parse_params(args.params)
     with Client(args.socket, timeout=None) as c:
         n = 0
-        for note in c.subscribe(args.topic, _parse_params(args.params)):
+        for note in c.subscribe(args.topic, params):
             print(json.dumps(note, separators=(",", ":")), flush=True)
             n += 1
             if args.count and n >= args.count:
