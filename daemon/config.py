@@ -71,7 +71,30 @@ class SignalConfig:
 
 @dataclass(frozen=True)
 class GovernConfig:
+    """Memory governance (README, "governance")."""
+    # "progressive": steps one by one, hysteresis and hold; "seed": the seed's
+    # all-at-once semantics (stress > 0.3 + 0.05 x priority).
     mode: str = "progressive"
+    # Stress the PID regulates the machine-wide degradation level towards.
+    setpoint: float = 0.6
+    kp: float = 0.6
+    ki: float = 0.1
+    kd: float = 0.05
+    # Degradation level (PID output, 0..1) per step beyond a job's first.
+    level_per_step: float = 0.05
+    # A step is lifted once stress stayed below threshold - hysteresis for hold_s.
+    hysteresis: float = 0.05
+    hold_s: float = 5.0
+    # A job whose heartbeats stop for this long is released.
+    heartbeat_timeout_s: float = 30.0
+    # A directive unacknowledged for longer is reported overdue.
+    ack_timeout_s: float = 2.0
+    # Per-job cgroups: "auto" (v2 if the unified hierarchy has memory, else
+    # v1 /sys/fs/cgroup/memory), "off", or a cgroup directory to create them under.
+    cgroup_root: str = "auto"
+    # Jobs of priority <= refuse_priority are refused at stress >= refuse_stress.
+    refuse_stress: float = 0.98
+    refuse_priority: int = 3
 
 
 @dataclass(frozen=True)
@@ -82,7 +105,34 @@ class LedgerConfig:
 
 @dataclass(frozen=True)
 class VenomConfig:
+    """The control loop (README, "venom").  The beat is
+    T_Λ = T1·ln U / (1 − 1/(k·P)); the defaults give 1.0 s."""
     enabled: bool = True
+    # Seconds; 0.2375 with k=4, P=5, U=e^4 gives a 1.0 s beat (the seed's 0.001 gives 4.2 ms).
+    t1: float = 0.2375
+    k_flows: int = 4
+    p_nodes: int = 5
+    # The U of T_Λ (ln U = 4 by default).
+    u: float = 54.598150033144236
+    # The PID's setpoint for T_Λ, seconds.
+    t_threshold: float = 0.02
+    # Genome weights (normalised to sum to 1 at start).
+    weight_r: float = 0.25
+    weight_b: float = 0.25
+    weight_e: float = 0.15
+    weight_o: float = 0.35
+    # Entropy model σ(w·anomalies + b) until a model file is loaded.
+    ml_weight: float = 0.12
+    ml_bias: float = 0.0
+    # Model file (aal-core.entropy.v1 JSON) to load at start; "" = the one last
+    # set with venom.set_model (state_dir/venom-model.json) if any.
+    model_file: str = ""
+    # Seconds of NOOP beats summarised into one ledger entry.
+    summary_interval_s: float = 60.0
+    # A beat at least this fraction of T_Λ behind its deadline counts as an anomaly.
+    late_fraction: float = 0.5
+    # How the four cores run each beat: "inline" (fastest here) or "threads".
+    runner: str = "inline"
 
 
 @dataclass(frozen=True)
@@ -112,6 +162,7 @@ CHOICES = {
     ("daemon", "log_level"): ("debug", "info", "warning", "error"),
     ("signal", "model"): ("classic", "fused"),
     ("govern", "mode"): ("seed", "progressive"),
+    ("venom", "runner"): ("inline", "threads"),
 }
 
 # Inclusive (min, max) for numeric keys, checked at load; None = unbounded.
@@ -125,6 +176,28 @@ RANGES = {
     ("rpc", "idle_timeout_s"): (0.1, None),
     ("rpc", "outbox_max_frames"): (1, None),
     ("rpc", "heartbeat_interval_s"): (0.001, 3600.0),
+    ("govern", "setpoint"): (0.0, 1.0),
+    ("govern", "kp"): (0.0, 100.0),
+    ("govern", "ki"): (0.0, 100.0),
+    ("govern", "kd"): (0.0, 100.0),
+    ("govern", "level_per_step"): (0.001, 1.0),
+    ("govern", "hysteresis"): (0.0, 1.0),
+    ("govern", "hold_s"): (0.0, 3600.0),
+    ("govern", "heartbeat_timeout_s"): (0.1, 86400.0),
+    ("govern", "ack_timeout_s"): (0.01, 3600.0),
+    ("govern", "refuse_stress"): (0.0, 1.0),
+    ("govern", "refuse_priority"): (-1, 9),
+    ("venom", "t1"): (0.0, 3600.0),
+    ("venom", "k_flows"): (1, 1 << 20),
+    ("venom", "p_nodes"): (1, 1 << 20),
+    ("venom", "u"): (1.0, None),
+    ("venom", "t_threshold"): (0.0, 3600.0),
+    ("venom", "weight_r"): (0.0, 1000.0),
+    ("venom", "weight_b"): (0.0, 1000.0),
+    ("venom", "weight_e"): (0.0, 1000.0),
+    ("venom", "weight_o"): (0.0, 1000.0),
+    ("venom", "summary_interval_s"): (1.0, 86400.0),
+    ("venom", "late_fraction"): (0.01, 100.0),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.

@@ -1,0 +1,83 @@
+"""One beat of the control loop, with no I/O.
+
+`Arbiter.beat(anomalies, dt)` runs the four cores on the same inputs,
+forms the decision vector with the genome in force, decides, then
+recalibrates the genome with the PID (error = T_Λ − T_threshold; the same
+Cython PID the governor uses).  What to do about the decision (actions, the
+ledger, pushes) is the unit's business; this only says what was decided
+and why, as a `BeatResult`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .anomalies import Anomalies
+from .cores import BalanceCore, BeatInputs, CoreOutputs, InlineRunner
+from .entropy import EntropyParams
+from .genome import Action, DecisionVector, Genome, decide, decision_vector, recalibrate
+
+__all__ = ["Arbiter", "BeatResult", "make_pid"]
+
+
+def make_pid(setpoint: float, kp: float = 0.6, ki: float = 0.1, kd: float = 0.05):
+    """The compiled PID (ext/pid.pyx), same defaults as the seed's genomic PID."""
+    try:
+        from ..pid import PID
+    except ImportError as exc:  # pragma: no cover - a build problem, not a runtime one
+        raise ImportError("aal_core.pid is not built; run `python setup.py build_ext --inplace` "
+                          f"or reinstall aal-core ({exc})") from None
+    return PID(kp=kp, ki=ki, kd=kd, setpoint=setpoint)
+
+
+@dataclass(frozen=True)
+class BeatResult:
+    beat: int
+    t_lambda: float
+    anomalies: Anomalies
+    cores: CoreOutputs
+    vector: DecisionVector
+    action: Action
+    genome: Genome          # the genome the decision was taken with
+    genome_next: Genome     # after recalibration
+    delta_o: float
+    pid: dict
+    pid_stable: bool
+
+    def to_dict(self) -> dict:
+        return {"beat": self.beat, "t_lambda": self.t_lambda, "action": self.action.value,
+                "anomalies": self.anomalies.to_dict(), "decision": self.vector.to_dict(),
+                "genome": self.genome.to_dict(), "genome_next": self.genome_next.to_dict(),
+                "delta_o": self.delta_o, "cores": self.cores.to_dict(),
+                "pid_stable": self.pid_stable}
+
+
+class Arbiter:
+    def __init__(self, *, t_lambda: float, t_threshold: float = 0.02, genome: Genome | None = None,
+                 model: EntropyParams | None = None, pid=None, runner=None):
+        self.t_lambda = t_lambda
+        self.t_threshold = t_threshold
+        self.genome = genome or Genome()
+        self.model = model or EntropyParams()
+        self.balance = BalanceCore()
+        self.pid = pid if pid is not None else make_pid(t_threshold, self.balance.kp, self.balance.ki,
+                                                        self.balance.kd)
+        self.runner = runner or InlineRunner()
+        self.beats = 0
+        self.episode_beats = -1      # beats into the current threat > 0.5 episode; -1 outside one
+
+    def beat(self, anomalies: Anomalies, dt: float) -> BeatResult:
+        """Run one beat; `dt` is the seconds since the previous one (monotonic)."""
+        g = self.genome
+        inp = BeatInputs(anoms=anomalies.total, t_lambda=self.t_lambda, t_threshold=self.t_threshold,
+                         o_weight=g.o, model=self.model)
+        cores = self.runner.run(self.balance, inp)
+        vec = decision_vector(cores, g)
+        action = decide(vec)
+        out = self.pid.update(self.t_lambda, dt if dt > 0 else self.t_lambda)
+        self.episode_beats = self.episode_beats + 1 if vec.raw_threat > 0.5 else -1
+        nxt, d_o = recalibrate(g, out, vec.raw_threat, max(0, self.episode_beats))
+        self.genome = nxt
+        self.beats += 1
+        return BeatResult(beat=self.beats, t_lambda=self.t_lambda, anomalies=anomalies, cores=cores,
+                          vector=vec, action=action, genome=g, genome_next=nxt, delta_o=d_o,
+                          pid=self.pid.state(), pid_stable=bool(self.pid.stable))

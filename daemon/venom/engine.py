@@ -1,0 +1,240 @@
+"""The loop itself: beat on the monotonic clock, count anomalies, decide,
+act, record, push.  Shared by the daemon's `VenomUnit` and the standalone
+`aal-core venom`; what differs between them is injected:
+
+    sensing    .anomaly_counters() -> dict        (None: no sensed anomalies)
+    governor   raise_level / allow_early_recovery / quarantine / jobs /
+               unacked_directives                 (None: actions say so)
+    recorder   async append(data) -> (index, hash), manifest() -> dict,
+               verified -> bool                   (None: nothing recorded)
+    publish    fn(decision: dict) -> None         (pushes to subscribers)
+
+Every beat with an action gets its own ledger entry (decision vector,
+genome, anomalies, effect); NOOP beats go into the per-minute summary.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from dataclasses import dataclass
+
+from ..clock import Clock
+from ..log import get_logger
+from .actions import Actuator
+from .anomalies import KINDS, AnomalyCounter
+from .arbiter import Arbiter, BeatResult
+from .entropy import EntropyParams
+from .genome import Action, Genome
+from .pulse import U_DEFAULT, BeatTimer, t_lambda
+from .summary import BeatSummary
+
+__all__ = ["Settings", "VenomLoop"]
+
+log = get_logger("venom")
+
+
+@dataclass(frozen=True)
+class Settings:
+    t1: float = 0.001
+    k_flows: int = 4
+    p_nodes: int = 5
+    u: float = U_DEFAULT
+    t_threshold: float = 0.02
+    genome: Genome = Genome()
+    summary_interval_s: float = 60.0
+    # A beat this fraction of T_Λ (or more) behind its deadline is a late beat.
+    late_fraction: float = 0.5
+    runner: str = "inline"
+
+    @property
+    def period(self) -> float:
+        return t_lambda(self.k_flows, self.p_nodes, self.t1, self.u)
+
+
+class VenomLoop:
+    def __init__(self, settings: Settings, clock: Clock, *, model: EntropyParams | None = None,
+                 sensing=None, governor=None, recorder=None, publish=None):
+        from .cores import make_runner
+
+        self.settings = settings
+        self.clock = clock
+        self.period = settings.period
+        self.sensing, self.governor, self.recorder, self.publish = sensing, governor, recorder, publish
+        self.arbiter = Arbiter(t_lambda=self.period, t_threshold=settings.t_threshold,
+                               genome=settings.genome, model=model or EntropyParams(),
+                               runner=make_runner(settings.runner))
+        self.actuator = Actuator(governor)
+        self.counter = AnomalyCounter()
+        now = clock.monotonic()
+        self.timer = BeatTimer(self.period, now)
+        self.summary = BeatSummary(settings.summary_interval_s, now)
+        self.last_beat_at: float | None = None
+        self.last: dict | None = None
+        self.actions = {a.value: 0 for a in Action}
+        self.anomaly_totals = dict.fromkeys(KINDS, 0)
+        self.max_lateness_s = 0.0
+        self.ledger_entries = 0
+        self.ledger_failures = 0
+        self.running = False
+
+    # ------------------------------------------------------------- the model
+    @property
+    def model(self) -> EntropyParams:
+        return self.arbiter.model
+
+    def set_model(self, model: EntropyParams) -> None:
+        self.arbiter.model = model
+
+    # -------------------------------------------------------------- one beat
+    def _late(self, lateness: float) -> int:
+        return 1 if lateness >= self.settings.late_fraction * self.period else 0
+
+    async def step(self, lateness: float = 0.0) -> dict:
+        """One beat at clock.monotonic(), `lateness` seconds after its deadline."""
+        now = self.clock.monotonic()
+        dt = now - self.last_beat_at if self.last_beat_at is not None else self.period
+        self.last_beat_at = now
+        counters = self.sensing.anomaly_counters() if self.sensing is not None else None
+        unacked = 0
+        if self.governor is not None:
+            unacked = await _maybe_await(self.governor.unacked_directives())
+        anomalies = self.counter.step(counters, unacked or 0, self._late(lateness) + self._missed())
+        r = self.arbiter.beat(anomalies, dt)
+        effect = await self.actuator.apply(r)
+        decision = self._decision(r, lateness, effect)
+        self._count(r, lateness)
+        self.summary.add(r, lateness)
+        if r.action is not Action.NOOP:
+            await self._record(decision)
+        if self.summary.due(now):
+            await self.flush(now)
+        self.last = decision
+        if self.publish is not None:
+            self.publish(decision)
+        return decision
+
+    def _missed(self) -> int:
+        m = self.timer.missed
+        self.timer.missed = 0
+        return m
+
+    def _decision(self, r: BeatResult, lateness: float, effect: dict) -> dict:
+        d = {"type": "venom.decision", "beat": r.beat, "time": self.clock.wall(),
+             "t_lambda": r.t_lambda, "action": r.action.value,
+             "anomalies": r.anomalies.to_dict(), "decision": r.vector.to_dict(),
+             "genome": r.genome.to_dict(), "genome_next": r.genome_next.to_dict(),
+             "delta_o": r.delta_o, "lateness_s": round(lateness, 6),
+             "model": {"weight": self.model.weight, "bias": self.model.bias},
+             "pid": {k: r.pid[k] for k in ("error", "integral", "output")}, "pid_stable": r.pid_stable}
+        if effect:
+            d["effect"] = effect
+        return d
+
+    def _count(self, r: BeatResult, lateness: float) -> None:
+        self.actions[r.action.value] += 1
+        for k in KINDS:
+            self.anomaly_totals[k] += getattr(r.anomalies, k)
+        if lateness > self.max_lateness_s:
+            self.max_lateness_s = lateness
+
+    async def record(self, data: dict) -> tuple[int, str] | None:
+        """Append to the ledger; a failure is logged and counted, never raised
+        into the loop (the action was taken; the next beat still comes)."""
+        if self.recorder is None:
+            return None
+        try:
+            index, digest = await _maybe_await(self.recorder.append(data))
+        except Exception as exc:  # noqa: BLE001
+            self.ledger_failures += 1
+            log.error("ledger_append_failed", type=data.get("type"), beat=data.get("beat", "-"),
+                      error=str(exc) or type(exc).__name__)
+            return None
+        self.ledger_entries += 1
+        return index, digest
+
+    async def _record(self, decision: dict) -> None:
+        res = await self.record(decision)
+        if res is not None:
+            decision["ledger_index"], decision["ledger_hash"] = res
+
+    async def flush(self, now: float | None = None) -> dict | None:
+        """Write the summary of the beats so far (at most one entry per window)."""
+        entry = self.summary.take(self.clock.monotonic() if now is None else now)
+        if entry is None:
+            return None
+        if self.recorder is not None:
+            try:
+                m = self.recorder.manifest()
+                entry["merkle_root"] = m.get("merkle_root")
+                entry["chain_length"] = m.get("chain_length")
+            except Exception as exc:  # noqa: BLE001
+                log.error("ledger_manifest_failed", error=str(exc))
+        res = await self.record(entry)
+        if res is not None:
+            entry["ledger_index"], entry["ledger_hash"] = res
+        return entry
+
+    # -------------------------------------------------------------- the loop
+    async def run(self, beats: int = -1) -> None:
+        """Beat until cancelled, or `beats` times (-1: endless)."""
+        self.running = True
+        n = 0
+        try:
+            while beats < 0 or n < beats:
+                delay = self.timer.next_delay(self.clock.monotonic())
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                lateness = self.timer.fired(self.clock.monotonic())
+                try:
+                    await self.step(lateness)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one bad beat must not end the loop
+                    log.error("beat_failed", beat=self.arbiter.beats, error=repr(exc), exc_info=True)
+                n += 1
+        finally:
+            self.running = False
+
+    # ------------------------------------------------------------- reporting
+    def status(self) -> dict:
+        pid = self.arbiter.pid.state()
+        s = self.settings
+        out = {
+            "running": self.running,
+            "beats": self.arbiter.beats,
+            "t_lambda": self.period,
+            "t1": s.t1, "k_flows": s.k_flows, "p_nodes": s.p_nodes, "u": s.u,
+            "t_threshold": s.t_threshold,
+            "genome": self.arbiter.genome.to_dict(),
+            "pid": {k: pid[k] for k in ("error", "integral", "derivative", "output", "v", "dv",
+                                        "updates", "setpoint", "kp", "ki", "kd")},
+            "pid_stable": bool(self.arbiter.pid.stable),
+            "ledger_verified": bool(getattr(self.recorder, "verified", False)),
+            "model": self.model.to_dict(),
+            "actions": dict(self.actions),
+            "anomalies": dict(self.anomaly_totals),
+            "max_lateness_s": round(self.max_lateness_s, 6),
+            "ledger_entries": self.ledger_entries,
+            "ledger_failures": self.ledger_failures,
+            "quarantined": sorted(self.actuator.quarantined),
+            "runner": self.arbiter.runner.name,
+            "summary_interval_s": s.summary_interval_s,
+        }
+        if self.last is not None:
+            out["last"] = self.last
+            out["last_action"] = self.last["action"]
+        return out
+
+    def close(self) -> None:
+        self.arbiter.runner.close()
+
+
+async def _maybe_await(v):
+    if inspect.isawaitable(v):
+        return await v
+    return v
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
