@@ -129,3 +129,112 @@ def make_registry() -> tuple[Registry, dict]:
     reg.add("write_op", write_op, result=R, access=Access.WRITE)
     reg.add("admin_op", admin_op, result=R, access=Access.ADMIN)
     return reg, seen
+
+
+# ------------------------------------------------------------ socket helpers
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import socket  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+
+class RawConn:
+    """A bare AF_UNIX connection speaking newline-delimited JSON, to send
+    whatever bytes a test wants and read replies line by line."""
+
+    def __init__(self, path: str, timeout: float = 10.0, rcvbuf: int | None = None):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(path)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def send_obj(self, obj) -> None:
+        self.send(json.dumps(obj).encode() + b"\n")
+
+    def line(self) -> bytes | None:
+        """The next line, or None at EOF."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line
+
+    def reply(self):
+        ln = self.line()
+        assert ln is not None, "connection closed instead of a reply"
+        return json.loads(ln)
+
+    def call(self, method, params=None, id_=1):
+        r = {"jsonrpc": "2.0", "id": id_, "method": method}
+        if params is not None:
+            r["params"] = params
+        self.send_obj(r)
+        while True:
+            msg = self.reply()
+            if "id" in msg:
+                return msg
+
+    def at_eof(self, timeout: float = 5.0) -> bool:
+        """True when the daemon closed its side (after any pending lines)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                chunk = self.sock.recv(1 << 16)
+                if not chunk:
+                    return True
+                self.buf += chunk
+        except socket.timeout:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def keeps_serving(path: str, interval: float = 0.02):
+    """Asserts that the daemon answers system.health on a separate
+    connection all through the block (no failure, and at least one answer
+    after the block's work)."""
+    stop = threading.Event()
+    stats = {"ok": 0, "failures": []}
+
+    def probe():
+        while not stop.is_set():
+            try:
+                c = RawConn(path, timeout=10.0)
+                try:
+                    r = c.call("system.health")
+                    if r.get("result", {}).get("ok") is True:
+                        stats["ok"] += 1
+                    else:
+                        stats["failures"].append(r)
+                finally:
+                    c.close()
+            except Exception as exc:  # noqa: BLE001 - recorded, asserted below
+                stats["failures"].append(repr(exc))
+            time.sleep(interval)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    try:
+        yield stats
+        before = stats["ok"]
+        deadline = time.monotonic() + 10
+        while stats["ok"] == before and time.monotonic() < deadline and not stats["failures"]:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        t.join(15)
+    assert not stats["failures"], f"the daemon failed another client: {stats['failures'][:3]}"
+    assert stats["ok"] > before, "the daemon stopped answering other clients"
