@@ -101,6 +101,12 @@ class GovernConfig:
 class LedgerConfig:
     # File name inside the state directory.
     file: str = "ledger.aal"
+    # Concurrent appends share one write and one fsync (group commit).
+    group_commit: bool = True
+    # Most entries written per fsync when group commit is on.
+    max_batch: int = 1024
+    # Largest canonical `data` accepted by ledger.append, in bytes.
+    max_entry_bytes: int = 65536
 
 
 @dataclass(frozen=True)
@@ -167,6 +173,8 @@ CHOICES = {
 
 # Inclusive (min, max) for numeric keys, checked at load; None = unbounded.
 RANGES = {
+    ("ledger", "max_batch"): (1, 1 << 20),
+    ("ledger", "max_entry_bytes"): (64, 1 << 23),
     ("daemon", "stop_grace_s"): (0.0, 300.0),
     ("daemon", "ready_timeout_s"): (0.0, 600.0),
     ("rpc", "max_frame_bytes"): (64, 1 << 30),
