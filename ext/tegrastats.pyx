@@ -1,0 +1,466 @@
+# cython: language_level=3
+"""Parser for one line of `tegrastats` output, every format from JetPack 3
+to 7.2 (see tests/fixtures/tegrastats/FIELDS.md).
+
+Why Cython: the daemon parses every line tegrastats prints, for as long as it
+runs; tokens are located and numbers scanned in C on the line's bytes, and
+Python objects are made only for the values that go into the result, after
+each field has been validated.  Fields are recognised by name, never by
+position.  The grammar, and a pure-Python reference, is
+aal_core.sources._ref.parse_tegrastats; tests/test_tegrastats_diff.py checks
+that both agree on the recorded lines and on generated and mutated ones.
+"""
+from libc.string cimport memcmp, strlen
+
+from scan cimport is_ws, is_digit, is_upper, is_alpha, parse_int, parse_dec
+
+from aal_core.errors import ParseError
+
+cdef enum:
+    MAX_TOKENS = 512
+
+
+cdef inline bint teq(const char* b, Py_ssize_t s, Py_ssize_t e, const char* lit) noexcept nogil:
+    cdef Py_ssize_t n = strlen(lit)
+    return e - s == n and memcmp(b + s, lit, n) == 0
+
+
+cdef inline bint tends(const char* b, Py_ssize_t s, Py_ssize_t e, const char* lit) noexcept nogil:
+    cdef Py_ssize_t n = strlen(lit)
+    return e - s >= n and memcmp(b + e - n, lit, n) == 0
+
+
+cdef bint is_name(const char* b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    """[A-Z][A-Z0-9_]*"""
+    cdef Py_ssize_t i
+    if e <= s or not is_upper(b[s]):
+        return False
+    for i in range(s, e):
+        if not (is_upper(b[i]) or is_digit(b[i]) or b[i] == 95):
+            return False
+    return True
+
+
+cdef bint is_date(const char* b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    if e - s != 10 or b[s + 2] != 45 or b[s + 5] != 45:
+        return False
+    return (is_digit(b[s]) and is_digit(b[s + 1]) and is_digit(b[s + 3]) and is_digit(b[s + 4])
+            and is_digit(b[s + 6]) and is_digit(b[s + 7]) and is_digit(b[s + 8]) and is_digit(b[s + 9]))
+
+
+cdef bint is_time(const char* b, Py_ssize_t s, Py_ssize_t e) noexcept nogil:
+    if e - s != 8 or b[s + 2] != 58 or b[s + 5] != 58:
+        return False
+    return (is_digit(b[s]) and is_digit(b[s + 1]) and is_digit(b[s + 3]) and is_digit(b[s + 4])
+            and is_digit(b[s + 6]) and is_digit(b[s + 7]))
+
+
+cdef bint pair(const char* b, Py_ssize_t s, Py_ssize_t e, const char* rest,
+               long long* u, long long* t) noexcept nogil:
+    """"U/T<rest>" exactly."""
+    cdef Py_ssize_t j = parse_int(b, s, e, False, u)
+    if j < 0 or j >= e or b[j] != 47:
+        return False
+    j = parse_int(b, j + 1, e, False, t)
+    if j < 0:
+        return False
+    return teq(b, j, e, rest)
+
+
+cdef bint lfb_size(const char* b, Py_ssize_t s, Py_ssize_t e, bint with_count,
+                   long long* count, long long* kb) noexcept nogil:
+    """"NxS<MB|kB>)" (with_count) or "S<MB|kB>)"."""
+    cdef Py_ssize_t i = s, j
+    cdef long long size
+    if with_count:
+        j = parse_int(b, i, e, False, count)
+        if j < 0 or j >= e or b[j] != 120:
+            return False
+        i = j + 1
+    j = parse_int(b, i, e, False, &size)
+    if j < 0:
+        return False
+    if teq(b, j, e, b"MB)"):
+        kb[0] = size * 1024
+        return True
+    if teq(b, j, e, b"kB)"):
+        kb[0] = size
+        return True
+    return False
+
+
+cdef bint pct_at(const char* b, Py_ssize_t i, Py_ssize_t n, bint allow_list,
+                 bint* has_util, long long* util, Py_ssize_t* nfreq, long long* freq,
+                 Py_ssize_t* list_at) noexcept nogil:
+    """[N%][@F | @[F,..]] filling the whole span.  nfreq: 0 none, else how many;
+    list_at >= 0 when they are a bracketed list starting there (re-read by freq_list)."""
+    cdef Py_ssize_t j
+    cdef long long v
+    has_util[0] = False
+    nfreq[0] = 0
+    list_at[0] = -1
+    if i < n and b[i] != 64:
+        j = parse_int(b, i, n, False, util)
+        if j < 0 or j >= n or b[j] != 37:
+            return False
+        has_util[0] = True
+        i = j + 1
+    if i < n:
+        if b[i] != 64:
+            return False
+        i += 1
+        if allow_list and i < n and b[i] == 91:
+            i += 1
+            list_at[0] = i
+            while True:
+                j = parse_int(b, i, n, False, &v)
+                if j < 0:
+                    return False
+                nfreq[0] += 1
+                i = j
+                if i < n and b[i] == 44:
+                    i += 1
+                    continue
+                break
+            if i != n - 1 or b[i] != 93:
+                return False
+        else:
+            j = parse_int(b, i, n, False, freq)
+            if j < 0 or j != n:
+                return False
+            nfreq[0] = 1
+    return has_util[0] or nfreq[0] > 0
+
+
+cdef list freq_list(const char* b, Py_ssize_t i, Py_ssize_t n, Py_ssize_t nfreq):
+    cdef list out = []
+    cdef long long v
+    cdef Py_ssize_t k
+    for k in range(nfreq):
+        i = parse_int(b, i, n, False, &v) + 1
+        out.append(v)
+    return out
+
+
+cdef bint cpu_list(const char* b, Py_ssize_t s, Py_ssize_t n, bint legacy, list out) except -1:
+    """"[item,...]" (CPU) or "[item,...]@F" (legacy cpu).  With out None only
+    validates (no Python objects); with a list, appends the entries."""
+    cdef Py_ssize_t close = -1, i, j, ie, idx = 0
+    cdef long long shared = 0, util, freq
+    cdef bint has_shared = False
+    if n - s < 2 or b[s] != 91:
+        return False
+    for i in range(s, n):
+        if b[i] == 93:
+            close = i
+            break
+    if close < 0:
+        return False
+    if legacy:
+        if close != n - 1:
+            if b[close + 1] != 64:
+                return False
+            j = parse_int(b, close + 2, n, False, &shared)
+            if j < 0 or j != n:
+                return False
+            has_shared = True
+    elif close != n - 1:
+        return False
+    if close == s + 1:
+        return True
+    i = s + 1
+    while True:
+        ie = i
+        while ie < close and b[ie] != 44:
+            ie += 1
+        if teq(b, i, ie, b"off"):
+            if out is not None:
+                out.append({"index": idx, "online": False})
+        else:
+            j = parse_int(b, i, ie, False, &util)
+            if j < 0 or j >= ie or b[j] != 37:
+                return False
+            j += 1
+            if j < ie:
+                if legacy or b[j] != 64:
+                    return False
+                if parse_int(b, j + 1, ie, False, &freq) != ie:
+                    return False
+                if out is not None:
+                    out.append({"index": idx, "online": True, "util_pct": util, "freq_mhz": freq})
+            elif out is not None:
+                if has_shared:
+                    out.append({"index": idx, "online": True, "util_pct": util, "freq_mhz": shared})
+                else:
+                    out.append({"index": idx, "online": True, "util_pct": util})
+        idx += 1
+        if ie >= close:
+            break
+        i = ie + 1
+    return True
+
+
+cdef bint rail(const char* b, Py_ssize_t i, Py_ssize_t n, long long* vals, int* nvals) noexcept nogil:
+    """"C[mW]/A[mW][/P[mW]]", signed."""
+    nvals[0] = 0
+    while True:
+        i = parse_int(b, i, n, True, &vals[nvals[0]])
+        if i < 0:
+            return False
+        nvals[0] += 1
+        if n - i >= 2 and b[i] == 109 and b[i + 1] == 87:
+            i += 2
+        if i == n:
+            break
+        if b[i] != 47 or nvals[0] == 3:
+            return False
+        i += 1
+    return nvals[0] >= 2
+
+
+cdef object engine(const char* b, Py_ssize_t s, Py_ssize_t n):
+    """off | N%@F | N% | @F | F → dict, or None."""
+    cdef long long v, util, freq
+    cdef bint has_util
+    cdef Py_ssize_t nfreq, list_at
+    if teq(b, s, n, b"off"):
+        return {"online": False}
+    if parse_int(b, s, n, False, &v) == n:
+        return {"online": True, "freq_mhz": v}
+    if not pct_at(b, s, n, False, &has_util, &util, &nfreq, &freq, &list_at):
+        return None
+    e = {"online": True}
+    if has_util:
+        e["util_pct"] = util
+    if nfreq:
+        e["freq_mhz"] = freq
+    return e
+
+
+cdef bint temp(const char* b, Py_ssize_t s, Py_ssize_t n, Py_ssize_t* at, double* value) noexcept nogil:
+    """name@T C[/T C]."""
+    cdef Py_ssize_t i, j
+    cdef double mx
+    at[0] = -1
+    for i in range(s, n):
+        if b[i] == 64:
+            at[0] = i
+            break
+    if at[0] <= s:
+        return False
+    if not is_alpha(b[s]):
+        return False
+    for i in range(s, at[0]):
+        if not (is_alpha(b[i]) or is_digit(b[i]) or b[i] == 95):
+            return False
+    j = parse_dec(b, at[0] + 1, n, True, value)
+    if j < 0 or j >= n or b[j] != 67:
+        return False
+    j += 1
+    if j != n:
+        if b[j] != 47:
+            return False
+        j = parse_dec(b, j + 1, n, True, &mx)
+        if j < 0 or j != n - 1 or b[n - 1] != 67:
+            return False
+    return True
+
+
+cdef inline str text(const char* b, Py_ssize_t s, Py_ssize_t e):
+    return b[s:e].decode("utf-8", "replace")
+
+
+def parse_tegrastats(const unsigned char[:] line):
+    """One tegrastats line (bytes, no newline needed) → the `tegrastats.latest`
+    payload.  Raises ParseError when nothing in it is a tegrastats field."""
+    cdef Py_ssize_t n = line.shape[0]
+    cdef const char* b = b""
+    cdef Py_ssize_t ts[MAX_TOKENS + 1]
+    cdef Py_ssize_t te[MAX_TOKENS + 1]
+    cdef Py_ssize_t nt = 0, i = 0, k, used, j, s, e, ns, ne, at, nfreq, list_at
+    cdef long long u, t, c, kb, util, freq, a, bb
+    cdef long long rv[3]
+    cdef int nv
+    cdef bint has_util, glued
+    cdef double val
+    cdef int known = 0
+    if n:
+        b = <const char*>&line[0]
+
+    # tokens: runs of non-whitespace
+    while i < n:
+        while i < n and is_ws(b[i]):
+            i += 1
+        if i >= n:
+            break
+        if nt == MAX_TOKENS:
+            while i < n:
+                while i < n and is_ws(b[i]):
+                    i += 1
+                if i < n:
+                    nt += 1
+                while i < n and not is_ws(b[i]):
+                    i += 1
+            raise ParseError(f"tegrastats line has more than {MAX_TOKENS} tokens", line=1, column=1,
+                             expected=f"<= {MAX_TOKENS} tokens", found=str(nt))
+        ts[nt] = i
+        while i < n and not is_ws(b[i]):
+            i += 1
+        te[nt] = i
+        nt += 1
+    if nt == 0:
+        raise ParseError("empty tegrastats line", line=1, column=1, expected="a tegrastats field", found="")
+
+    out = {}
+    unknown = []
+    engines = {}
+    temps = {}
+    power = {}
+    k = 0
+    if nt >= 2 and is_date(b, ts[0], te[0]) and is_time(b, ts[1], te[1]):
+        out["timestamp"] = b[ts[0]:te[0]].decode("ascii") + " " + b[ts[1]:te[1]].decode("ascii")
+        known += 1
+        k = 2
+    while k < nt:
+        s = ts[k]
+        e = te[k]
+        used = 0
+        if k + 1 < nt:
+            ns = ts[k + 1]
+            ne = te[k + 1]
+            if teq(b, s, e, b"RAM") or teq(b, s, e, b"IRAM"):
+                used = _mem(b, ts, te, nt, k, teq(b, s, e, b"RAM"), out)
+            elif teq(b, s, e, b"SWAP"):
+                if pair(b, ns, ne, b"MB", &u, &t):
+                    swap = {"used_mb": u, "total_mb": t}
+                    out["swap"] = swap
+                    used = 2
+                    if k + 3 < nt and teq(b, ts[k + 2], te[k + 2], b"(cached"):
+                        j = parse_int(b, ts[k + 3], te[k + 3], False, &c)
+                        if j >= 0 and teq(b, j, te[k + 3], b"MB)"):
+                            swap["cached_mb"] = c
+                            used = 4
+            elif teq(b, s, e, b"CPU") or teq(b, s, e, b"cpu"):
+                if cpu_list(b, ns, ne, b[s] == 99, None):
+                    cpus = []
+                    cpu_list(b, ns, ne, b[s] == 99, cpus)
+                    out["cpus"] = cpus
+                    used = 2
+            elif teq(b, s, e, b"EMC_FREQ") or teq(b, s, e, b"EMC"):
+                if pct_at(b, ns, ne, False, &has_util, &util, &nfreq, &freq, &list_at):
+                    emc = {}
+                    if has_util:
+                        emc["util_pct"] = util
+                    if nfreq:
+                        emc["freq_mhz"] = freq
+                    out["emc"] = emc
+                    used = 2
+            elif teq(b, s, e, b"GR3D_FREQ") or teq(b, s, e, b"GR3D") or teq(b, s, e, b"GR3D2_FREQ"):
+                if pct_at(b, ns, ne, True, &has_util, &util, &nfreq, &freq, &list_at):
+                    gpu = out.get("gpu")
+                    if gpu is None:
+                        gpu = out["gpu"] = {}
+                    if has_util:
+                        gpu["util_pct"] = max(gpu.get("util_pct", util), util)
+                    if nfreq:
+                        fl = gpu.get("freq_mhz")
+                        if fl is None:
+                            fl = gpu["freq_mhz"] = []
+                        if list_at >= 0:
+                            fl.extend(freq_list(b, list_at, ne, nfreq))
+                        else:
+                            fl.append(freq)
+                    used = 2
+            elif teq(b, s, e, b"MTS"):
+                if k + 4 < nt and teq(b, ns, ne, b"fg") and teq(b, ts[k + 3], te[k + 3], b"bg"):
+                    j = parse_int(b, ts[k + 2], te[k + 2], False, &a)
+                    if j >= 0 and teq(b, j, te[k + 2], b"%"):
+                        j = parse_int(b, ts[k + 4], te[k + 4], False, &bb)
+                        if j >= 0 and teq(b, j, te[k + 4], b"%"):
+                            out["mts"] = {"fg_pct": a, "bg_pct": bb}
+                            used = 5
+            elif teq(b, s, e, b"EDP"):
+                if k + 2 < nt and teq(b, ns, ne, b"limit"):
+                    if parse_int(b, ts[k + 2], te[k + 2], False, &a) == te[k + 2]:
+                        out["edp_limit_mhz"] = a
+                        used = 3
+            if used == 0 and is_name(b, s, e):
+                if rail(b, ns, ne, rv, &nv):
+                    if not teq(b, s, e, b"NC"):
+                        name = b[s:e].decode("ascii")
+                        if name in power:
+                            j = 2
+                            while f"{name}_{j}" in power:
+                                j += 1
+                            name = f"{name}_{j}"
+                        r = {"current": rv[0], "average": rv[1]}
+                        if nv == 3:
+                            r["peak"] = rv[2]
+                        power[name] = r
+                    used = 2
+                else:
+                    eng = engine(b, ns, ne)
+                    if eng is not None:
+                        if e - s > 5 and tends(b, s, e, b"_FREQ"):
+                            engines[b[s:e - 5].decode("ascii")] = eng
+                        else:
+                            engines[b[s:e].decode("ascii")] = eng
+                        used = 2
+        if used == 0:
+            if temp(b, s, e, &at, &val):
+                if not (at - s == 4 and (b[s] | 32) == 112 and (b[s + 1] | 32) == 109
+                        and (b[s + 2] | 32) == 105 and (b[s + 3] | 32) == 99) and val > -40.0:
+                    temps[b[s:at].decode("ascii").lower()] = val
+                used = 1
+        if used == 0:
+            unknown.append(text(b, s, e))
+            k += 1
+        else:
+            known += 1
+            k += used
+    if known == 0:
+        raise ParseError("no tegrastats field in line", line=1, column=1 + ts[0],
+                         expected="RAM, CPU, ... or name@temperature",
+                         found=b[ts[0]:min(te[0], ts[0] + 40)].decode("utf-8", "replace"))
+    if engines:
+        out["engines"] = engines
+    if temps:
+        out["temps_c"] = temps
+    if power:
+        out["power_mw"] = power
+    out["unknown"] = unknown
+    return out
+
+
+cdef Py_ssize_t _mem(const char* b, Py_ssize_t* ts, Py_ssize_t* te, Py_ssize_t nt, Py_ssize_t k,
+                     bint ram, dict out) except -1:
+    """RAM U/TMB [(lfb] NxS<MB|kB>) | IRAM U/TkB[(lfb] S<MB|kB>) → tokens used (0: not this form)."""
+    cdef Py_ssize_t ns = ts[k + 1], ne = te[k + 1], j
+    cdef bint glued = tends(b, ns, ne, b"(lfb")
+    cdef long long u, t, count, kb
+    cdef const char* unit = b"MB" if ram else b"kB"
+    if glued:
+        if not pair(b, ns, ne, b"MB(lfb" if ram else b"kB(lfb", &u, &t):
+            return 0
+    elif not pair(b, ns, ne, unit, &u, &t):
+        return 0
+    if ram:
+        d = {"used_mb": u, "total_mb": t}
+        out["ram"] = d
+    else:
+        d = {"used_kb": u, "total_kb": t}
+        out["iram"] = d
+    j = k + 2
+    if not glued:
+        if j < nt and teq(b, ts[j], te[j], b"(lfb"):
+            j += 1
+        else:
+            return 2
+    if j < nt and lfb_size(b, ts[j], te[j], ram, &count, &kb):
+        if ram:
+            d["lfb_blocks"] = count
+            d["lfb_block_kb"] = kb
+        else:
+            d["lfb_kb"] = kb
+        return j + 1 - k
+    return 2
