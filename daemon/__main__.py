@@ -100,9 +100,13 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"aal-core {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
+    from .venom import standalone as venom_cli
+    venom_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
+    if args.command == "venom":
+        return venom_cli.cmd_venom(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
 

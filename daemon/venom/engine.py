@@ -163,6 +163,7 @@ class VenomLoop:
         entry = self.summary.take(self.clock.monotonic() if now is None else now)
         if entry is None:
             return None
+        entry["time"] = self.clock.wall()
         if self.recorder is not None:
             try:
                 m = self.recorder.manifest()
