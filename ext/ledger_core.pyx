@@ -435,7 +435,8 @@ cdef int check_layout(const uint8_t *p, size_t n, uint64_t index, const uint8_t 
     """The preimage must read
     {"data":{...},"index":<index>,"previous_hash":"<prev_hex>","timestamp":<number>}
     Parsed from the end, where the three fixed keys sit (keys are sorted)."""
-    cdef size_t j, end_digits
+    cdef size_t j, end_digits, hexpos
+    cdef int k
     cdef uint64_t v = 0, mul = 1
     if n < 8 + 2 + 9 + 1 + 18 + 64 + 14 + 1 + 1:
         return E_MALFORMED
@@ -450,16 +451,11 @@ cdef int check_layout(const uint8_t *p, size_t n, uint64_t index, const uint8_t 
     if j < 13 + 64 + 18 + 9 + 9 or memcmp(p + j - 13, b'","timestamp":', 14) != 0:
         return E_MALFORMED
     j -= 13  # p[j] is the '"' closing previous_hash
-    if memcmp(p + j - 64, prev_hex, 64) != 0:
-        # distinguish a layout error from a broken link
-        for end_digits in range(64):
-            if not ((p[j - 64 + end_digits] >= 48 and p[j - 64 + end_digits] <= 57)
-                    or (p[j - 64 + end_digits] >= 97 and p[j - 64 + end_digits] <= 102)):
-                return E_MALFORMED
-        if memcmp(p + j - 64 - 18, b',"previous_hash":"', 18) != 0:
+    hexpos = j - 64
+    for k in range(64):
+        if not ((p[hexpos + k] >= 48 and p[hexpos + k] <= 57) or (p[hexpos + k] >= 97 and p[hexpos + k] <= 102)):
             return E_MALFORMED
-        return E_LINK
-    j -= 64
+    j = hexpos
     if memcmp(p + j - 18, b',"previous_hash":"', 18) != 0:
         return E_MALFORMED
     j -= 18  # p[j] is the ',' after the index digits
@@ -476,6 +472,8 @@ cdef int check_layout(const uint8_t *p, size_t n, uint64_t index, const uint8_t 
         return E_MALFORMED
     if p[j - 10] != 125:  # the data object's closing '}'
         return E_MALFORMED
+    if memcmp(p + hexpos, prev_hex, 64) != 0:
+        return E_LINK
     if v != index:
         return E_INDEX
     return E_NONE

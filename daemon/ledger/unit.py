@@ -1,0 +1,178 @@
+"""LedgerUnit: the daemon's ledger, its group committer and the ledger.* RPC.
+
+At start the file in the state directory is opened and verified (in a
+worker thread; the compiled scanner releases the GIL).  Damage other than a
+torn last record raises LedgerError, which stops the daemon with exit code 4.
+
+Interface for other units: `append(data) -> Awaitable[(index, hash)]`,
+`manifest() -> dict`, `verified: bool`.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ..errors import LedgerError, RpcError, NOT_FOUND, invalid_params
+from ..log import get_logger
+from ..rpc.registry import Access
+from ..units import Context, Unit
+from .canonical import EntryError
+from .chain import MAX_GET, Ledger
+from .commit import GroupCommitter
+
+log = get_logger("ledger")
+
+
+class LedgerUnit(Unit):
+    name = "ledger"
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        cfg = ctx.config.ledger
+        self.path = os.path.join(ctx.state_dir, cfg.file)
+        self.ledger: Ledger | None = None
+        self.committer: GroupCommitter | None = None
+
+    # -- the agreed interface ---------------------------------------------
+
+    @property
+    def verified(self) -> bool:
+        return self.ledger is not None and self.ledger.verified
+
+    def append(self, data: dict) -> "asyncio.Future[tuple[int, str]]":
+        """Append `data`; resolves to (index, hash hex) after fsync."""
+        if self.committer is None:
+            raise LedgerError("the ledger is not open (daemon starting or stopping)")
+        return self.committer.submit(data)
+
+    def manifest(self) -> dict:
+        if self.ledger is None:
+            raise LedgerError("the ledger is not open (daemon starting or stopping)")
+        return self.ledger.manifest()
+
+    # -- lifecycle --------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.ctx.config.ledger
+        loop = asyncio.get_running_loop()
+        self.ledger = await loop.run_in_executor(
+            None, lambda: Ledger.open(self.path, clock=self.ctx.clock, max_entry_bytes=cfg.max_entry_bytes))
+        self.committer = GroupCommitter(self.ledger, group=cfg.group_commit, max_batch=cfg.max_batch)
+
+    async def stop(self) -> None:
+        if self.committer is not None:
+            await self.committer.close()
+            self.committer = None
+        if self.ledger is not None:
+            self.ledger.close()
+
+    def ready(self) -> bool:
+        return self.ledger is not None
+
+    def reload(self, config) -> None:
+        super().reload(config)
+        cfg = config.ledger
+        if self.ledger is not None:
+            self.ledger.max_entry_bytes = cfg.max_entry_bytes
+        if self.committer is not None:
+            self.committer.group = cfg.group_commit
+            self.committer.max_batch = cfg.max_batch
+
+    def summary(self) -> str:
+        if self.ledger is None:
+            return "ledger opening"
+        return f"ledger {self.ledger.count} entries"
+
+    # -- RPC ---------------------------------------------------------------
+
+    def _open(self) -> Ledger:
+        if self.ledger is None:
+            raise LedgerError("the ledger is not open (daemon starting or stopping)")
+        return self.ledger
+
+    def register(self, registry) -> None:
+        registry.add("ledger.append", self.rpc_append, params="LedgerAppendParams",
+                     result="LedgerAppendResult", access=Access.WRITE)
+        registry.add("ledger.manifest", self.rpc_manifest, result="LedgerManifest")
+        registry.add("ledger.get", self.rpc_get, params="LedgerGetParams", result="LedgerGetResult")
+        registry.add("ledger.verify", self.rpc_verify, result="LedgerVerifyResult")
+        registry.add("ledger.proof", self.rpc_proof, params="LedgerProofParams", result="LedgerProofResult")
+        registry.add("ledger.consistency", self.rpc_consistency, params="LedgerConsistencyParams",
+                     result="LedgerConsistencyResult")
+
+    async def rpc_append(self, p, call):
+        """Append {"data": {...}}; answers {index, hash} once the entry is fsync'd."""
+        if "data" not in p:
+            raise invalid_params("missing required param: data", missing=["data"])
+        try:
+            fut = self.append(p["data"])
+        except EntryError as exc:
+            raise invalid_params(str(exc), param="data") from None
+        index, digest = await fut
+        return {"index": index, "hash": digest}
+
+    def rpc_manifest(self, p, call):
+        """chain_length, genesis_hash, latest_hash, merkle_root, timestamp."""
+        return self._open().manifest()
+
+    def rpc_get(self, p, call):
+        """Entries by `index`, or `start`..`end` (exclusive, at most 1000)."""
+        led = self._open()
+        if "index" in p:
+            if "start" in p or "end" in p:
+                raise invalid_params("give either index, or start and end, not both")
+            i = p["index"]
+            if i >= led.count:
+                raise RpcError(NOT_FOUND, f"no entry {i}: the chain has {led.count} entries",
+                               {"index": i, "chain_length": led.count})
+            return {"entries": [led.entry(i)]}
+        if "start" not in p:
+            raise invalid_params("give index, or start (and end)", expected=["index", "start", "end"])
+        start = p["start"]
+        end = p.get("end", min(start + MAX_GET, led.count))
+        if end < start:
+            raise invalid_params(f"end ({end}) is before start ({start})", param="end")
+        if end - start > MAX_GET:
+            raise invalid_params(f"at most {MAX_GET} entries per call; asked for {end - start}",
+                                 param="end", max=MAX_GET)
+        if start > led.count:
+            raise RpcError(NOT_FOUND, f"start {start} is past the end of the chain ({led.count} entries)",
+                           {"start": start, "chain_length": led.count})
+        return {"entries": led.entries(start, end)}
+
+    async def rpc_verify(self, p, call):
+        """Recompute every hash, link and the Merkle root; name the first bad index."""
+        led = self._open()
+        snap = led.snapshot()
+        out = await asyncio.get_running_loop().run_in_executor(None, led.check, snap)
+        led.verified = out["valid"]
+        if not out["valid"]:
+            log.error("ledger_verify_failed", index=out.get("first_bad_index"), reason=out.get("reason"))
+        return out
+
+    def rpc_proof(self, p, call):
+        """RFC 9162 inclusion proof of entry `index` in the tree of `tree_size` entries."""
+        led = self._open()
+        n = p.get("tree_size", led.count)
+        self._check_sizes(led, n)
+        if p["index"] >= n:
+            raise invalid_params(f"index {p['index']} is not below tree_size {n}", param="index")
+        return led.proof(p["index"], n)
+
+    def rpc_consistency(self, p, call):
+        """RFC 9162 consistency proof between tree sizes `first` and `second`."""
+        led = self._open()
+        m = p.get("second", led.count)
+        self._check_sizes(led, m)
+        if not 1 <= p["first"] <= m:
+            raise invalid_params(f"need 1 <= first <= second, got first={p['first']}, second={m}",
+                                 param="first")
+        return led.consistency(p["first"], m)
+
+    @staticmethod
+    def _check_sizes(led: Ledger, n: int) -> None:
+        if n < 1:
+            raise invalid_params("a tree size is at least 1", param="tree_size")
+        if n > led.count:
+            raise RpcError(NOT_FOUND, f"tree size {n} is larger than the chain ({led.count} entries)",
+                           {"tree_size": n, "chain_length": led.count})
