@@ -41,6 +41,9 @@ def build_units(ctx: Context) -> list[Unit]:
     from .ledger.unit import LedgerUnit
     ledger = LedgerUnit(ctx)
     units.append(ledger)
+    from .govern import GovernorUnit
+    governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
+    units.append(governor)
     from .venom.unit import VenomUnit
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
     units.append(venom)
