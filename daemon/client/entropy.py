@@ -171,14 +171,13 @@ def entries_from_daemon(client) -> list[dict]:
 
 
 def entries_from_file(path: str) -> list[dict]:
-    from ..ledger import Ledger  # offline, without the daemon
-    led = Ledger(path)
+    from ..venom.standalone import open_ledger  # offline, without the daemon
+    led = open_ledger(path)
     try:
-        return [e if isinstance(e, dict) else e.to_dict() for e in led.entries()]
+        n = led.manifest()["chain_length"]
+        return led.entries(0, n)
     finally:
-        close = getattr(led, "close", None)
-        if close:
-            close()
+        led.close()
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,7 @@ async def _maybe_await(v):
 
 def pick_culprit(jobs: list[dict], exclude: set[str] = frozenset()) -> dict | None:
     """The job to quarantine, or None when there is no candidate."""
-    cands = [j for j in jobs if j.get("job_id") not in exclude]
+    cands = [j for j in jobs if j.get("job_id") not in exclude and not j.get("quarantined")]
     if not cands:
         return None
     with_anoms = [j for j in cands if (j.get("anomalies") or 0) > 0]

@@ -66,13 +66,24 @@ class VmstatOom:
         return {"source_failures": self.failures}
 
 
+def open_ledger(path: str):
+    """The standalone ledger file, verified on open (created with a genesis entry if absent)."""
+    try:
+        from ..ledger import Ledger
+    except ImportError:
+        from ..ledger.chain import Ledger
+    return Ledger.open(path)
+
+
 class LedgerRecorder:
     """The standalone ledger (aal_core.ledger.Ledger) behind the loop's recorder interface."""
 
     def __init__(self, path: str):
-        from ..ledger import Ledger
-        self.ledger = Ledger(path)
-        self.verified = True   # Ledger(path) verifies the file when it opens it
+        self.ledger = open_ledger(path)
+
+    @property
+    def verified(self) -> bool:
+        return bool(getattr(self.ledger, "verified", False))
 
     def append(self, data: dict):
         return self.ledger.append(data)
