@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("topic")
     w.add_argument("params", nargs="?", help="JSON params for TOPIC.subscribe")
     w.add_argument("--count", type=int, default=0, help="stop after N notifications (0 = forever)")
+    from ..ledger import cli as ledger_cli  # offline: `aalctl ledger ...` needs no daemon
+    ledger_cli.add_parser(sub)
     return p
 
 
@@ -129,7 +131,12 @@ def cmd_watch(args) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"status": cmd_status, "call": cmd_call, "watch": cmd_watch}
+def cmd_ledger(args) -> int:
+    from ..ledger import cli as ledger_cli
+    return ledger_cli.run(args)
+
+
+COMMANDS = {"status": cmd_status, "call": cmd_call, "watch": cmd_watch, "ledger": cmd_ledger}
 
 if __name__ == "__main__":
     sys.exit(main())

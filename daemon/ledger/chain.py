@@ -113,7 +113,9 @@ class Ledger:
              repair_torn_tail: bool = True, max_entry_bytes: int = 65536) -> "Ledger":
         """Open (creating with a genesis entry if absent) and verify a ledger
         file.  A torn last record is cut off with a log line; any other damage
-        raises LedgerError naming the first bad index."""
+        raises LedgerError naming the first bad index.  With
+        repair_torn_tail=False the file is opened read-only and left as is
+        (a torn tail is then just not read; see `torn`)."""
         if not os.path.exists(path):
             if not create:
                 raise LedgerError(f"no ledger at {path}")
@@ -160,10 +162,7 @@ class Ledger:
         self.genesis_hash = self._stored_hash(0)
         if res.status == "torn":
             self.torn = res
-            if not repair:
-                raise LedgerError(f"ledger {store.path} has a torn last record: {res.torn_bytes} bytes "
-                                  f"after entry {res.count - 1} (index {res.count} was being written)",
-                                  index=res.count)
+        if res.status == "torn" and repair:
             store.truncate(res.end)
             log.warning("ledger_torn_tail", path=store.path, bytes=res.torn_bytes, index=res.count,
                         kept=res.count)

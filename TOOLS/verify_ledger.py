@@ -1,0 +1,21 @@
+#!/usr/bin/env python3
+"""Verify an aal-core ledger file offline (same code as `aalctl ledger verify`).
+
+    TOOLS/verify_ledger.py FILE [--json]     exit 0 valid, 1 not valid, 2 unreadable
+"""
+import argparse
+import sys
+
+from aal_core.ledger import cli
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="verify_ledger", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command")
+    cli.add_parser(sub)
+    args = p.parse_args(["ledger", "verify"] + list(sys.argv[1:] if argv is None else argv))
+    return cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
