@@ -55,18 +55,30 @@ class RpcConfig:
 @dataclass(frozen=True)
 class SenseConfig:
     proc_root: str = "/proc"
-    # Command to run tegrastats; "off" disables the source; "replay" uses the bundled recording.
+    # Command to run tegrastats; "off" disables the source; "replay" uses the
+    # bundled recording; "auto" the real one if on PATH, else the replay.
     tegrastats_command: str = "tegrastats"
     tegrastats_interval_ms: int = 1000
     # cgroup to watch (a directory under /sys/fs/cgroup...), "" for none.
     cgroup: str = ""
-    # Memory sampling rate in Hz (faster when headroom shrinks).
+    # Memory sampling rate in Hz ...
     sample_hz: float = 10.0
+    # ... and the rate it speeds up to when headroom shrinks (HIGH or worse,
+    # or under a minute to exhaustion), earlyoom-style.
+    sample_hz_max: float = 50.0
+    # Samples kept for stress.history.
+    history_size: int = 600
 
 
 @dataclass(frozen=True)
 class SignalConfig:
     model: str = "fused"
+    # fused: seconds of samples the least-squares trend is fitted over.
+    trend_window_s: float = 2.0
+    # fused: the trend counts only once this fraction of the budget is used.
+    trend_min_used: float = 0.3
+    # Temperature (°C) at which the SoC throttles; thermal_margin_c = this - temperature.
+    throttle_c: float = 95.0
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,13 @@ RANGES = {
     ("govern", "ack_timeout_s"): (0.01, 3600.0),
     ("govern", "refuse_stress"): (0.0, 1.0),
     ("govern", "refuse_priority"): (-1, 9),
+    ("sense", "tegrastats_interval_ms"): (10, 3600000),
+    ("sense", "sample_hz"): (0.1, 1000.0),
+    ("sense", "sample_hz_max"): (0.1, 1000.0),
+    ("sense", "history_size"): (1, 1000000),
+    ("signal", "trend_window_s"): (0.2, 600.0),
+    ("signal", "trend_min_used"): (0.0, 1.0),
+    ("signal", "throttle_c"): (-40.0, 200.0),
     ("venom", "t1"): (0.0, 3600.0),
     ("venom", "k_flows"): (1, 1 << 20),
     ("venom", "p_nodes"): (1, 1 << 20),
