@@ -12,8 +12,9 @@ scheme with implementations in most languages.  In short:
 - numbers: IEEE-754 doubles written the way ECMAScript's Number.toString
   does: shortest digits that round-trip, no exponent for 1e-6 <= |x| < 1e21
   (so 5.0 is `5`, 0.1 is `0.1`, 1e-7 is `1e-7`, 1e21 is `1e+21`), -0 is `0`;
-  NaN and infinities are refused; integers outside +-2**53 are refused
-  (they cannot be a double exactly; send them as strings);
+  NaN and infinities are refused; an integer is written as the double it
+  equals, and refused if it is not exactly one (|n| > 2**53 and not a
+  double: send it as a string);
 - true, false, null as themselves.
 
 An entry's hash preimage is the canonical form of
@@ -45,7 +46,14 @@ def format_number(x) -> str:
     if type(x) is int:
         if -MAX_SAFE_INT <= x <= MAX_SAFE_INT:
             return str(x)
-        raise EntryError(f"integer {x} is outside +-2**53 and cannot be canonical JSON; send it as a string")
+        try:
+            exact = float(x) == x
+        except OverflowError:
+            exact = False
+        if not exact:
+            raise EntryError(f"integer {x} is outside +-2**53 and not exactly a double, so it has no "
+                             f"canonical JSON form; send it as a string")
+        x = float(x)
     if x != x or x in (float("inf"), float("-inf")):
         raise EntryError(f"{x!r} is not a JSON number (NaN and infinities are refused)")
     if x == 0:

@@ -1,0 +1,223 @@
+"""The compiled ledger core (aal_core.ledger_core) against two references:
+
+- an independent one written here, straight from RFC 9162's recursive
+  definitions (MTH, PATH, PROOF) with hashlib's SHA3-256;
+- the pure-Python reference aal_core.ledger._ref (same API), in
+  hypothesis differential tests over the same inputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from aal_core import ledger_core as core
+from aal_core.ledger import _ref
+
+
+# -- independent reference: RFC 9162 section 2.1, literally ---------------
+
+def H(b: bytes) -> bytes:
+    return hashlib.sha3_256(b).digest()
+
+
+def mth(d: list[bytes]) -> bytes:
+    n = len(d)
+    if n == 0:
+        return H(b"")
+    if n == 1:
+        return H(b"\x00" + d[0])
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    return H(b"\x01" + mth(d[:k]) + mth(d[k:]))
+
+
+def path(m: int, d: list[bytes]) -> list[bytes]:
+    n = len(d)
+    if n == 1:
+        return []
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    if m < k:
+        return path(m, d[:k]) + [mth(d[k:])]
+    return path(m - k, d[k:]) + [mth(d[:k])]
+
+
+def subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
+    n = len(d)
+    if m == n:
+        return [] if b else [mth(d)]
+    k = 1
+    while k * 2 < n:
+        k *= 2
+    if m <= k:
+        return subproof(m, d[:k], b) + [mth(d[k:])]
+    return subproof(m - k, d[k:], False) + [mth(d[:k])]
+
+
+def leaves(n: int, seed: int = 0) -> list[bytes]:
+    return [H(struct.pack("<QQ", seed, i)) for i in range(n)]
+
+
+# -- SHA3 ----------------------------------------------------------------
+
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 64, 65, 135, 136, 137, 271, 272, 273, 4096, 100_003])
+def test_sha3_matches_hashlib_at_block_edges(n):
+    data = os.urandom(n)
+    assert core.sha3_256(data) == hashlib.sha3_256(data).digest()
+
+
+def test_sha3_known_answer():
+    # FIPS 202 example values.
+    assert core.sha3_256(b"").hex() == "a7ffc6f8bf1ed76651c14756a061d662f580ff4de43b49fa82d80a4b80f8434a"
+    assert core.sha3_256(b"abc").hex() == "3a985da74fe225b2045c172d6bd390bd855f086e3e9d525b46bfe24511431532"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=700))
+def test_sha3_differential(data):
+    assert core.sha3_256(data) == _ref.sha3_256(data) == hashlib.sha3_256(data).digest()
+    assert core.leaf_hash(data) == _ref.leaf_hash(data) == H(b"\x00" + data)
+
+
+def test_node_hash_is_domain_separated():
+    a, b = H(b"a"), H(b"b")
+    assert core.node_hash(a, b) == H(b"\x01" + a + b)
+    assert core.node_hash(a, b) != core.node_hash(b, a)
+    assert core.leaf_hash(a + b) != core.node_hash(a, b)
+    with pytest.raises(ValueError):
+        core.node_hash(a, b[:31])
+
+
+# -- tree against the RFC --------------------------------------------------
+
+def test_roots_and_proofs_match_rfc_for_every_small_tree():
+    d = leaves(40)
+    tree = core.MerkleTree()
+    assert tree.root() == H(b"")
+    for e in d:
+        tree.append(e)
+    for n in range(1, 41):
+        assert tree.root(n) == mth(d[:n]), n
+        assert core.naive_root(b"".join(d[:n])) == mth(d[:n])
+        for m in range(n):
+            p = tree.inclusion_proof(m, n)
+            assert p == path(m, d[:n]), (m, n)
+            assert core.verify_inclusion(d[m], m, n, p, mth(d[:n]))
+        for m in range(1, n + 1):
+            c = tree.consistency_proof(m, n)
+            assert c == subproof(m, d[:n], True), (m, n)
+            assert core.verify_consistency(m, n, mth(d[:m]), mth(d[:n]), c)
+
+
+def test_no_odd_node_duplication():
+    # With duplicate-last, [a, b, c] and [a, b, c, c] share a root; here they must not.
+    a, b, c = leaves(3)
+    assert core.naive_root(a + b + c) != core.naive_root(a + b + c + c)
+    t3, t4 = core.MerkleTree(), core.MerkleTree()
+    t3.extend(a + b + c)
+    t4.extend(a + b + c + c)
+    assert t3.root() != t4.root()
+
+
+def test_proof_argument_errors():
+    tree = core.MerkleTree()
+    tree.extend(b"".join(leaves(5)))
+    with pytest.raises(ValueError):
+        tree.inclusion_proof(5, 5)
+    with pytest.raises(ValueError):
+        tree.inclusion_proof(0, 6)
+    with pytest.raises(ValueError):
+        tree.consistency_proof(0, 5)
+    with pytest.raises(ValueError):
+        tree.consistency_proof(4, 3)
+    with pytest.raises(ValueError):
+        tree.root(6)
+    with pytest.raises(ValueError):
+        tree.append(b"short")
+    with pytest.raises(ValueError):
+        tree.extend(b"x" * 33)
+
+
+# -- differential: compiled vs pure reference ------------------------------
+
+def _mutations(p: list[bytes], draw_index: int, byte: int) -> list[bytes]:
+    if not p:
+        return [[H(b"extra")]]
+    q = list(p)
+    i = draw_index % len(q)
+    flipped = bytearray(q[i])
+    flipped[byte % 32] ^= 1
+    q[i] = bytes(flipped)
+    return [q, p[:-1], p + [p[-1]], list(reversed(p)) if len(p) > 1 else p + [H(b"x")]]
+
+
+@settings(max_examples=120, deadline=None)
+@given(n=st.integers(1, 300), data=st.data())
+def test_tree_and_verifiers_differential(n, data):
+    d = leaves(n, seed=n)
+    fast, slow = core.MerkleTree(), _ref.MerkleTree()
+    fast.extend(b"".join(d))
+    slow.extend(b"".join(d))
+    size = data.draw(st.integers(1, n), label="size")
+    m = data.draw(st.integers(0, size - 1), label="index")
+    assert fast.root(size) == slow.root(size) == core.naive_root(b"".join(d[:size])) == _ref.naive_root(b"".join(d[:size]))
+    root = fast.root(size)
+    p = fast.inclusion_proof(m, size)
+    assert p == slow.inclusion_proof(m, size)
+    assert core.verify_inclusion(d[m], m, size, p, root) and _ref.verify_inclusion(d[m], m, size, p, root)
+    # Wrong index, leaf or path: both reject.  (A different tree_size may
+    # legitimately accept: the size only fixes the path's shape, and the
+    # root binds the size; so for it the two need only agree.)
+    bad = [(d[m], (m + 1) % size if size > 1 else m + 1, size, p, root),
+           (H(b"other"), m, size, p, root)]
+    bad += [(d[m], m, size, q, root) for q in _mutations(p, data.draw(st.integers(0, 99)), data.draw(st.integers(0, 31)))]
+    for args in bad:
+        got = core.verify_inclusion(*args)
+        assert got == _ref.verify_inclusion(*args)
+        assert not got, args[1:3]
+    other_size = (d[m], m, size + 1, p, root)
+    assert core.verify_inclusion(*other_size) == _ref.verify_inclusion(*other_size)
+    first = data.draw(st.integers(1, size), label="first")
+    c = fast.consistency_proof(first, size)
+    assert c == slow.consistency_proof(first, size)
+    r1 = fast.root(first)
+    assert core.verify_consistency(first, size, r1, root, c) and _ref.verify_consistency(first, size, r1, root, c)
+    if first < size:
+        for q in _mutations(c, data.draw(st.integers(0, 99)), data.draw(st.integers(0, 31))):
+            assert core.verify_consistency(first, size, r1, root, q) == _ref.verify_consistency(first, size, r1, root, q)
+            if q != c:
+                assert not core.verify_consistency(first, size, r1, root, q)
+        assert not core.verify_consistency(first, size, H(b"not the root"), root, c)
+        assert not core.verify_consistency(first, size, r1, H(b"not the root"), c)
+
+
+@settings(max_examples=150, deadline=None)
+@given(n_entries=st.integers(1, 8), cut=st.integers(0, 10_000), flip=st.integers(0, 10_000),
+       op=st.sampled_from(["flip", "truncate", "zeros", "none"]))
+def test_scan_differential(n_entries, cut, flip, op):
+    from aal_core.ledger import Ledger
+    from aal_core.clock import ManualClock
+    led = Ledger.memory(clock=ManualClock())
+    for i in range(n_entries):
+        led.append({"i": i, "s": "é" * (i % 3), "x": i / 7})
+    buf = bytearray(led.store.contents())
+    if op == "flip":
+        buf[8 + flip % (len(buf) - 8)] ^= 1 << (flip % 8)
+    elif op == "truncate":
+        del buf[8 + cut % (len(buf) - 8):]
+    elif op == "zeros":
+        buf += bytes(cut % 200)
+    body = bytes(buf)
+    t1, t2 = core.MerkleTree(), _ref.MerkleTree()
+    a = core.scan(body, 8, 0, b"\x00" * 32, t1)
+    b = _ref.scan(body, 8, 0, b"\x00" * 32, t2)
+    assert a == b
+    assert t1.root() == t2.root()
+    if op == "none":
+        assert a[0] == core.SCAN_OK and a[1] == n_entries + 1
