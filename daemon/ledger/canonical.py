@@ -12,9 +12,9 @@ scheme with implementations in most languages.  In short:
 - numbers: IEEE-754 doubles written the way ECMAScript's Number.toString
   does: shortest digits that round-trip, no exponent for 1e-6 <= |x| < 1e21
   (so 5.0 is `5`, 0.1 is `0.1`, 1e-7 is `1e-7`, 1e21 is `1e+21`), -0 is `0`;
-  NaN and infinities are refused; an integer is written as the double it
-  equals, and refused if it is not exactly one (|n| > 2**53 and not a
-  double: send it as a string);
+  NaN and infinities are refused; an integer beyond +-2**53 is accepted only
+  when the double it stands for is written with the same digits (so it reads
+  back unchanged), else refused: send such numbers as strings;
 - true, false, null as themselves.
 
 An entry's hash preimage is the canonical form of
@@ -47,13 +47,13 @@ def format_number(x) -> str:
         if -MAX_SAFE_INT <= x <= MAX_SAFE_INT:
             return str(x)
         try:
-            exact = float(x) == x
+            s = format_number(float(x))
         except OverflowError:
-            exact = False
-        if not exact:
-            raise EntryError(f"integer {x} is outside +-2**53 and not exactly a double, so it has no "
-                             f"canonical JSON form; send it as a string")
-        x = float(x)
+            s = ""
+        if s != str(x):
+            raise EntryError(f"integer {x} is outside +-2**53 and its canonical form (a double) would not "
+                             f"read back as the same integer; send it as a string")
+        return s
     if x != x or x in (float("inf"), float("-inf")):
         raise EntryError(f"{x!r} is not a JSON number (NaN and infinities are refused)")
     if x == 0:
