@@ -1,0 +1,452 @@
+"""A torch KV cache for a decoder model that obeys aal-core's directives.
+
+Client side only (needs torch; the daemon never imports this module).
+
+Layout: per sequence, a list of fixed-size blocks; a block holds
+`block_tokens` tokens of keys and values for every layer, one tensor of shape
+(n_layers, 2, n_heads, block_tokens, head_dim).  Each block is its own
+allocation (>= 128 KiB, so glibc serves it with mmap and gives it back to the
+kernel on free: RSS really goes down; `malloc_trim` is called after
+evictions for the rest).
+
+Capacity = KV[CAP=...] x memory total (MemTotal, or this process's cgroup
+limit when lower), times the directives' `kv_shrink_factor`.  Over capacity,
+blocks are evicted by POLICY:
+  LRU         whole least-recently-used sequences (never the one being
+              appended to; if it alone is too big, its oldest blocks);
+  WINDOW      the oldest blocks of the longest sequences (each keeps its
+              last tokens);
+  TASK_BOUND  whole tasks, least recently used first; `end_task` frees a
+              task's blocks at once.
+Directives (`apply`): kv_shrink_factor frees blocks now (the footprint
+shrinks by the ratio of the new to the old factor), max_context_tokens
+truncates every sequence to its last N tokens, offload_tier moves cold
+blocks (of sequences not used in the last step) out of RAM: EXTENDED to a
+separate lower-priority pool (int8, evicted first), COLD to a file-backed
+numpy memmap; they come back on access.  PURGE: ON_STRESS purges idle
+sequences on an APPLY directive, ON_EVENT on `event()` (and QUARANTINE).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+__all__ = ["KVCache", "memory_total", "malloc_trim"]
+
+_libc = None
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        try:
+            _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _libc.malloc_trim  # noqa: B018 - glibc only
+        except (OSError, AttributeError):
+            _libc = False
+    return _libc or None
+
+
+def malloc_trim() -> None:
+    """Return free heap memory to the kernel (glibc); a no-op elsewhere."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _fix_mmap_threshold(nbytes: int = 128 * 1024) -> None:
+    """Pin glibc's mmap threshold so blocks stay mmap'd (freed = unmapped)
+    instead of drifting into the heap after the first frees."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, nbytes)      # M_MMAP_THRESHOLD
+
+
+def memory_total(proc_root: str = "/proc") -> int:
+    """Bytes of memory this process can use: MemTotal, or its cgroup's limit if lower."""
+    total = 0
+    with open(os.path.join(proc_root, "meminfo")) as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+                break
+    try:
+        with open(os.path.join(proc_root, "self", "cgroup")) as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return total
+    for line in lines:
+        hid, ctrls, path = line.split(":", 2)
+        cand = []
+        if hid == "0":
+            cand.append(os.path.join("/sys/fs/cgroup", path.lstrip("/"), "memory.max"))
+        if "memory" in ctrls.split(","):
+            cand.append(os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.limit_in_bytes"))
+        for c in cand:
+            try:
+                with open(c) as fh:
+                    v = fh.read().strip()
+            except OSError:
+                continue
+            if v.isdigit() and 0 < int(v) < total:
+                total = int(v)
+    return total
+
+
+@dataclass
+class _Block:
+    data: torch.Tensor | None          # in RAM (LOCAL), or None when offloaded
+    tokens: int = 0                    # filled slots
+    tier: str = "LOCAL"                # LOCAL, EXTENDED, COLD
+    ext: tuple | None = None           # EXTENDED: (int8 tensor, scale)
+    cold_slot: int | None = None       # COLD: slot in the memmap
+
+
+@dataclass
+class _Seq:
+    seq_id: str
+    task_id: str | None
+    blocks: list = field(default_factory=list)
+    dropped_tokens: int = 0            # evicted from the front
+    last_used: int = 0
+
+
+class KVCache:
+    def __init__(self, *, n_layers: int, n_heads: int, head_dim: int, block_tokens: int = 16,
+                 cap_fraction: float = 0.2, policy: str = "LRU", purge: str = "ON_STRESS",
+                 total_bytes: int | None = None, capacity_bytes: int | None = None,
+                 dtype: torch.dtype = torch.float16, cold_dir: str | None = None,
+                 extended_fraction: float = 0.5):
+        if policy not in ("LRU", "WINDOW", "TASK_BOUND"):
+            raise ValueError(f"policy must be LRU, WINDOW or TASK_BOUND, not {policy!r}")
+        if purge not in ("ON_STRESS", "ON_EVENT", "ON_STRESS_OR_EVENT"):
+            raise ValueError(f"purge must be ON_STRESS, ON_EVENT or ON_STRESS_OR_EVENT, not {purge!r}")
+        if not 0 < cap_fraction <= 1:
+            raise ValueError(f"cap_fraction must be in (0, 1], not {cap_fraction}")
+        _fix_mmap_threshold()
+        self.shape = (n_layers, 2, n_heads, block_tokens, head_dim)
+        self.block_tokens = block_tokens
+        self.dtype = dtype
+        self.block_bytes = int(np.prod(self.shape)) * torch.empty((), dtype=dtype).element_size()
+        self.policy, self.purge = policy, purge
+        self.nominal_bytes = capacity_bytes if capacity_bytes is not None else \
+            int(cap_fraction * (total_bytes or memory_total()))
+        self.shrink = 1.0
+        self.capacity_bytes = self.nominal_bytes
+        self.max_context: int | None = None
+        self.offload_tier: str | None = None
+        self.extended_capacity = int(self.nominal_bytes * extended_fraction)
+        self.seqs: dict[str, _Seq] = {}
+        self._clock = 0
+        self._cold_dir = cold_dir
+        self._cold: np.memmap | None = None
+        self._cold_free: list[int] = []
+        self._cold_path: str | None = None
+        self.stats = {"evicted_blocks": 0, "purged_blocks": 0, "offloaded_blocks": 0,
+                      "restored_blocks": 0, "truncated_blocks": 0, "directives": 0}
+
+    # ------------------------------------------------------------ accounting
+
+    def local_blocks(self) -> int:
+        return sum(1 for s in self.seqs.values() for b in s.blocks if b.tier == "LOCAL")
+
+    def used_bytes(self) -> int:
+        """Bytes held in RAM by the main pool."""
+        return self.local_blocks() * self.block_bytes
+
+    def extended_bytes(self) -> int:
+        return sum(b.ext[0].numel() for s in self.seqs.values() for b in s.blocks if b.tier == "EXTENDED")
+
+    def tokens(self, seq_id: str) -> int:
+        s = self.seqs.get(seq_id)
+        return 0 if s is None else sum(b.tokens for b in s.blocks)
+
+    # --------------------------------------------------------------- writes
+
+    def append(self, seq_id: str, kv: torch.Tensor, task_id: str | None = None) -> None:
+        """Append one token's keys and values: kv of shape (n_layers, 2, n_heads, head_dim)."""
+        s = self.seqs.get(seq_id)
+        if s is None:
+            s = self.seqs[seq_id] = _Seq(seq_id, task_id)
+        self._clock += 1
+        s.last_used = self._clock
+        if not s.blocks or s.blocks[-1].tokens == self.block_tokens or s.blocks[-1].tier != "LOCAL":
+            if s.blocks and s.blocks[-1].tier != "LOCAL":
+                self._restore(s.blocks[-1])
+            if not s.blocks or s.blocks[-1].tokens == self.block_tokens:
+                s.blocks.append(_Block(torch.empty(self.shape, dtype=self.dtype)))
+        b = s.blocks[-1]
+        b.data[:, :, :, b.tokens, :] = kv
+        b.tokens += 1
+        self._enforce(current=seq_id)
+
+    def end_task(self, task_id: str) -> int:
+        """TASK_BOUND: the task ended; free its sequences.  Returns blocks freed."""
+        n = 0
+        for sid in [k for k, s in self.seqs.items() if s.task_id == task_id]:
+            n += len(self.seqs.pop(sid).blocks)
+        self._after_free(n)
+        return n
+
+    def drop(self, seq_id: str) -> int:
+        s = self.seqs.pop(seq_id, None)
+        n = 0 if s is None else len(s.blocks)
+        self._after_free(n)
+        return n
+
+    # ---------------------------------------------------------------- reads
+
+    def get(self, seq_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a sequence, (n_layers, n_heads, tokens, head_dim)
+        each; offloaded blocks are brought back into RAM."""
+        s = self.seqs[seq_id]
+        self._clock += 1
+        s.last_used = self._clock
+        parts = []
+        for b in s.blocks:
+            if b.tier != "LOCAL":
+                self._restore(b)
+            parts.append(b.data[:, :, :, :b.tokens, :])
+        if not parts:
+            L, _, H, _, D = self.shape
+            empty = torch.empty((L, H, 0, D), dtype=self.dtype)
+            return empty, empty
+        kv = torch.cat(parts, dim=3)
+        self._enforce(current=seq_id)
+        return kv[:, 0], kv[:, 1]
+
+    # ------------------------------------------------------------ directives
+
+    def apply(self, directive_or_metadata: dict) -> dict:
+        """Apply a directive (or its metadata).  Returns what changed."""
+        d = directive_or_metadata
+        md = d.get("metadata", d)
+        kind = d.get("kind")
+        self.stats["directives"] += 1
+        before = (self.local_blocks(), self.used_bytes())
+        factor = float(md.get("kv_shrink_factor", 1.0) or 1.0)
+        if factor < self.shrink:
+            # Free now: the footprint shrinks by new/old, and stays capped there.
+            target = int(min(self.capacity_bytes, self.used_bytes()) * factor / self.shrink)
+            self.capacity_bytes = min(int(self.nominal_bytes * factor), target)
+        elif factor > self.shrink:
+            self.capacity_bytes = int(self.nominal_bytes * factor)
+        self.shrink = factor
+        self.max_context = md.get("max_context_tokens")
+        self.offload_tier = md.get("offload_tier")
+        purged = 0
+        if (kind == "APPLY" and self.purge in ("ON_STRESS", "ON_STRESS_OR_EVENT")) or \
+                (kind == "QUARANTINE" and self.purge in ("ON_EVENT", "ON_STRESS_OR_EVENT")):
+            purged = self.purge_idle()
+        self._enforce(current=None)
+        after = (self.local_blocks(), self.used_bytes())
+        return {"blocks_before": before[0], "blocks_after": after[0], "freed_bytes": before[1] - after[1],
+                "capacity_bytes": self.capacity_bytes, "max_context_tokens": self.max_context,
+                "offload_tier": self.offload_tier, "purged_blocks": purged}
+
+    def event(self, name: str = "event") -> int:
+        """An application event (task boundary, model swap...): purge idle
+        sequences when PURGE includes ON_EVENT.  Returns blocks purged."""
+        if self.purge in ("ON_EVENT", "ON_STRESS_OR_EVENT"):
+            return self.purge_idle()
+        return 0
+
+    def purge_idle(self) -> int:
+        """Free every sequence except the most recently used one, and the EXTENDED pool."""
+        if not self.seqs:
+            return 0
+        keep = max(self.seqs.values(), key=lambda s: s.last_used).seq_id
+        n = 0
+        for sid in [k for k in self.seqs if k != keep]:
+            n += len(self.seqs.pop(sid).blocks)
+        s = self.seqs[keep]
+        for b in s.blocks:
+            if b.tier == "EXTENDED":
+                self._restore(b)
+        self.stats["purged_blocks"] += n
+        self._after_free(n)
+        return n
+
+    # ------------------------------------------------------------ enforcement
+
+    def _enforce(self, current: str | None) -> None:
+        freed = 0
+        if self.max_context:
+            for s in self.seqs.values():
+                freed += self._truncate(s, self.max_context)
+        if self.offload_tier in ("EXTENDED", "COLD"):
+            self._offload_cold(current)
+        cap_blocks = max(1, self.capacity_bytes // self.block_bytes)
+        excess = self.local_blocks() - cap_blocks
+        if excess > 0:
+            freed += self._evict(excess, current)
+        ext_over = self.extended_bytes() - self.extended_capacity
+        if ext_over > 0:
+            freed += self._evict_extended(ext_over)
+        self._after_free(freed)
+
+    def _truncate(self, s: _Seq, max_tokens: int) -> int:
+        n = 0
+        while len(s.blocks) > 1 and sum(b.tokens for b in s.blocks[1:]) >= max_tokens:
+            b = s.blocks.pop(0)
+            s.dropped_tokens += b.tokens
+            self._free_block(b)
+            n += 1
+        self.stats["truncated_blocks"] += n
+        return n
+
+    def _evict(self, excess: int, current: str | None) -> int:
+        n = 0
+        if current is None and self.seqs:
+            current = max(self.seqs.values(), key=lambda s: s.last_used).seq_id
+        if self.policy in ("LRU", "TASK_BOUND"):
+            key = (lambda s: s.last_used)
+            order = sorted((s for s in self.seqs.values() if s.seq_id != current), key=key)
+            if self.policy == "TASK_BOUND":
+                # whole tasks, the least recently used task first
+                last = {}
+                for s in self.seqs.values():
+                    last[s.task_id] = max(last.get(s.task_id, 0), s.last_used)
+                cur_task = self.seqs[current].task_id if current in self.seqs else object()
+                order = sorted((s for s in self.seqs.values() if s.task_id != cur_task),
+                               key=lambda s: (last[s.task_id], s.last_used))
+            for s in order:
+                if n >= excess:
+                    break
+                local = sum(1 for b in s.blocks if b.tier == "LOCAL")
+                for b in s.blocks:
+                    self._free_block(b)
+                del self.seqs[s.seq_id]
+                n += local
+        while n < excess:
+            # WINDOW (or nothing else left): oldest blocks of the longest sequence
+            cands = [s for s in self.seqs.values() if sum(1 for b in s.blocks if b.tier == "LOCAL") > 1]
+            if not cands:
+                break
+            s = max(cands, key=lambda s: (len(s.blocks), s.seq_id != current))
+            i = next(i for i, b in enumerate(s.blocks) if b.tier == "LOCAL")
+            b = s.blocks.pop(i)
+            s.dropped_tokens += b.tokens
+            self._free_block(b)
+            n += 1
+        self.stats["evicted_blocks"] += n
+        return n
+
+    def _evict_extended(self, over: int) -> int:
+        n = 0
+        for s in sorted(self.seqs.values(), key=lambda s: s.last_used):
+            for b in list(s.blocks):
+                if over <= 0:
+                    return n
+                if b.tier == "EXTENDED":
+                    over -= b.ext[0].numel()
+                    s.blocks.remove(b)
+                    s.dropped_tokens += b.tokens
+                    self._free_block(b)
+                    n += 1
+        return n
+
+    # --------------------------------------------------------------- tiers
+
+    def _offload_cold(self, current: str | None) -> None:
+        """Blocks of sequences other than the current (most recently used) one
+        leave RAM, except each sequence's last (partly filled) block."""
+        if not self.seqs:
+            return
+        hot = current or max(self.seqs.values(), key=lambda s: s.last_used).seq_id
+        moved = 0
+        for s in self.seqs.values():
+            if s.seq_id == hot:
+                continue
+            for b in s.blocks[:-1]:
+                if b.tier == "LOCAL":
+                    self._offload(b, self.offload_tier)
+                    moved += 1
+        if moved and self.offload_tier == "COLD":
+            self._cold_sync()
+
+    def _cold_sync(self) -> None:
+        """Write the COLD pages to disk and drop them from this process and
+        from the page cache: out of RAM for real, not just out of the pool."""
+        mm = self._cold._mmap
+        mm.flush()
+        if hasattr(mm, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            mm.madvise(mmap.MADV_DONTNEED)
+        if hasattr(os, "posix_fadvise"):
+            fd = os.open(self._cold_path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+    def _cold_store(self) -> np.memmap:
+        """The COLD tier: a file-backed memmap of block slots, grown by doubling."""
+        if self._cold is None or not self._cold_free:
+            n_old = 0 if self._cold is None else self._cold.shape[0]
+            n_new = max(16, n_old * 2)
+            if self._cold_path is None:
+                fd, self._cold_path = tempfile.mkstemp(prefix="aal-kv-cold-", dir=self._cold_dir)
+                os.close(fd)
+            if self._cold is not None:
+                self._cold.flush()
+            self._cold = None
+            with open(self._cold_path, "r+b") as fh:
+                fh.truncate(n_new * self.block_bytes)
+            self._cold = np.memmap(self._cold_path, dtype=np.uint8, mode="r+", shape=(n_new, self.block_bytes))
+            self._cold_free.extend(range(n_new - 1, n_old - 1, -1))
+        return self._cold
+
+    def _offload(self, b: _Block, tier: str) -> None:
+        if tier == "EXTENDED":
+            x = b.data.float()
+            scale = float(x.abs().max()) / 127.0 or 1.0
+            b.ext = ((x / scale).round().clamp(-127, 127).to(torch.int8), scale)
+        else:
+            store = self._cold_store()
+            slot = self._cold_free.pop()
+            store[slot] = b.data.contiguous().view(torch.uint8).reshape(-1).numpy()
+            b.cold_slot = slot
+        b.data = None
+        b.tier = tier
+        self.stats["offloaded_blocks"] += 1
+
+    def _restore(self, b: _Block) -> None:
+        if b.tier == "EXTENDED":
+            q, scale = b.ext
+            b.data = (q.float() * scale).to(self.dtype)
+            b.ext = None
+        elif b.tier == "COLD":
+            raw = torch.from_numpy(np.array(self._cold[b.cold_slot]))
+            b.data = raw.view(self.dtype).reshape(self.shape).clone()
+            self._cold_free.append(b.cold_slot)
+            b.cold_slot = None
+        b.tier = "LOCAL"
+        self.stats["restored_blocks"] += 1
+
+    def _free_block(self, b: _Block) -> None:
+        if b.tier == "COLD" and b.cold_slot is not None:
+            self._cold_free.append(b.cold_slot)
+        b.data = None
+        b.ext = None
+
+    def _after_free(self, n: int) -> None:
+        if n:
+            malloc_trim()
+
+    def close(self) -> None:
+        self.seqs.clear()
+        self._cold = None
+        if self._cold_path:
+            try:
+                os.unlink(self._cold_path)
+            except OSError:
+                pass
+            self._cold_path = None
+        malloc_trim()
