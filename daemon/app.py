@@ -38,6 +38,9 @@ def build_units(ctx: Context) -> list[Unit]:
     units: list[Unit] = []
     # Filled in by the lines above venom's as each unit lands; None = absent.
     sensing = ledger = governor = None
+    from .stress.unit import SensingUnit
+    sensing = SensingUnit(ctx)
+    units.append(sensing)
     from .ledger.unit import LedgerUnit
     ledger = LedgerUnit(ctx)
     units.append(ledger)

@@ -1,0 +1,82 @@
+"""/proc/meminfo: host memory, and on Jetson the NvMap (GPU) and CMA pools.
+
+Read through a kept-open fd by the compiled KeyedFile (ext/kvfile.pyx).
+On kernels without MemAvailable (< 3.14, e.g. L4T 24 on a TX1) it is
+estimated the way earlyoom does (MemFree + Cached + Buffers - Shmem) and the
+sample says so (`available_estimated`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+from ..errors import SourceError
+from ..kvfile import KeyedFile
+
+KEYS = (b"MemTotal", b"MemFree", b"MemAvailable", b"Buffers", b"Cached", b"SwapTotal", b"SwapFree",
+        b"Shmem", b"NvMapMemUsed", b"NvMapMemFree", b"CmaTotal", b"CmaFree")
+
+
+@dataclass(frozen=True)
+class Meminfo:
+    """Bytes.  Jetson-only pools are None where the kernel does not print them."""
+
+    total: int
+    available: int
+    free: int
+    buffers: int
+    cached: int
+    swap_total: int
+    swap_free: int
+    shmem: int
+    available_estimated: bool = False
+    nvmap_used: int | None = None
+    nvmap_free: int | None = None
+    cma_total: int | None = None
+    cma_free: int | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def from_values(vals: tuple, path: str) -> Meminfo:
+    """The KEYS values (kB or None) → Meminfo; MemTotal and MemFree are required."""
+    (total, free, avail, buffers, cached, swap_t, swap_f, shmem, nv_u, nv_f, cma_t, cma_f) = vals
+    if total is None or free is None:
+        missing = ", ".join(k.decode() for k, v in zip(KEYS[:2], (total, free)) if v is None)
+        raise SourceError(f"{path}: required field(s) {missing} missing")
+    if total == 0:
+        raise SourceError(f"{path}: MemTotal is 0")
+    estimated = avail is None
+    if estimated:
+        avail = max(0, free + (cached or 0) + (buffers or 0) - (shmem or 0))
+
+    def b(v):
+        return None if v is None else v * 1024
+
+    return Meminfo(total=total * 1024, available=min(avail, total) * 1024, free=free * 1024,
+                   buffers=(buffers or 0) * 1024, cached=(cached or 0) * 1024,
+                   swap_total=(swap_t or 0) * 1024, swap_free=(swap_f or 0) * 1024, shmem=(shmem or 0) * 1024,
+                   available_estimated=estimated, nvmap_used=b(nv_u), nvmap_free=b(nv_f),
+                   cma_total=b(cma_t), cma_free=b(cma_f))
+
+
+class MeminfoReader:
+    name = "meminfo"
+
+    def __init__(self, proc_root: str = "/proc"):
+        self.path = os.path.join(proc_root, "meminfo")
+        try:
+            self._f = KeyedFile(self.path, KEYS)
+        except OSError as exc:
+            raise SourceError(f"{self.path}: cannot open: {exc.strerror}") from None
+
+    def read(self) -> Meminfo:
+        try:
+            vals = self._f.read()
+        except OSError as exc:
+            raise SourceError(f"{self.path}: read failed: {exc.strerror}") from None
+        return from_values(vals, self.path)
+
+    def close(self) -> None:
+        self._f.close()

@@ -1,0 +1,201 @@
+"""tegrastats as a child process: run it, parse every line it prints.
+
+`tegrastats --interval <ms>` is NVIDIA's only user-space view of the GPU
+load, engine clocks, rail power and the largest-free-block (fragmentation)
+figures on a Jetson.  Lines are parsed by the compiled parser
+(ext/tegrastats.pyx).  A child that dies is restarted with exponential
+backoff; a command that does not exist makes the source absent with one
+clear reason and is not retried.  Commands:
+
+    "off"      the source is disabled
+    "replay"   the recording bundled with the package (aal_core/data), mode "replay"
+    "auto"     the real tegrastats if it is on PATH, else the replay
+    anything else: a command line; "--interval <ms>" is appended
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import signal
+import sys
+from typing import Callable
+
+from ..errors import ParseError
+from ..log import get_logger
+from ..rpc import codec
+from ..tegrastats import parse_tegrastats
+
+log = get_logger("sense.tegrastats")
+
+REPLAY_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                             "tegrastats_replay.py")
+LINE_LIMIT = 64 * 1024
+
+
+def resolve(command: str, interval_ms: int) -> tuple[list[str] | None, str, str | None]:
+    """→ (argv or None, mode "live"|"replay"|"off", reason when absent)."""
+    command = command.strip()
+    if command == "off" or not command:
+        return None, "off", "disabled (sense.tegrastats_command = off)"
+    if command == "auto":
+        command = "tegrastats" if shutil.which("tegrastats") else "replay"
+    if command == "replay":
+        return [sys.executable, REPLAY_SCRIPT, "--interval", str(interval_ms)], "replay", None
+    try:
+        argv = shlex.split(command)
+    except ValueError as exc:
+        return None, "live", f"cannot parse sense.tegrastats_command {command!r}: {exc}"
+    exe = shutil.which(argv[0])
+    if exe is None:
+        return None, "live", (f"command not found: {argv[0]} (not a Jetson? run with --tegrastats off, "
+                              f"or replay for the bundled recording)")
+    return [exe] + argv[1:] + ["--interval", str(interval_ms)], "live", None
+
+
+class TegrastatsSource:
+    name = "tegrastats"
+
+    def __init__(self, command: str, interval_ms: int, clock, on_sample: Callable[[dict], None] | None = None,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, healthy_after_s: float = 30.0):
+        self.command = command
+        self.interval_ms = interval_ms
+        self.clock = clock
+        self.on_sample = on_sample
+        self.argv, self.mode, self.reason = resolve(command, interval_ms)
+        self.present = self.argv is not None
+        self.backoff_initial_s, self.backoff_max_s, self.healthy_after_s = backoff_initial_s, backoff_max_s, healthy_after_s
+        self.latest: dict | None = None
+        self.latest_encoded: bytes | None = None
+        self.last_read: float | None = None      # monotonic
+        self.last_read_wall: float | None = None
+        self.lines = self.parsed = self.unparseable = self.unknown_tokens = 0
+        self.restarts = 0
+        self.pid: int | None = None
+        self._task: asyncio.Task | None = None
+        self._proc = None
+
+    async def start(self) -> None:
+        if self.argv is not None and self._task is None:
+            self._task = asyncio.ensure_future(self._run())
+        elif self.argv is None and self.mode != "off":
+            log.warning("source_absent", source=self.name, reason=self.reason)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self._kill()
+
+    async def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        try:
+            proc.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(proc.wait(), 2.0)
+        except ProcessLookupError:
+            pass
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def _run(self) -> None:
+        backoff = self.backoff_initial_s
+        while True:
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, limit=LINE_LIMIT, start_new_session=True)
+            except OSError as exc:
+                # The command vanished or is not executable: absent, not retried in a loop.
+                self.present = False
+                self.reason = f"cannot run {self.argv[0]}: {exc.strerror or exc}"
+                log.error("source_absent", source=self.name, reason=self.reason)
+                return
+            self._proc = proc
+            self.pid = proc.pid
+            self.present = True
+            started = self.clock.monotonic()
+            log.info("tegrastats_started", pid=proc.pid, mode=self.mode, argv=" ".join(self.argv))
+            err_tail = asyncio.ensure_future(self._stderr_tail(proc))
+            try:
+                await self._read_lines(proc)
+                rc = await proc.wait()
+            finally:
+                if self._proc is proc and proc.returncode is None:
+                    await self._kill()
+            tail = await err_tail
+            ran = self.clock.monotonic() - started
+            if ran >= self.healthy_after_s:
+                backoff = self.backoff_initial_s
+            self.restarts += 1
+            self.reason = f"exited with status {rc}" + (f": {tail}" if tail else "") + \
+                f"; restart #{self.restarts} in {backoff:g}s"
+            log.warning("tegrastats_exited", status=rc, ran_s=round(ran, 3), restart_in_s=backoff, stderr=tail or "-")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.backoff_max_s)
+
+    async def _stderr_tail(self, proc) -> str:
+        last = b""
+        while True:
+            try:
+                chunk = await proc.stderr.readline()
+            except ValueError:
+                continue
+            if not chunk:
+                return last.strip()[-200:].decode("utf-8", "replace")
+            if chunk.strip():
+                last = chunk
+
+    async def _read_lines(self, proc) -> None:
+        stdout = proc.stdout
+        while True:
+            try:
+                line = await stdout.readline()
+            except ValueError:          # a line over LINE_LIMIT: counted, skipped
+                self.lines += 1
+                self.unparseable += 1
+                continue
+            if not line:
+                return
+            self.handle_line(line)
+
+    def handle_line(self, line: bytes) -> dict | None:
+        """Parse one line; keep it as the latest.  Unparseable lines are counted and skipped."""
+        self.lines += 1
+        try:
+            parsed = parse_tegrastats(line)
+        except ParseError as exc:
+            self.unparseable += 1
+            if self.unparseable <= 5 or self.unparseable % 1000 == 0:
+                log.warning("tegrastats_unparseable", error=str(exc), count=self.unparseable,
+                            line=line[:80].decode("utf-8", "replace"))
+            return None
+        self.parsed += 1
+        self.unknown_tokens += len(parsed["unknown"])
+        self.last_read = self.clock.monotonic()
+        self.last_read_wall = self.clock.wall()
+        if self.reason and self.reason.startswith("exited"):
+            self.reason = None
+        parsed["received_at"] = round(self.last_read_wall, 3)
+        self.latest = parsed
+        self.latest_encoded = codec.dumps_value(parsed)
+        if self.on_sample is not None:
+            self.on_sample(parsed)
+        return parsed
+
+    def state(self) -> dict:
+        d = {"name": self.name, "present": self.present, "mode": self.mode,
+             "lines": self.lines, "parsed": self.parsed, "unparseable": self.unparseable,
+             "unknown_tokens": self.unknown_tokens, "restarts": self.restarts}
+        if self.argv:
+            d["command"] = " ".join(self.argv)
+        if self.reason:
+            d["reason"] = self.reason
+        return d

@@ -1,0 +1,146 @@
+"""The default model, `fused`: explainable, and early on a fast ramp.
+
+    used        the tighter of host (1 - MemAvailable/MemTotal) and cgroup
+                (working set / limit) budgets: the one with fewer bytes left
+    level       the seed's curve applied to `used`
+    trend       from the least-squares slope of each budget's consumption over
+                the last `trend_window_s`: seconds_to_exhaustion = headroom /
+                slope, mapped onto the bands (<= 5 s CRITICAL, <= 15 s HIGH,
+                <= 60 s MODERATE); only once used >= trend_min_used and the fit
+                is straight (R² >= 0.6), so noise and a mostly empty machine
+                do not raise it
+    psi         PSI some/full avg10 (the cgroup's on v2), capped below HIGH:
+                secondary, it lags and it fires on cache churn
+    swap        host swap in use, capped below HIGH
+    fragmentation  Jetson: tegrastats' largest free blocks (lfb) and CMA
+                nearly gone while memory is in use; capped below CRITICAL
+    gpu_mem     a discrete GPU's memory (NVML), through the same curve
+
+stress = the largest component; every sample carries them all.
+"""
+from __future__ import annotations
+
+import bisect
+
+from .classic import level
+from .sample import StressSample, band_of
+from .trend import Ring
+
+# seconds_to_exhaustion → stress (piecewise linear; beyond the last point 0).
+TTE_POINTS = ((0.0, 1.0), (2.5, 0.9), (5.0, 0.75), (15.0, 0.5), (60.0, 0.25), (120.0, 0.0))
+_TTE_X = [p[0] for p in TTE_POINTS]
+
+PSI_CAP = 0.45
+SWAP_CAP = 0.45
+FRAG_CAP = 0.6
+MIN_R2 = 0.6
+MIN_POINTS = 4
+MIN_SPAN_S = 0.25
+
+
+def tte_stress(tte: float | None) -> float:
+    if tte is None or tte >= TTE_POINTS[-1][0]:
+        return 0.0
+    if tte <= 0.0:
+        return 1.0
+    k = bisect.bisect_right(_TTE_X, tte)
+    (x0, y0), (x1, y1) = TTE_POINTS[k - 1], TTE_POINTS[k]
+    return y0 + (y1 - y0) * (tte - x0) / (x1 - x0)
+
+
+def _clamp01(x: float) -> float:
+    return 0.0 if x < 0.0 else 1.0 if x > 1.0 else x
+
+
+class _Budget:
+    """One memory budget (host or cgroup): its consumption over time."""
+
+    def __init__(self):
+        self.ring = Ring(256)
+        self.total = 0
+
+    def update(self, t: float, consumed: float, total: float, window_s: float):
+        if total != self.total:            # limit changed: old points mean something else
+            self.ring.clear()
+            self.total = total
+        self.ring.push(t, consumed)
+        slope, r2, n, span = self.ring.fit(t - window_s)
+        headroom = max(0.0, total - consumed)
+        ok = n >= MIN_POINTS and span >= MIN_SPAN_S and r2 >= MIN_R2 and slope > 0
+        tte = headroom / slope if ok else None
+        return slope, tte, r2
+
+
+class FusedModel:
+    name = "fused"
+
+    def __init__(self, config):
+        self.configure(config)
+        self.host = _Budget()
+        self.cg = _Budget()
+
+    def configure(self, config) -> None:
+        sig = config.signal
+        self.window_s = sig.trend_window_s
+        self.min_used = sig.trend_min_used
+
+    def update(self, r, force: bool = False) -> StressSample:
+        m = r.meminfo
+        comp: dict = {}
+        host_used = 1.0 - m.available / m.total
+        comp["host_used"] = host_used
+        h_slope, h_tte, h_r2 = self.host.update(r.t, float(m.total - m.available), float(m.total), self.window_s)
+        used, slope_frac, tte = host_used, h_slope / m.total, h_tte
+        headroom = m.available
+        cg = r.cgroup
+        if cg is not None and cg.limit:
+            cg_used = cg.working_set / cg.limit
+            comp["cgroup_used"] = cg_used
+            c_slope, c_tte, _ = self.cg.update(r.t, float(cg.working_set), float(cg.limit), self.window_s)
+            if cg.limit - cg.working_set < headroom:
+                used, slope_frac, headroom = cg_used, c_slope / cg.limit, cg.limit - cg.working_set
+            if c_tte is not None and (tte is None or c_tte < tte):
+                tte = c_tte
+        comp["used"] = used
+        comp["level"] = lvl = level(min(max(used, 0.0), 1.0))
+        trend = tte_stress(tte) if used >= self.min_used else 0.0
+        comp["trend"] = trend
+        comp["headroom_mb"] = round(headroom / 1048576.0, 1)
+
+        psi = cg.psi if (cg is not None and cg.psi is not None) else r.psi
+        p = 0.0
+        if psi is not None:
+            p = max(psi.some_avg10 / 100.0, (psi.full_avg10 or 0.0) / 50.0)
+            p = min(PSI_CAP, p)
+        comp["psi"] = p
+
+        sw = 0.0
+        if m.swap_total > 0:
+            sw = SWAP_CAP * _clamp01(1.0 - m.swap_free / m.swap_total)
+        comp["swap"] = sw
+
+        frag = 0.0
+        weight = _clamp01((used - 0.3) / 0.4)
+        tg = r.tegra
+        if tg is not None and "ram" in tg and "lfb_blocks" in tg["ram"]:
+            lfb_mb = tg["ram"]["lfb_blocks"] * tg["ram"]["lfb_block_kb"] / 1024.0
+            comp["lfb_mb"] = lfb_mb
+            frag = max(frag, FRAG_CAP * _clamp01(1.0 - lfb_mb / 64.0) * weight)
+        if m.cma_total:
+            frag = max(frag, FRAG_CAP * _clamp01(1.0 - (m.cma_free or 0) / m.cma_total / 0.25) * weight)
+        if m.nvmap_used is not None:
+            comp["nvmap_used"] = m.nvmap_used / m.total
+        comp["fragmentation"] = frag
+
+        g = 0.0
+        if r.gpu_mem is not None and r.gpu_mem[1]:
+            g = level(_clamp01(r.gpu_mem[0] / r.gpu_mem[1]))
+            comp["gpu_mem"] = g
+
+        s = max(lvl, trend, p, sw, frag, g)
+        s = round(_clamp01(s), 6)
+        return StressSample(stress=s, band=band_of(s), model=self.name,
+                            components={k: (round(v, 6) if isinstance(v, float) else v) for k, v in comp.items()},
+                            trend_per_s=round(slope_frac, 6),
+                            seconds_to_exhaustion=None if tte is None else round(tte, 3),
+                            timestamp=r.wall, monotonic=r.t)

@@ -1,0 +1,351 @@
+"""SensingUnit: samples the memory sources, runs the model, publishes.
+
+The loop reads meminfo (and PSI, vmstat, the watched cgroup) at
+sense.sample_hz, faster (sense.sample_hz_max) while the band is HIGH or
+worse or memory would run out within a minute, earlyoom-style.  Each sample
+is encoded once; stress.get and the "stress" topic reuse those bytes.
+tegrastats runs beside it at its own interval; its latest line feeds the
+fused model (lfb) and the thermal/power scalars.
+
+For the other units: latest(), add_listener(fn), anomaly_counters(),
+process_memory(pid).
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import os
+from typing import Callable
+
+from .. import errors as E
+from ..errors import RpcError, SourceError, invalid_params
+from ..log import get_logger
+from ..rpc import codec
+from ..sources.cgroup import CgroupReader
+from ..sources.meminfo import MeminfoReader
+from ..sources.procmem import process_memory  # noqa: F401 - re-exported for the governor
+from ..sources.psi import PsiReader
+from ..sources.tegrastats import TegrastatsSource
+from ..sources.vmstat import VmstatReader
+from ..units import Unit
+from . import thermal
+from .classic import ClassicModel
+from .fused import FusedModel
+from .sample import BAND_ORDER, Reading, StressSample
+
+log = get_logger("sense")
+
+MODELS = {"classic": ClassicModel, "fused": FusedModel}
+THERMAL_WARN_MARGIN_C = 10.0
+FAST_TTE_S = 60.0
+
+
+class _Source:
+    """A reader plus its bookkeeping for sense.sources."""
+
+    def __init__(self, name: str, path: str, reader=None, reason: str | None = None, clock=None):
+        self.name, self.path, self.reader, self.reason, self.clock = name, path, reader, reason, clock
+        self.reads = self.errors = 0
+        self.last_read: float | None = None
+        self.last_read_wall: float | None = None
+        self._logged = False
+
+    @property
+    def present(self) -> bool:
+        return self.reader is not None
+
+    def read(self):
+        if self.reader is None:
+            return None
+        try:
+            v = self.reader.read()
+        except SourceError as exc:
+            self.errors += 1
+            self.reason = str(exc)
+            if not self._logged:
+                log.warning("source_read_failed", source=self.name, error=str(exc))
+                self._logged = True
+            return None
+        self.reads += 1
+        self.last_read = self.clock.monotonic()
+        self.last_read_wall = self.clock.wall()
+        if self._logged:
+            log.info("source_recovered", source=self.name)
+            self._logged = False
+            self.reason = None
+        return v
+
+    def state(self) -> dict:
+        d = {"name": self.name, "present": self.present, "mode": "live", "path": self.path,
+             "reads": self.reads, "errors": self.errors}
+        if self.reason:
+            d["reason"] = self.reason
+        if self.last_read is not None:
+            d["last_read"] = round(self.last_read_wall, 3)
+            d["age_s"] = round(self.clock.monotonic() - self.last_read, 3)
+        return d
+
+
+def _open(name: str, path: str, factory, clock) -> _Source:
+    try:
+        return _Source(name, path, factory(), clock=clock)
+    except SourceError as exc:
+        return _Source(name, path, None, reason=str(exc), clock=clock)
+
+
+class SensingUnit(Unit):
+    name = "sensing"
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        cfg = ctx.config
+        self.clock = ctx.clock
+        self.model = MODELS[cfg.signal.model](cfg)
+        self.history: collections.deque = collections.deque(maxlen=cfg.sense.history_size)
+        self._latest: StressSample | None = None
+        self._latest_bytes: bytes | None = None
+        self._listeners: list[Callable[[StressSample], None]] = []
+        self._seq = 0
+        self._counters = {"critical_samples": 0, "oom_kills": 0, "thermal_breaches": 0,
+                          "throttle_events": 0, "source_failures": 0}
+        self._oom_base: dict[str, int] = {}
+        self._last_margin: float | None = None
+        self._thermal: dict = {}
+        self._interval = 1.0 / cfg.sense.sample_hz
+        self._task: asyncio.Task | None = None
+        self.sources: list[_Source] = []
+        self.meminfo = self.psi = self.vmstat = self.cgroup = None
+        self.tegra = TegrastatsSource(cfg.sense.tegrastats_command, cfg.sense.tegrastats_interval_ms,
+                                      self.clock, on_sample=self._on_tegra)
+
+    # ------------------------------------------------------------ public API
+    def latest(self) -> StressSample | None:
+        return self._latest
+
+    def add_listener(self, fn: Callable[[StressSample], None]) -> None:
+        """fn(sample) is called in the event loop on every new sample."""
+        self._listeners.append(fn)
+
+    def remove_listener(self, fn) -> None:
+        if fn in self._listeners:
+            self._listeners.remove(fn)
+
+    def anomaly_counters(self) -> dict:
+        c = dict(self._counters)
+        c["source_failures"] += sum(s.errors for s in self.sources) + self.tegra.restarts + self.tegra.unparseable
+        return c
+
+    @staticmethod
+    def process_memory(pid: int) -> dict | None:
+        return process_memory(pid)
+
+    # ------------------------------------------------------------ lifecycle
+    def open_sources(self) -> None:
+        sense = self.ctx.config.sense
+        root = sense.proc_root
+        clock = self.clock
+        self.meminfo = _open("meminfo", os.path.join(root, "meminfo"), lambda: MeminfoReader(root), clock)
+        if not self.meminfo.present:
+            raise SourceError(f"cannot sense memory: {self.meminfo.reason}")
+        psi_path = os.path.join(root, "pressure", "memory")
+        self.psi = _open("psi", psi_path, lambda: PsiReader(psi_path), clock)
+        self.vmstat = _open("vmstat", os.path.join(root, "vmstat"), lambda: VmstatReader(root), clock)
+        self.sources = [self.meminfo, self.psi, self.vmstat]
+        if sense.cgroup:
+            self.cgroup = _open("cgroup", sense.cgroup, lambda: CgroupReader(sense.cgroup), clock)
+            if not self.cgroup.present:
+                log.warning("source_absent", source="cgroup", reason=self.cgroup.reason)
+            self.sources.append(self.cgroup)
+        for s in self.sources:
+            if not s.present and s.name != "cgroup":
+                log.info("source_absent", source=s.name, reason=s.reason)
+
+    async def start(self) -> None:
+        self.open_sources()
+        self.sample_once(force=True)
+        await self.tegra.start()
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.tegra.stop()
+        for s in self.sources:
+            if s.reader is not None:
+                s.reader.close()
+
+    def ready(self) -> bool:
+        return self._latest is not None
+
+    def reload(self, config) -> None:
+        old = self.ctx.config
+        super().reload(config)
+        if config.signal.model != old.signal.model:
+            self.model = MODELS[config.signal.model](config)
+        elif hasattr(self.model, "configure"):
+            self.model.configure(config)
+        if config.sense.history_size != self.history.maxlen:
+            self.history = collections.deque(self.history, maxlen=config.sense.history_size)
+
+    def status(self) -> dict:
+        out = []
+        for s in self.sources + [self.tegra]:
+            st = s.state()
+            d = {"name": st["name"], "present": st["present"], "mode": st["mode"]}
+            if st.get("reason"):
+                d["reason"] = st["reason"]
+            out.append(d)
+        return {"sources": out}
+
+    def summary(self) -> str:
+        s = self._latest
+        if s is None:
+            return "no stress sample yet"
+        return f"stress {s.stress:.2f} {s.band} ({s.model})"
+
+    # ------------------------------------------------------------ sampling
+    async def _loop(self) -> None:
+        clock = self.clock
+        while True:
+            t0 = clock.monotonic()
+            try:
+                self.sample_once()
+            except SourceError as exc:
+                self._counters["source_failures"] += 1
+                log.error("sample_failed", error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the loop must survive a bug in one round
+                self._counters["source_failures"] += 1
+                log.error("sample_failed", error=repr(exc), exc_info=True)
+            await asyncio.sleep(max(0.0, self._interval - (clock.monotonic() - t0)))
+
+    def _oom(self, key: str, value: int | None) -> int:
+        if value is None:
+            return 0
+        base = self._oom_base.setdefault(key, value)
+        return max(0, value - base)
+
+    def read(self) -> Reading | None:
+        m = self.meminfo.read()
+        if m is None:
+            return None
+        psi = self.psi.read()
+        vm = self.vmstat.read()
+        cg = self.cgroup.read() if self.cgroup is not None else None
+        kills = max(self._oom("vmstat", vm.oom_kill if vm else None),
+                    self._oom("cgroup", cg.oom_kill if cg else None))
+        self._counters["oom_kills"] = max(self._counters["oom_kills"], kills)
+        tegra = None
+        if self.tegra.last_read is not None and \
+                self.clock.monotonic() - self.tegra.last_read <= 3 * self.ctx.config.sense.tegrastats_interval_ms / 1000:
+            tegra = self.tegra.latest
+        return Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi, tegra=tegra)
+
+    def sample_once(self, force: bool = False) -> StressSample | None:
+        r = self.read()
+        if r is None:
+            return None
+        sample = self.model.update(r, force=force)
+        if sample is None:              # classic: at most one per 0.5 s
+            return None
+        self._seq += 1
+        extra = {"seq": self._seq}
+        if r.tegra is not None:
+            extra.update(self._thermal)
+        sample = dataclasses.replace(sample, **extra)
+        self.publish(sample)
+        return sample
+
+    def publish(self, sample: StressSample) -> None:
+        if sample.band == "CRITICAL":
+            self._counters["critical_samples"] += 1
+        d = sample.to_dict()
+        raw = codec.dumps_value(d)
+        self._latest = sample
+        self._latest_bytes = raw
+        self.history.append(raw)
+        self.ctx.hub.publish("stress", d, encoded=raw)
+        for fn in list(self._listeners):
+            try:
+                fn(sample)
+            except Exception as exc:  # noqa: BLE001 - one bad listener must not stop sensing
+                log.error("listener_failed", listener=getattr(fn, "__qualname__", repr(fn)), error=repr(exc))
+        sense = self.ctx.config.sense
+        fast = BAND_ORDER[sample.band] >= BAND_ORDER["HIGH"] or (
+            sample.seconds_to_exhaustion is not None and sample.seconds_to_exhaustion < FAST_TTE_S)
+        self._interval = 1.0 / (max(sense.sample_hz_max, sense.sample_hz) if fast else sense.sample_hz)
+
+    def _on_tegra(self, parsed: dict) -> None:
+        self._thermal = thermal.scalars(parsed, self.ctx.config.signal.throttle_c)
+        margin = self._thermal.get("thermal_margin_c")
+        if margin is not None:
+            last = self._last_margin
+            if margin < THERMAL_WARN_MARGIN_C and (last is None or last >= THERMAL_WARN_MARGIN_C):
+                self._counters["thermal_breaches"] += 1
+            if margin <= 0 and (last is None or last > 0):
+                self._counters["throttle_events"] += 1
+            self._last_margin = margin
+
+    # ------------------------------------------------------------ RPC
+    def register(self, registry) -> None:
+        def stress_get(p, call):
+            """The current stress sample (stress, band, model, components, trend, time to exhaustion)."""
+            if self._latest_bytes is None:
+                self.sample_once(force=True)
+            if self._latest_bytes is None:
+                raise RpcError(E.SOURCE_ABSENT, "no stress sample: meminfo cannot be read",
+                               {"reason": self.meminfo.reason if self.meminfo else "not started"})
+            return codec.Fragment(self._latest_bytes)
+
+        def stress_history(p, call):
+            """The last N samples, oldest first."""
+            n = p.get("count", 100)
+            if n < 1:
+                raise invalid_params("count must be >= 1", param="count", got=n)
+            items = list(self.history)[-n:]
+            return {"samples": [codec.Fragment(b) for b in items]}
+
+        def stress_subscribe(p, call):
+            mode = p.get("mode", "every")
+            if mode == "every":
+                return None
+            if mode != "band":
+                raise invalid_params("mode must be 'every' or 'band'", param="mode", got=mode,
+                                     expected=["every", "band"])
+            last = [None]
+
+            def band_changed(data: dict) -> bool:
+                if data["band"] == last[0]:
+                    return False
+                last[0] = data["band"]
+                return True
+            if self._latest is not None:
+                last[0] = self._latest.band
+            return band_changed
+
+        def tegrastats_latest(p, call):
+            """The last parsed tegrastats line; SOURCE_ABSENT when there is none."""
+            t = self.tegra
+            if t.latest_encoded is None:
+                reason = t.reason or ("no line parsed yet" if t.present else "absent")
+                raise RpcError(E.SOURCE_ABSENT, f"tegrastats: {reason}",
+                               {"source": "tegrastats", "mode": t.mode, "reason": reason})
+            return codec.Fragment(t.latest_encoded)
+
+        def sense_sources(p, call):
+            """Each source: present, mode, last read, error counts; the sampling rate; anomaly counters."""
+            return {"sources": [s.state() for s in self.sources] + [self.tegra.state()],
+                    "sample_hz": round(1.0 / self._interval, 3), "anomalies": self.anomaly_counters()}
+
+        registry.add("stress.get", stress_get, result="StressSample")
+        registry.add("stress.history", stress_history, params="StressHistoryParams", result="StressHistoryResult")
+        registry.add_topic("stress", data="StressSample", subscribe=stress_subscribe,
+                           params="StressSubscribeParams",
+                           summary="Push stress.update on every sample (mode 'every') or on band changes ('band').")
+        registry.add("tegrastats.latest", tegrastats_latest, result="TegrastatsLatest")
+        registry.add("sense.sources", sense_sources, result="SenseSourcesResult")
