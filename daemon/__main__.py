@@ -33,7 +33,7 @@ def _run_parser(sub) -> argparse.ArgumentParser:
                    help=f"no-root defaults: socket and state under DIR (default ./{LOCAL_DIR})")
     p.add_argument("--proc-root", metavar="DIR", help="read /proc files from DIR (sense.proc_root)")
     p.add_argument("--tegrastats", metavar="CMD",
-                   help="tegrastats command, 'off' or 'replay' (sense.tegrastats_command)")
+                   help="tegrastats command, 'off', 'replay' (bundled recording) or 'auto' (real if on PATH, else replay) (sense.tegrastats_command)")
     p.add_argument("--cgroup", metavar="PATH", help="cgroup directory to watch (sense.cgroup)")
     p.add_argument("--model", choices=["classic", "fused"], help="stress model (signal.model)")
     return p
@@ -69,7 +69,7 @@ def cmd_run(args) -> int:
         base = None
         if args.local is not None:
             base = config_mod.local_defaults(args.local).with_overrides(
-                {"sense": {"tegrastats_command": "replay"}})
+                {"sense": {"tegrastats_command": "auto"}})
         overrides = overrides_from_args(args)
         cfg = config_mod.load(config_file, base).with_overrides(overrides)
         log_mod.setup(cfg.daemon.log_level)
