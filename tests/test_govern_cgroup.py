@@ -1,0 +1,163 @@
+"""Per-job memory cgroups, for real (cgroup v1 here; v2 where unified)."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from aal_core.client import RpcCallError
+from aal_core.govern.cgroups import CgroupEnforcer
+
+pytestmark = pytest.mark.root
+MB = 1 << 20
+DAEMON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + "/daemon"
+
+
+def _needs_memory_cgroup():
+    e = CgroupEnforcer("auto")
+    if e.mode == "off":
+        pytest.skip(e.note)
+    return e
+
+
+def _cgroup_of(pid: int, mode: str) -> str:
+    with open(f"/proc/{pid}/cgroup") as fh:
+        for line in fh:
+            hid, ctrls, path = line.strip().split(":", 2)
+            if (mode == "v2" and hid == "0") or (mode == "v1" and "memory" in ctrls.split(",")):
+                return path
+    return ""
+
+
+def _limits(path: str, mode: str) -> tuple[int, int]:
+    names = ("memory.high", "memory.max") if mode == "v2" else \
+        ("memory.soft_limit_in_bytes", "memory.limit_in_bytes")
+    return tuple(int(open(os.path.join(path, n)).read()) for n in names)
+
+
+@pytest.fixture
+def sleeper():
+    p = subprocess.Popen(["sleep", "60"])
+    yield p
+    p.kill()
+    p.wait()
+
+
+def test_place_sets_both_limits_moves_the_pid_and_remove_restores(sleeper):
+    e = _needs_memory_cgroup()
+    job = "t-" + uuid.uuid4().hex[:8]
+    before = _cgroup_of(sleeper.pid, e.mode)
+    res = e.place(job, sleeper.pid, 32 * MB, 64 * MB)
+    try:
+        assert res == {"enforced": True, "cgroup": e.path(job)}
+        assert _limits(e.path(job), e.mode) == (32 * MB, 64 * MB)
+        assert _cgroup_of(sleeper.pid, e.mode).endswith(f"/aal-core/{job}")
+    finally:
+        assert e.remove(job) is True
+    assert not os.path.exists(e.path(job))
+    assert _cgroup_of(sleeper.pid, e.mode) == before
+
+
+def test_hard_cap_is_enforced_by_the_kernel():
+    """A process in its job cgroup that allocates past HARD is OOM-killed."""
+    e = _needs_memory_cgroup()
+    job = "t-" + uuid.uuid4().hex[:8]
+    hog = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        sys.stdin.readline()                  # wait until placed
+        blocks = []
+        for _ in range(64):                   # 64 x 8 MiB = 512 MiB, far above 48 MiB
+            blocks.append(bytearray(8 << 20))
+            time.sleep(0.005)
+        print("survived", flush=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert e.place(job, hog.pid, 32 * MB, 48 * MB)["enforced"] is True
+        out, _ = hog.communicate("go\n", timeout=60)
+        assert hog.returncode == -9 and "survived" not in out
+    finally:
+        if hog.poll() is None:
+            hog.kill()
+            hog.wait()
+        e.remove(job)
+
+
+def test_a_gone_pid_is_reported_not_enforced():
+    e = _needs_memory_cgroup()
+    p = subprocess.Popen(["true"])
+    p.wait()
+    job = "t-" + uuid.uuid4().hex[:8]
+    res = e.place(job, p.pid, MB, MB)
+    assert res["enforced"] is False and str(p.pid) in res["enforce_reason"]
+    assert not os.path.exists(e.path(job))
+
+
+def test_not_a_cgroup_directory_is_said_clearly(tmp_path):
+    e = CgroupEnforcer(str(tmp_path))
+    assert e.mode == "off"
+    res = e.place("j", os.getpid(), MB, MB)
+    assert res == {"enforced": False, "enforce_reason": f"{tmp_path} is not a memory cgroup directory"}
+    assert CgroupEnforcer("off").place("j", 1, MB, MB)["enforced"] is False
+
+
+def test_without_permission_submit_says_so():
+    """An unprivileged user (nobody) gets enforced: false and the reason."""
+    e = _needs_memory_cgroup()
+    if not shutil.which("setpriv") or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs setpriv and a system python3")
+    pkg = tempfile.mkdtemp(prefix="aalpkg")
+    os.chmod(pkg, 0o755)
+    os.symlink(DAEMON_DIR, os.path.join(pkg, "aal_core"))
+    code = textwrap.dedent(f"""
+        import os, sys, types, json
+        import aal_core
+        g = types.ModuleType("aal_core.govern"); g.__path__ = ["{DAEMON_DIR}/govern"]
+        sys.modules["aal_core.govern"] = g        # the unit's imports are not needed here
+        from aal_core.govern.cgroups import CgroupEnforcer
+        print(json.dumps(CgroupEnforcer("auto").place("nobody-job", os.getpid(), 1 << 20, 1 << 21)))
+    """)
+    try:
+        out = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                              "/usr/bin/python3", "-c", code], env={"PYTHONPATH": pkg},
+                             capture_output=True, text=True, timeout=30)
+    finally:
+        shutil.rmtree(pkg)
+    assert out.returncode == 0, out.stderr
+    import json
+    res = json.loads(out.stdout)
+    assert res["enforced"] is False
+    assert "Permission denied" in res["enforce_reason"] and "needs root" in res["enforce_reason"]
+    assert not os.path.exists(e.path("nobody-job"))
+
+
+@pytest.mark.slow
+def test_submit_with_pid_enforces_and_release_cleans_up(daemon, sleeper):
+    e = _needs_memory_cgroup()
+    job = "d-" + uuid.uuid4().hex[:8]
+    with daemon.client() as c:
+        res = c.call("job.submit", {"job_id": job, "profile": "MINIMAL", "metadata": {}, "pid": sleeper.pid})
+        assert res["enforced"] is True and res["cgroup"] == e.path(job) and res["pid"] == sleeper.pid
+        assert _limits(e.path(job), e.mode) == (512 * MB, 1024 * MB)
+        rel = c.call("job.release", {"job_id": job})
+        assert rel == {"job_id": job, "released": True, "cgroup_removed": True}
+    assert not os.path.exists(e.path(job))
+    # connection close releases too, cgroup included
+    with daemon.client() as c:
+        c.call("job.submit", {"job_id": job, "profile": "MINIMAL", "metadata": {}, "pid": sleeper.pid})
+        assert os.path.isdir(e.path(job))
+    deadline = time.monotonic() + 5
+    while os.path.exists(e.path(job)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(e.path(job))
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with daemon.client() as c:
+        with pytest.raises(RpcCallError) as ei:
+            c.call("job.submit", {"job_id": job, "profile": "MINIMAL", "metadata": {}, "pid": gone.pid})
+        assert ei.value.code == -32602 and "not a running process" in ei.value.message
+        assert c.call("job.list")["jobs"] == []
