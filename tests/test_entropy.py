@@ -137,7 +137,7 @@ def test_sigmoid_is_overflow_free():
 
 def test_daemon_never_imports_torch():
     code = ("import sys, aal_core.app, aal_core.venom, aal_core.venom.unit, aal_core.venom.engine;"
-            "from aal_core.venom.standalone import main;"
+            "import aal_core.__main__; from aal_core.venom.standalone import cmd_venom;"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": ""})
