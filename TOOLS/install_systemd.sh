@@ -52,19 +52,27 @@ root="$(realpath -m "$root")"
 dest="${root%/}$prefix"          # where the venv is written now
 etc="${root%/}/etc"
 
-# --- the venv ---------------------------------------------------------------
+# --- checks first: a bad option must not leave half an install behind ------
 if [ "$do_venv" = 1 ]; then
+    if [ -f "$from" ]; then
+        case "$from" in *.whl) ;; *) die "--from $from: not a source tree (no pyproject.toml) or a .whl" ;; esac
+    elif [ ! -f "$from/pyproject.toml" ]; then
+        die "--from $from: not a source tree (no pyproject.toml) or a .whl"
+    fi
     command -v "$python" >/dev/null || die "no $python; install python3 (>= 3.10) and python3-venv"
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
         || die "$python is $("$python" -V 2>&1); aal-core needs Python >= 3.10"
     "$python" -c 'import venv, ensurepip' 2>/dev/null \
         || die "$python cannot create venvs; apt-get install python3-venv"
+fi
+
+# --- the venv ---------------------------------------------------------------
+if [ "$do_venv" = 1 ]; then
     [ -x "$dest/bin/python" ] || "$python" -m venv "$dest"
     pip=("$dest/bin/python" -m pip install -q --disable-pip-version-check -c "$here/TOOLS/constraints.txt")
     if [ -f "$from" ]; then
-        case "$from" in *.whl) ;; *) die "--from $from: not a directory or a .whl" ;; esac
         wheel="$from"
-    elif [ -f "$from/pyproject.toml" ]; then
+    else
         # Build a wheel with the pinned build dependencies, then install it:
         # the same steps as TOOLS/setup.sh, with no x86-only flags (aarch64).
         # The build tools go into a throw-away venv, not into the service's.
@@ -77,8 +85,6 @@ if [ "$do_venv" = 1 ]; then
         "$wheels/venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps \
             --no-build-isolation -c "$here/TOOLS/constraints.txt" -w "$wheels" "$from"
         wheel="$(ls "$wheels"/aal_core-*.whl)"
-    else
-        die "--from $from: not a source tree (no pyproject.toml) or a .whl"
     fi
     say "installing $(basename "$wheel") into $prefix"
     "${pip[@]}" "$wheel"                                  # its dependencies

@@ -16,6 +16,9 @@ if [ "$want_test" = 1 ]; then
     command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
     command -v sudo >/dev/null || apt_pkgs+=(sudo)
     command -v setpriv >/dev/null || apt_pkgs+=(util-linux)
+    # test_systemd_e2e: the nspawn container shares only /usr with the host,
+    # so the service's venv there is made from /usr/bin/python3.
+    /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3 python3-venv)
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then

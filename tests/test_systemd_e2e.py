@@ -59,19 +59,32 @@ def _need(tool: str) -> str:
     return path
 
 
-def _usr_python() -> str:
-    """A Python under /usr (the container shares only /usr with the host)
-    with the same major.minor as the test interpreter, which builds the wheel."""
+def _usr_python() -> tuple[str, bool]:
+    """A Python under /usr (the container shares only /usr with the host),
+    and whether it has the test interpreter's major.minor (then the wheel the
+    test interpreter builds fits it)."""
     want = f"python{sys.version_info.major}.{sys.version_info.minor}"
     for cand in (f"/usr/bin/{want}", "/usr/bin/python3"):
         if os.path.exists(cand):
             out = subprocess.run([cand, "-c", "import sys, venv, ensurepip; "
                                   "print(f'python{sys.version_info.major}.{sys.version_info.minor}')"],
                                  capture_output=True, text=True)
-            if out.returncode == 0 and out.stdout.strip() == want:
-                return cand
-    pytest.fail(f"the container needs /usr/bin/{want} with venv/ensurepip "
-                f"(apt-get install {want} python3-venv)")
+            if out.returncode == 0:
+                return cand, out.stdout.strip() == want
+    pytest.fail("the container needs /usr/bin/python3 with venv/ensurepip (apt-get install python3-venv)")
+
+
+def _tree_copy(dest: Path) -> Path:
+    """The checkout's files (tracked and new, not ignored), to build from
+    without writing into the working tree."""
+    files = subprocess.run(["git", "-C", str(REPO), "ls-files", "-co", "--exclude-standard", "-z"],
+                           capture_output=True, check=True).stdout.split(b"\0")
+    for rel in filter(None, files):
+        src = REPO / os.fsdecode(rel)
+        if src.is_file():
+            (dest / os.fsdecode(rel)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / os.fsdecode(rel))
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -81,15 +94,19 @@ def staged(tmp_path_factory) -> Path:
         _need(tool)
     root = tmp_path_factory.mktemp("aal-e2e-root")
     wheels = tmp_path_factory.mktemp("aal-e2e-wheel")
-    # The wheel: built from this checkout by the interpreter the suite runs
-    # (TOOLS/setup.sh just built the same tree, so the compiled objects are reused).
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
-                            "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
-                           capture_output=True, text=True, timeout=600)
-    assert build.returncode == 0, f"wheel build failed:\n{build.stdout}\n{build.stderr}"
-    (wheel,) = wheels.glob("aal_core-*.whl")
+    python, same_version = _usr_python()
+    if same_version:
+        # The wheel: built from this checkout by the interpreter the suite runs
+        # (TOOLS/setup.sh just built the same tree, so the compiled objects are reused).
+        build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
+                                "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)],
+                               capture_output=True, text=True, timeout=600)
+        assert build.returncode == 0, f"wheel build failed:\n{build.stdout}\n{build.stderr}"
+        (source,) = wheels.glob("aal_core-*.whl")
+    else:  # the installer's own build path, with /usr's Python (slower: a fresh build)
+        source = _tree_copy(tmp_path_factory.mktemp("aal-e2e-src"))
     inst = subprocess.run([str(REPO / "TOOLS/install_systemd.sh"), "--root", str(root),
-                           "--from", str(wheel), "--python", _usr_python()],
+                           "--from", str(source), "--python", python],
                           capture_output=True, text=True, timeout=600)
     assert inst.returncode == 0, f"install_systemd.sh failed:\n{inst.stdout}\n{inst.stderr}"
     dropin = root / "etc/systemd/system/aal-core.service.d"
