@@ -32,6 +32,10 @@ class LedgerUnit(Unit):
         self.path = os.path.join(ctx.state_dir, cfg.file)
         self.ledger: Ledger | None = None
         self.committer: GroupCommitter | None = None
+        # Set once start() has opened and verified the file: RPC calls that
+        # arrive between listen and then wait for it instead of failing.
+        self._opened = asyncio.Event()
+        self._closed = False
 
     # -- the agreed interface ---------------------------------------------
 
@@ -58,8 +62,11 @@ class LedgerUnit(Unit):
         self.ledger = await loop.run_in_executor(
             None, lambda: Ledger.open(self.path, clock=self.ctx.clock, max_entry_bytes=cfg.max_entry_bytes))
         self.committer = GroupCommitter(self.ledger, group=cfg.group_commit, max_batch=cfg.max_batch)
+        self._opened.set()
 
     async def stop(self) -> None:
+        self._closed = True
+        self._opened.set()
         if self.committer is not None:
             await self.committer.close()
             self.committer = None
@@ -85,9 +92,15 @@ class LedgerUnit(Unit):
 
     # -- RPC ---------------------------------------------------------------
 
-    def _open(self) -> Ledger:
-        if self.ledger is None:
-            raise LedgerError("the ledger is not open (daemon starting or stopping)")
+    async def _open(self) -> Ledger:
+        if not self._opened.is_set():
+            timeout = self.ctx.config.daemon.ready_timeout_s
+            try:
+                await asyncio.wait_for(self._opened.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise LedgerError(f"the ledger is still being opened and verified after {timeout}s") from None
+        if self.ledger is None or self._closed:
+            raise LedgerError("the ledger is not open (daemon stopping)")
         return self.ledger
 
     def register(self, registry) -> None:
@@ -104,6 +117,7 @@ class LedgerUnit(Unit):
         """Append {"data": {...}}; answers {index, hash} once the entry is fsync'd."""
         if "data" not in p:
             raise invalid_params("missing required param: data", missing=["data"])
+        await self._open()
         try:
             fut = self.append(p["data"])
         except EntryError as exc:
@@ -111,13 +125,13 @@ class LedgerUnit(Unit):
         index, digest = await fut
         return {"index": index, "hash": digest}
 
-    def rpc_manifest(self, p, call):
+    async def rpc_manifest(self, p, call):
         """chain_length, genesis_hash, latest_hash, merkle_root, timestamp."""
-        return self._open().manifest()
+        return (await self._open()).manifest()
 
-    def rpc_get(self, p, call):
+    async def rpc_get(self, p, call):
         """Entries by `index`, or `start`..`end` (exclusive, at most 1000)."""
-        led = self._open()
+        led = await self._open()
         if "index" in p:
             if "start" in p or "end" in p:
                 raise invalid_params("give either index, or start and end, not both")
@@ -129,20 +143,21 @@ class LedgerUnit(Unit):
         if "start" not in p:
             raise invalid_params("give index, or start (and end)", expected=["index", "start", "end"])
         start = p["start"]
-        end = p.get("end", min(start + MAX_GET, led.count))
-        if end < start:
-            raise invalid_params(f"end ({end}) is before start ({start})", param="end")
-        if end - start > MAX_GET:
-            raise invalid_params(f"at most {MAX_GET} entries per call; asked for {end - start}",
-                                 param="end", max=MAX_GET)
+        if "end" in p:
+            if p["end"] < start:
+                raise invalid_params(f"end ({p['end']}) is before start ({start})", param="end")
+            if p["end"] - start > MAX_GET:
+                raise invalid_params(f"at most {MAX_GET} entries per call; asked for {p['end'] - start}",
+                                     param="end", max=MAX_GET)
         if start > led.count:
             raise RpcError(NOT_FOUND, f"start {start} is past the end of the chain ({led.count} entries)",
                            {"start": start, "chain_length": led.count})
+        end = p.get("end", min(start + MAX_GET, led.count))
         return {"entries": led.entries(start, end)}
 
     async def rpc_verify(self, p, call):
         """Recompute every hash, link and the Merkle root; name the first bad index."""
-        led = self._open()
+        led = await self._open()
         snap = led.snapshot()
         out = await asyncio.get_running_loop().run_in_executor(None, led.check, snap)
         led.verified = out["valid"]
@@ -150,18 +165,18 @@ class LedgerUnit(Unit):
             log.error("ledger_verify_failed", index=out.get("first_bad_index"), reason=out.get("reason"))
         return out
 
-    def rpc_proof(self, p, call):
+    async def rpc_proof(self, p, call):
         """RFC 9162 inclusion proof of entry `index` in the tree of `tree_size` entries."""
-        led = self._open()
+        led = await self._open()
         n = p.get("tree_size", led.count)
         self._check_sizes(led, n)
         if p["index"] >= n:
             raise invalid_params(f"index {p['index']} is not below tree_size {n}", param="index")
         return led.proof(p["index"], n)
 
-    def rpc_consistency(self, p, call):
+    async def rpc_consistency(self, p, call):
         """RFC 9162 consistency proof between tree sizes `first` and `second`."""
-        led = self._open()
+        led = await self._open()
         m = p.get("second", led.count)
         self._check_sizes(led, m)
         if not 1 <= p["first"] <= m:
