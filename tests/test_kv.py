@@ -48,6 +48,8 @@ def test_values_round_trip():
     k, v = c.get("a")
     assert k.shape == (L, H, 20, D)
     assert [int(k[0, 0, t, 0]) for t in range(20)] == list(range(20))
+    k, v = c.get("a", last=5)
+    assert [int(x) for x in k[1, 2, :, 3]] == list(range(15, 20)) and v.shape == (L, H, 5, D)
 
 
 def test_lru_evicts_least_recently_used_sequences_whole():

@@ -203,22 +203,30 @@ class KVCache:
 
     # ---------------------------------------------------------------- reads
 
-    def get(self, seq_id: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of a sequence, (n_layers, n_heads, tokens, head_dim)
-        each; offloaded blocks are brought back into RAM."""
+    def get(self, seq_id: str, last: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a sequence (its `last` tokens if given),
+        (n_layers, n_heads, tokens, head_dim) each; offloaded blocks read are
+        brought back into RAM."""
         s = self.seqs[seq_id]
         self._clock += 1
         s.last_used = self._clock
         parts = []
-        for b in s.blocks:
+        need = last if last is not None else None
+        for b in reversed(s.blocks):
+            if need is not None and need <= 0:
+                break
             if b.tier != "LOCAL":
                 self._restore(b)
-            parts.append(b.data[:, :, :, :b.tokens, :])
+            take = b.tokens if need is None else min(b.tokens, need)
+            parts.append(b.data[:, :, :, b.tokens - take:b.tokens, :])
+            if need is not None:
+                need -= take
+        parts.reverse()
         if not parts:
             L, _, H, _, D = self.shape
             empty = torch.empty((L, H, 0, D), dtype=self.dtype)
             return empty, empty
-        kv = torch.cat(parts, dim=3)
+        kv = parts[0] if len(parts) == 1 else torch.cat(parts, dim=3)
         self._enforce(current=seq_id)
         return kv[:, 0], kv[:, 1]
 
