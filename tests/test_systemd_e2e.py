@@ -4,7 +4,8 @@ The container boots the host's own /usr (`--volatile=yes`: / is a tmpfs, so
 nothing it does survives).  Into it go, bind-mounted from a staged root
 that TOOLS/install_systemd.sh filled: the venv (/opt/aal-core, built from
 this checkout and installed with pip exactly as on a board), the units, the
-sysusers/tmpfiles snippets and the default config.  systemd-sysusers and
+sysusers/tmpfiles snippets and the default config (TOOLS/orin_nano_prep.sh
+--root, the board's install path minus apt and systemctl).  systemd-sysusers and
 systemd-tmpfiles apply the snippets at boot.  The tests drive the
 container's systemd with `nsenter -t <its PID 1> -a systemctl ...` and read
 its journal, with the manager at debug level so that every sd_notify
@@ -21,6 +22,7 @@ state it needs.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,6 +33,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from aal_core.config import DaemonConfig, LedgerConfig
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -105,10 +109,13 @@ def staged(tmp_path_factory) -> Path:
         (source,) = wheels.glob("aal_core-*.whl")
     else:  # the installer's own build path, with /usr's Python (slower: a fresh build)
         source = _tree_copy(tmp_path_factory.mktemp("aal-e2e-src"))
-    inst = subprocess.run([str(REPO / "TOOLS/install_systemd.sh"), "--root", str(root),
+    # The board's own path: the prep script (not a Jetson here: it warns),
+    # which hands over to install_systemd.sh, staged into `root`.
+    inst = subprocess.run([str(REPO / "TOOLS/orin_nano_prep.sh"), "--root", str(root), "--no-apt",
                            "--from", str(source), "--python", python],
                           capture_output=True, text=True, timeout=600)
-    assert inst.returncode == 0, f"install_systemd.sh failed:\n{inst.stdout}\n{inst.stderr}"
+    assert inst.returncode == 0, f"orin_nano_prep.sh failed:\n{inst.stdout}\n{inst.stderr}"
+    assert "not a Jetson" in inst.stderr
     dropin = root / "etc/systemd/system/aal-core.service.d"
     dropin.mkdir(parents=True)
     (dropin / "50-e2e.conf").write_text(E2E_DROPIN)
@@ -296,6 +303,16 @@ def test_aalctl_through_the_socket(box):
     assert f"socket    {SOCK}" in out.stdout and "config    /etc/aal-core/aal-core.toml" in out.stdout
     health = aalctl(box, "call", "system.health")
     assert health.returncode == 0 and '"ok": true' in health.stdout, health.stdout + health.stderr
+
+    # The sandbox leaves the daemon what it needs: every /proc source reads
+    # (tegrastats is absent: not a Jetson), and its state directory is
+    # writable, with files for group aal only (Group=aal, UMask=0027).
+    status = json.loads(aalctl(box, "call", "system.status").stdout)
+    sources = {s["name"]: s for s in status["sources"]}
+    assert sources and all(s["present"] for n, s in sources.items() if n != "tegrastats"), sources
+    ledger = f"{DaemonConfig().state_dir}/{LedgerConfig().file}"
+    wait_for(lambda: box.run("test", "-s", ledger, check=False).returncode == 0, 10, ledger)
+    assert box.run("stat", "-c", "%a %U %G", ledger).stdout.split() == ["640", "root", "aal"]
 
     # A member of group aal may connect; admin methods stay refused to it.
     box.run("useradd", "--no-create-home", "--user-group", "--groups", "aal", "alice")

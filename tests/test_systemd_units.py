@@ -130,6 +130,7 @@ def test_socket_matches_the_daemon():
     assert sock["RemoveOnStop"] == ["yes"]
 
 
+@pytest.mark.root  # systemd-tmpfiles chowns to the new group
 def test_sysusers_and_tmpfiles_on_a_scratch_root(tmp_path):
     need("systemd-sysusers")
     need("systemd-tmpfiles")
