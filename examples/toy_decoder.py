@@ -72,6 +72,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pid", action="store_true", help="give the daemon our pid (cgroup with the caps)")
     ap.add_argument("--report", help="write a JSON summary here at exit")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--progress", action="store_true",
+                    help="print 'progress tokens=N' every 0.25 s (what the bench reads if we get killed)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)           # tiny matmuls: threads only add contention
@@ -103,6 +105,7 @@ def main(argv=None) -> int:
     seq_ids = [f"seq{i}" for i in range(args.sequences)]
     tokens = torch.zeros(len(seq_ids), dtype=torch.long)
     t0 = time.monotonic()
+    next_progress = t0
     try:
         while not stop["now"] and time.monotonic() - t0 < args.seconds:
             if job is not None:
@@ -127,6 +130,9 @@ def main(argv=None) -> int:
                 rss = proc.memory_info().rss
                 stats["peak_rss"] = max(stats["peak_rss"], rss)
             stats["peak_kv"] = max(stats["peak_kv"], cache.used_bytes())
+            if args.progress and time.monotonic() >= next_progress:
+                next_progress += 0.25
+                print(f"progress tokens={stats['tokens']} kv_mib={cache.used_bytes() >> 20}", flush=True)
             if args.kv_mib_per_s > 0:
                 due = t0 + stats["tokens"] * token_bytes / (args.kv_mib_per_s * (1 << 20))
                 delay = due - time.monotonic()

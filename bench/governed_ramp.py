@@ -1,0 +1,210 @@
+"""Efficacy: does a cooperating workload survive a memory ramp that kills it without aal-core?
+
+    sudo .venv/bin/python bench/governed_ramp.py [--runs 5] [--seconds 12] [--rate 100]
+
+Each run makes a real memory cgroup (v1 here: memory.limit_in_bytes; v2:
+memory.max) with a 512 MiB limit, and starts examples/toy_decoder.py inside
+it: a toy decoder whose KV cache grows at --rate MiB/s towards 1 GiB.
+
+  without  the workload alone: the kernel's OOM killer ends it (counted from
+           the cgroup's oom_kill counter and the exit signal);
+  with     aal-core runs beside it watching that cgroup (--cgroup), and the
+           workload registers (subscribe + job.submit) and obeys and acks the
+           directives pushed to it.
+
+Per run: OOM kills, peak usage / limit (max_usage_in_bytes / memory.peak),
+directives, flips (step applied or lifted), apply/lift cycles of the busiest
+step, tokens generated (useful work), and the latency from the stress sample
+that crossed a threshold to the client's acknowledgement.  Both conditions
+run interleaved in one invocation.  Needs root.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+WORKLOAD = os.path.join(ROOT, "examples", "toy_decoder.py")
+LIMIT = 512 << 20
+PROFILE = ("MEM[SOFT=384,HARD=512,VOL=HIGH]; KV[CAP=1.0,POLICY=WINDOW,PURGE=ON_STRESS]; "
+           "TIER=LOCAL; PRIORITY=5; DEGRADE{STEP1:SHRINK_KV(0.75),STEP2:SHRINK_KV(0.5),"
+           "STEP3:CONTEXT(256),STEP4:OFFLOAD(COLD)}")
+
+
+class Cgroup:
+    def __init__(self, limit: int):
+        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            self.v2 = True
+            self.path = f"/sys/fs/cgroup/aal-bench-{uuid.uuid4().hex[:8]}"
+        else:
+            self.v2 = False
+            self.path = f"/sys/fs/cgroup/memory/aal-bench-{uuid.uuid4().hex[:8]}"
+        os.mkdir(self.path)
+        self._w("memory.max" if self.v2 else "memory.limit_in_bytes", str(limit))
+        if not self.v2 and os.path.exists(os.path.join(self.path, "memory.memsw.limit_in_bytes")):
+            self._w("memory.memsw.limit_in_bytes", str(limit))
+
+    def _w(self, name, value):
+        with open(os.path.join(self.path, name), "w") as fh:
+            fh.write(value)
+
+    def _r(self, name) -> str:
+        with open(os.path.join(self.path, name)) as fh:
+            return fh.read()
+
+    def oom_kills(self) -> int:
+        text = self._r("memory.events" if self.v2 else "memory.oom_control")
+        for line in text.splitlines():
+            k, _, v = line.partition(" ")
+            if k == "oom_kill":
+                return int(v)
+        return 0
+
+    def peak(self) -> int:
+        return int(self._r("memory.peak" if self.v2 else "memory.max_usage_in_bytes"))
+
+    def remove(self):
+        for _ in range(100):
+            try:
+                os.rmdir(self.path)
+                return
+            except OSError:
+                time.sleep(0.05)
+
+
+def start_daemon(cg: Cgroup, base: str) -> subprocess.Popen:
+    sock = os.path.join(base, "aal-core.sock")
+    err = open(os.path.join(base, "daemon.log"), "wb")
+    p = subprocess.Popen([os.path.join(BIN, "aal-core"), "run", "--local", base, "--tegrastats", "off",
+                          "--cgroup", cg.path], stdout=subprocess.DEVNULL, stderr=err)
+    from aal_core.client import Client
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            with Client(sock) as c:
+                c.call("system.health")
+            return p
+        except Exception:  # noqa: BLE001 - not up yet
+            time.sleep(0.05)
+    p.kill()
+    raise SystemExit("aal-core did not start; see " + err.name)
+
+
+def run_once(governed: bool, seconds: float, rate: float) -> dict:
+    cg = Cgroup(LIMIT)
+    base = tempfile.mkdtemp(prefix="aalr", dir="/tmp")
+    daemon = start_daemon(cg, base) if governed else None
+    report = os.path.join(base, "report.json")
+    cmd = [sys.executable, WORKLOAD, "--seconds", str(seconds), "--kv-mib-per-s", str(rate),
+           "--max-kv-mib", "1024", "--profile", PROFILE, "--report", report, "--progress", "--quiet"]
+    if governed:
+        cmd += ["--socket", os.path.join(base, "aal-core.sock"), "--job-id", "ramp"]
+    # Enter the cgroup before exec, so every page of the workload is charged to it.
+    wrapped = ["sh", "-c", f'echo $$ > {cg.path}/cgroup.procs && exec "$@"', "sh"] + cmd
+    t0 = time.monotonic()
+    w = subprocess.run(wrapped, capture_output=True, text=True, timeout=seconds + 60)
+    wall = time.monotonic() - t0
+    tokens = 0
+    for line in w.stdout.splitlines():
+        if line.startswith("progress tokens="):
+            tokens = int(line.split()[1].split("=")[1])
+    out = {"governed": governed, "rc": w.returncode, "killed": w.returncode == -signal.SIGKILL,
+           "oom_kills": cg.oom_kills(), "peak_over_limit": cg.peak() / LIMIT, "tokens": tokens,
+           "wall_s": wall, "directives": 0, "flips": 0, "max_cycles_per_step": 0, "latencies": []}
+    if os.path.exists(report):
+        rep = json.load(open(report))
+        out["tokens"] = rep["tokens"]
+        ds = rep["directives"]
+        out["directives"] = len(ds)
+        out["latencies"] = [d["latency_s"] for d in ds if d.get("latency_s") is not None]
+        per_step: dict[int, list[str]] = {}
+        for d in ds:
+            if d["kind"] in ("APPLY", "LIFT"):
+                for s in d["steps"]:
+                    per_step.setdefault(s, []).append(d["kind"])
+        out["flips"] = sum(len(v) for v in per_step.values())
+        # a cycle: an APPLY followed later by a LIFT of the same step
+        out["max_cycles_per_step"] = max((v.count("LIFT") for v in per_step.values()), default=0)
+        out["trace"] = [(d["t"], d["kind"], d["steps"], round(d["stress"], 3)) for d in ds]
+    elif w.returncode != 0 and not out["killed"]:
+        out["stderr"] = w.stderr[-2000:]
+    if daemon is not None:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+    cg.remove()
+    shutil.rmtree(base, ignore_errors=True)
+    return out
+
+
+def _fmt(vals, f="{:.2f}"):
+    if not vals:
+        return "-"
+    return f"{f.format(statistics.median(vals))} [{f.format(min(vals))}..{f.format(max(vals))}]"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=12.0)
+    ap.add_argument("--rate", type=float, default=100.0, help="KV growth, MiB/s")
+    ap.add_argument("--json", help="write every run's numbers here")
+    ap.add_argument("--verbose", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("governed_ramp: needs root (it creates memory cgroups)", file=sys.stderr)
+        return 2
+    runs = {False: [], True: []}
+    for i in range(args.runs):
+        for governed in (False, True):
+            r = run_once(governed, args.seconds, args.rate)
+            runs[governed].append(r)
+            print(f"run {i + 1} {'with' if governed else 'without':7s}: rc={r['rc']} oom_kills={r['oom_kills']} "
+                  f"peak/limit={r['peak_over_limit']:.3f} tokens={r['tokens']} directives={r['directives']} "
+                  f"flips={r['flips']} cycles/step={r['max_cycles_per_step']}"
+                  + (f" ack_latency_ms={[round(x * 1000, 1) for x in r['latencies']]}" if r["latencies"] else "")
+                  + (f"\n    {r.get('stderr', '')}" if r.get("stderr") else ""), flush=True)
+            if args.verbose and r.get("trace"):
+                for t in r["trace"]:
+                    print("    ", t)
+    print()
+    print(f"governed_ramp: {args.runs} runs each, cgroup limit {LIMIT >> 20} MiB, KV growth {args.rate:g} MiB/s "
+          f"towards 1024 MiB, {args.seconds:g} s per run")
+    print(f"{'':28s} {'without aal-core':>24s} {'with aal-core':>24s}")
+    rows = [
+        ("runs OOM-killed", lambda rs: f"{sum(1 for r in rs if r['oom_kills'] or r['killed'])}/{len(rs)}"),
+        ("OOM kills (total)", lambda rs: str(sum(r["oom_kills"] for r in rs))),
+        ("peak usage / limit", lambda rs: _fmt([r["peak_over_limit"] for r in rs], "{:.3f}")),
+        ("tokens generated", lambda rs: _fmt([r["tokens"] for r in rs], "{:.0f}")),
+        ("directives per run", lambda rs: _fmt([r["directives"] for r in rs], "{:.0f}")),
+        ("flips per run", lambda rs: _fmt([r["flips"] for r in rs], "{:.0f}")),
+        ("max apply/lift cycles/step", lambda rs: str(max((r["max_cycles_per_step"] for r in rs), default=0))),
+        ("ack latency ms (median)", lambda rs: _fmt([x * 1000 for r in rs for x in r["latencies"]], "{:.1f}")),
+    ]
+    for name, f in rows:
+        print(f"{name:28s} {f(runs[False]):>24s} {f(runs[True]):>24s}")
+    wo = [r["tokens"] for r in runs[False]]
+    wi = [r["tokens"] for r in runs[True]]
+    if wo and wi and statistics.median(wo):
+        print(f"useful work, with / without: {statistics.median(wi) / statistics.median(wo):.2f}x")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"without": runs[False], "with": runs[True]}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
