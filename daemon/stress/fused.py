@@ -4,7 +4,11 @@
                 (working set / limit) budgets: the one with fewer bytes left
     level       the seed's curve applied to `used`
     trend       from the least-squares slope of each budget's consumption over
-                the last `trend_window_s`: seconds_to_exhaustion = headroom /
+                the last `trend_window_s` (and over the last 0.5 s, so a ramp
+                that starts from flat shows within a few samples; that fit
+                needs R² >= 0.9), and only when the fitted rise is >= 2 % of
+                the budget (noise is not a ramp):
+                seconds_to_exhaustion = headroom /
                 slope, mapped onto the bands (<= 5 s CRITICAL, <= 15 s HIGH,
                 <= 60 s MODERATE); only once used >= trend_min_used and the fit
                 is straight (R² >= 0.6), so noise and a mostly empty machine
@@ -36,6 +40,10 @@ FRAG_CAP = 0.6
 MIN_R2 = 0.6
 MIN_POINTS = 4
 MIN_SPAN_S = 0.25
+SHORT_WINDOW_S = 0.5
+SHORT_MIN_R2 = 0.9
+# The fitted rise over the window must be at least this fraction of the budget.
+MIN_RISE = 0.02
 
 
 def tte_stress(tte: float | None) -> float:
@@ -60,15 +68,28 @@ class _Budget:
         self.total = 0
 
     def update(self, t: float, consumed: float, total: float, window_s: float):
+        """(slope in bytes/s, seconds to exhaustion or None).  Two fits: the
+        configured window, steady; and a short one, so a ramp that starts
+        from flat is seen within a few samples instead of being diluted by
+        the flat points before it.  The earlier warning of the two that
+        passes the gates wins."""
         if total != self.total:            # limit changed: old points mean something else
             self.ring.clear()
             self.total = total
         self.ring.push(t, consumed)
-        slope, r2, n, span = self.ring.fit(t - window_s)
         headroom = max(0.0, total - consumed)
-        ok = n >= MIN_POINTS and span >= MIN_SPAN_S and r2 >= MIN_R2 and slope > 0
-        tte = headroom / slope if ok else None
-        return slope, tte, r2
+        best_slope, best_tte = None, None
+        for w, min_r2 in ((window_s, MIN_R2), (min(window_s, SHORT_WINDOW_S), SHORT_MIN_R2)):
+            slope, r2, n, span = self.ring.fit(t - w)
+            if best_slope is None:
+                best_slope = slope
+            # a real ramp is straight (R²) and moves the budget by more than noise does
+            if (n >= MIN_POINTS and span >= MIN_SPAN_S and r2 >= min_r2 and slope > 0
+                    and slope * span >= MIN_RISE * total):
+                tte = headroom / slope
+                if best_tte is None or tte < best_tte:
+                    best_slope, best_tte = slope, tte
+        return best_slope, best_tte
 
 
 class FusedModel:
@@ -89,14 +110,14 @@ class FusedModel:
         comp: dict = {}
         host_used = 1.0 - m.available / m.total
         comp["host_used"] = host_used
-        h_slope, h_tte, h_r2 = self.host.update(r.t, float(m.total - m.available), float(m.total), self.window_s)
+        h_slope, h_tte = self.host.update(r.t, float(m.total - m.available), float(m.total), self.window_s)
         used, slope_frac, tte = host_used, h_slope / m.total, h_tte
         headroom = m.available
         cg = r.cgroup
         if cg is not None and cg.limit:
             cg_used = cg.working_set / cg.limit
             comp["cgroup_used"] = cg_used
-            c_slope, c_tte, _ = self.cg.update(r.t, float(cg.working_set), float(cg.limit), self.window_s)
+            c_slope, c_tte = self.cg.update(r.t, float(cg.working_set), float(cg.limit), self.window_s)
             if cg.limit - cg.working_set < headroom:
                 used, slope_frac, headroom = cg_used, c_slope / cg.limit, cg.limit - cg.working_set
             if c_tte is not None and (tte is None or c_tte < tte):

@@ -1,0 +1,161 @@
+"""The source readers against recorded files in a fake proc root, and live."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from aal_core.errors import SourceError
+from aal_core.sources.cgroup import CgroupReader
+from aal_core.sources.meminfo import MeminfoReader
+from aal_core.sources.procmem import process_memory
+from aal_core.sources.psi import PsiReader
+from aal_core.sources.vmstat import VmstatReader
+
+FIX = os.path.join(os.path.dirname(__file__), "fixtures", "meminfo")
+
+
+def proc_with(tmp_path, meminfo_fixture: str):
+    root = tmp_path / "proc"
+    root.mkdir()
+    shutil.copy(os.path.join(FIX, meminfo_fixture), root / "meminfo")
+    return str(root)
+
+
+def test_jetson_meminfo_has_nvmap_and_cma(tmp_path):
+    m = MeminfoReader(proc_with(tmp_path, "jetson-orin-nano-8g.txt")).read()
+    assert m.total == 7620268 * 1024
+    assert m.available == 2235476 * 1024
+    assert m.nvmap_used == 1543168 * 1024 and m.nvmap_free == 49152 * 1024
+    assert m.cma_total == 524288 * 1024 and m.cma_free == 118784 * 1024
+    assert m.swap_total == 3810112 * 1024 and not m.available_estimated
+
+
+def test_missing_memavailable_is_estimated_like_earlyoom(tmp_path):
+    m = MeminfoReader(proc_with(tmp_path, "jetson-tx1-l4t24-no-memavailable.txt")).read()
+    assert m.available_estimated
+    # MemFree + Cached + Buffers - Shmem
+    assert m.available == (2531412 + 704376 + 45952 - 12244) * 1024
+
+
+def test_host_meminfo_has_no_jetson_pools(tmp_path):
+    m = MeminfoReader(proc_with(tmp_path, "debian-x86_64-24g.txt")).read()
+    assert m.nvmap_used is None and m.cma_total is None
+    assert 0 < m.available <= m.total
+
+
+def test_missing_required_field_names_the_path(tmp_path):
+    root = tmp_path / "proc"
+    root.mkdir()
+    (root / "meminfo").write_bytes(b"MemFree: 100 kB\nCached: 5 kB\n")
+    with pytest.raises(SourceError, match=r"proc/meminfo: required field\(s\) MemTotal missing"):
+        MeminfoReader(str(root)).read()
+
+
+def test_absent_file_is_a_source_error_naming_it(tmp_path):
+    with pytest.raises(SourceError, match=str(tmp_path) + r"/meminfo: cannot open"):
+        MeminfoReader(str(tmp_path))
+
+
+def test_reader_keeps_its_fd_and_sees_in_place_rewrites(tmp_path):
+    root = proc_with(tmp_path, "container-cgroup-host-view.txt")
+    r = MeminfoReader(root)
+    first = r.read()
+    path = os.path.join(root, "meminfo")
+    data = open(path, "rb").read().replace(b"MemAvailable:   52208120", b"MemAvailable:   12208120")
+    with open(path, "r+b") as fh:
+        fh.write(data)
+    assert r.read().available == 12208120 * 1024 != first.available
+
+
+def test_psi_some_only_kernel(tmp_path):
+    p = tmp_path / "memory"
+    p.write_bytes(b"some avg10=3.50 avg60=1.25 avg300=0.40 total=998877\n")
+    v = PsiReader(str(p)).read()
+    assert (v.some_avg10, v.some_avg60, v.some_avg300, v.some_total) == (3.5, 1.25, 0.4, 998877)
+    assert v.full_avg10 is None
+
+
+def test_psi_garbage_is_a_source_error(tmp_path):
+    p = tmp_path / "memory"
+    p.write_bytes(b"nothing here\n")
+    with pytest.raises(SourceError, match="no 'some avg10"):
+        PsiReader(str(p)).read()
+
+
+def test_live_sources_read():
+    assert MeminfoReader("/proc").read().total > 0
+    v = VmstatReader("/proc").read()
+    assert v.pgmajfault >= 0
+    if os.path.exists("/proc/pressure/memory"):
+        assert PsiReader("/proc/pressure/memory").read().some_total >= 0
+
+
+def _write(d, files: dict):
+    d.mkdir(parents=True, exist_ok=True)
+    for k, v in files.items():
+        (d / k).write_text(v)
+
+
+def test_cgroup_v2_files(tmp_path):
+    cg = tmp_path / "v2"
+    _write(cg, {"memory.max": "536870912\n", "memory.current": "314572800\n",
+                "memory.stat": "anon 209715200\nfile 104857600\nactive_file 4194304\ninactive_file 100663296\n",
+                "memory.events": "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\n",
+                "memory.pressure": "some avg10=1.00 avg60=0.50 avg300=0.10 total=5\n"
+                                   "full avg10=0.50 avg60=0.20 avg300=0.00 total=2\n"})
+    m = CgroupReader(str(cg)).read()
+    assert (m.version, m.limit, m.usage) == (2, 536870912, 314572800)
+    assert m.working_set == 314572800 - 100663296
+    assert m.oom_kill == 2 and m.psi.full_avg10 == 0.5
+    (cg / "memory.max").write_text("max\n")
+    assert CgroupReader(str(cg)).read().limit is None
+
+
+def test_cgroup_v1_files_hierarchical_limit_wins(tmp_path):
+    cg = tmp_path / "v1"
+    _write(cg, {"memory.limit_in_bytes": "9223372036854771712\n", "memory.usage_in_bytes": "104857600\n",
+                "memory.stat": "cache 0\nrss 0\nhierarchical_memory_limit 268435456\n"
+                               "total_rss 94371840\ntotal_cache 10485760\ntotal_active_file 0\n"
+                               "total_inactive_file 10485760\n",
+                "memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"})
+    m = CgroupReader(str(cg)).read()
+    assert (m.version, m.limit, m.oom_kill, m.under_oom) == (1, 268435456, 3, False)
+    assert m.working_set == 104857600 - 10485760
+
+
+def test_cgroup_not_a_cgroup(tmp_path):
+    with pytest.raises(SourceError, match="no memory controller files"):
+        CgroupReader(str(tmp_path))
+    with pytest.raises(SourceError, match="not a cgroup directory"):
+        CgroupReader(str(tmp_path / "nope"))
+
+
+def test_cgroup_malformed_limit_is_a_clear_error(tmp_path):
+    cg = tmp_path / "v2"
+    _write(cg, {"memory.max": "lots\n", "memory.current": "1\n", "memory.stat": "", "memory.events": ""})
+    with pytest.raises(SourceError, match="malformed limit or usage"):
+        CgroupReader(str(cg)).read()
+
+
+@pytest.mark.root
+def test_real_v1_cgroup_limit_and_usage():
+    base = "/sys/fs/cgroup/memory"
+    if not os.path.exists(os.path.join(base, "memory.limit_in_bytes")):
+        pytest.skip("no cgroup v1 memory controller")
+    path = os.path.join(base, f"aal-test-{os.getpid()}")
+    os.makedirs(path)
+    try:
+        with open(os.path.join(path, "memory.limit_in_bytes"), "w") as fh:
+            fh.write(str(256 << 20))
+        m = CgroupReader(path).read()
+        assert m.version == 1 and m.limit == 256 << 20 and m.oom_kill == 0
+    finally:
+        os.rmdir(path)
+
+
+def test_process_memory_of_self_and_of_a_gone_pid():
+    me = process_memory(os.getpid())
+    assert me["rss"] > 1 << 20
+    assert process_memory(2 ** 22 + 12345) is None
