@@ -29,7 +29,7 @@ python=python3
 do_venv=1
 do_enable=1
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 die() { echo "install_systemd: $*" >&2; exit 1; }
 say() { echo "install_systemd: $*" >&2; }
 

@@ -12,7 +12,7 @@ its journal, with the manager at debug level so that every sd_notify
 message the daemon sends (READY=1, WATCHDOG=1, RELOADING=1, STOPPING=1) is
 logged with its order relative to the job that waited on it.
 
-Test-only changes, in one drop-in, each to keep the run short: WatchdogSec=2s
+Test-only changes, in one drop-in, each to keep the run short: WatchdogSec=3s
 and RestartSec=500ms.  The shipped hardening is used as is: every directive
 works inside nspawn (the one difference, that nspawn itself mounts the
 cgroup v1 controllers read-only, does not stop the service).
@@ -49,7 +49,7 @@ CENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 
 E2E_DROPIN = """\
 # Test only: a short watchdog and restart delay keep the test fast.
 [Service]
-WatchdogSec=2s
+WatchdogSec=3s
 RestartSec=500ms
 """
 # A first boot would apply presets (enable everything); the test enables by hand.
@@ -330,7 +330,7 @@ def test_aalctl_through_the_socket(box):
 def test_watchdog_restarts_a_stalled_daemon(box):
     box.run("systemctl", "start", UNIT, timeout=60)
     before = box.show(UNIT, "MainPID", "NRestarts", "WatchdogUSec")
-    assert before["WatchdogUSec"] == "2s"
+    assert before["WatchdogUSec"] == "3s"
     old_pid = before["MainPID"]
     pings = notifications(box.journal(), old_pid)
     assert "WATCHDOG=1" in pings, pings
