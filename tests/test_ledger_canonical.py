@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from aal_core.ledger import EntryError, canonical, canonical_data, format_number, preimage
+from aal_core.ledger_canon import canonical as compiled_canonical
 
 
 def test_rfc8785_section_3_2_2_example():
@@ -130,3 +131,25 @@ def test_preimage_is_the_canonical_form_of_the_whole_entry():
     pre = preimage(canonical_data(data), 7, "ab" * 32, 1700000000.25)
     entry = {"index": 7, "timestamp": 1700000000.25, "data": data, "previous_hash": "ab" * 32}
     assert pre == canonical(entry)
+
+
+@settings(max_examples=400, deadline=None)
+@given(json_values | st.dictionaries(st.text(), json_values, max_size=5))
+def test_compiled_canonical_matches_the_reference(v):
+    try:
+        want = canonical(v)
+    except EntryError as exc:
+        with pytest.raises(EntryError) as ei:
+            compiled_canonical(v)
+        assert str(ei.value) == str(exc)
+        return
+    assert compiled_canonical(v) == want
+
+
+@pytest.mark.parametrize("bad", [{"x": float("nan")}, {"x": 2 ** 53 + 1}, {1: 2}, {"x": {1, 2}}, {"s": "\ud800"}])
+def test_compiled_canonical_refuses_the_same(bad):
+    with pytest.raises(EntryError) as a:
+        canonical(bad)
+    with pytest.raises(EntryError) as b:
+        compiled_canonical(bad)
+    assert str(a.value) == str(b.value)

@@ -58,6 +58,12 @@ def format_number(x) -> str:
         raise EntryError(f"{x!r} is not a JSON number (NaN and infinities are refused)")
     if x == 0:
         return "0"
+    r = repr(x)
+    if "e" not in r:
+        # repr writes plain notation only for 1e-4 <= |x| < 1e16, inside
+        # ECMAScript's plain range, with the same shortest digits; it only
+        # adds ".0" to whole numbers.
+        return r[:-2] if r.endswith(".0") else r
     r = repr(abs(x))          # shortest round-trip digits (same digits as ECMAScript)
     mant, _, exp = r.partition("e")
     ip, _, fp = mant.partition(".")

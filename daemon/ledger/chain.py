@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import orjson
 
 from .. import ledger_core as _core
+from ..ledger_canon import canonical as _canonical   # compiled; reference: canonical.canonical
 from ..clock import SYSTEM, Clock
 from ..errors import LedgerError
 from ..log import get_logger
@@ -179,7 +180,9 @@ class Ledger:
     def encode(self, data) -> bytes:
         """Canonical bytes of `data`, checked against max_entry_bytes
         (raises EntryError for data that cannot be an entry)."""
-        c = canonical_data(data)
+        if type(data) is not dict:
+            raise EntryError(f"entry data must be a JSON object, got {type(data).__name__}")
+        c = _canonical(data)
         if len(c) > self.max_entry_bytes:
             raise EntryError(f"entry data is {len(c)} bytes in canonical JSON, over the "
                                        f"{self.max_entry_bytes}-byte limit (ledger.max_entry_bytes)")
