@@ -19,6 +19,7 @@ def kv_of(i: int) -> torch.Tensor:
 def make(**kw) -> KVCache:
     kw.setdefault("capacity_bytes", 8 * BB)            # 8 blocks
     kw.setdefault("purge", "ON_EVENT")
+    kw.setdefault("min_blocks_per_seq", 1)
     return KVCache(n_layers=L, n_heads=H, head_dim=D, block_tokens=T, **kw)
 
 
@@ -172,3 +173,12 @@ def test_shrinking_really_returns_memory_to_the_kernel():
     cold = _rss()
     assert half - cold > 40 << 20, (half >> 20, cold >> 20)
     c.close()
+
+
+def test_a_shrink_on_an_empty_cache_keeps_a_working_floor():
+    c = make(capacity_bytes=100 * BB, min_blocks_per_seq=4)
+    c.apply({"kind": "APPLY", "metadata": {"kv_shrink_factor": 0.5}})      # nothing to shrink yet
+    fill(c, "a", 10 * T)
+    assert c.local_blocks() == 4                 # capped, but still 4 blocks of context
+    k, _ = c.get("a")
+    assert int(k[0, 0, -1, 0]) == 10 * T - 1

@@ -123,7 +123,7 @@ class KVCache:
                  cap_fraction: float = 0.2, policy: str = "LRU", purge: str = "ON_STRESS",
                  total_bytes: int | None = None, capacity_bytes: int | None = None,
                  dtype: torch.dtype = torch.float16, cold_dir: str | None = None,
-                 extended_fraction: float = 0.5):
+                 extended_fraction: float = 0.5, min_blocks_per_seq: int = 4):
         if policy not in ("LRU", "WINDOW", "TASK_BOUND"):
             raise ValueError(f"policy must be LRU, WINDOW or TASK_BOUND, not {policy!r}")
         if purge not in ("ON_STRESS", "ON_EVENT", "ON_STRESS_OR_EVENT"):
@@ -143,6 +143,7 @@ class KVCache:
         self.max_context: int | None = None
         self.offload_tier: str | None = None
         self.extended_capacity = int(self.nominal_bytes * extended_fraction)
+        self.min_blocks_per_seq = min_blocks_per_seq
         self.seqs: dict[str, _Seq] = {}
         self._clock = 0
         self._cold_dir = cold_dir
@@ -291,7 +292,10 @@ class KVCache:
                 freed += self._truncate(s, self.max_context)
         if self.offload_tier in ("EXTENDED", "COLD"):
             self._offload_cold(current)
-        cap_blocks = max(1, self.capacity_bytes // self.block_bytes)
+        # Floor: a few blocks per live sequence, so a shrink that arrives
+        # while the cache is nearly empty caps growth without stopping work.
+        cap_blocks = max(self.min_blocks_per_seq * max(1, len(self.seqs)),
+                         self.capacity_bytes // self.block_bytes)
         excess = self.local_blocks() - cap_blocks
         if excess > 0:
             freed += self._evict(excess, current)
