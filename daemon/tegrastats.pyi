@@ -1,0 +1,4 @@
+"""Type stubs for the compiled aal_core.tegrastats (ext/tegrastats.pyx)."""
+
+def parse_tegrastats(line: bytes) -> dict:
+    """One tegrastats line → the tegrastats.latest payload; ParseError when nothing in it parses."""
