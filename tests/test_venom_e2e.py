@@ -470,3 +470,39 @@ def test_a_stopped_daemon_counts_its_late_and_skipped_beats(daemon_factory):
     assert e["anomalies"]["late_beats"] == x["anomalies"]["late_beats"] and e["decision"] == x["decision"]
     st = d.call("venom.status")
     assert st["max_lateness_s"] >= 0.9 and st["anomalies"]["late_beats"] >= x["anomalies"]["late_beats"]
+
+
+def test_directives_a_job_ignores_are_counted(daemon_factory):
+    """Under CRITICAL stress the governor sends directives to a job; one that
+    never acknowledges them shows up as unacked_directives, each counted once."""
+    base = short_tmpdir()
+    proc = make_proc(base)
+    meminfo = os.path.join(proc, "meminfo")
+    with open(meminfo, "rb") as fh:
+        calm = fh.read()
+    d = daemon_factory("--proc-root", proc, base=base, config=FAST)
+    with Client(d.socket, timeout=10) as deaf, Client(d.socket, timeout=10) as watcher:
+        deaf.call("job.submit", {"job_id": "deaf", "profile": "BALANCED"})
+        it = watcher.subscribe("venom", {"include_noop": True})
+        next(it)
+        rewrite_in_place(meminfo, meminfo_nearly_exhausted(calm))
+        x = next_matching(it, lambda x: x["anomalies"]["unacked_directives"] > 0)
+        check_decision(x)
+
+        def settled():
+            a = d.call("govern.status")["unacked_directives"]
+            time.sleep(3 * BEAT_S)
+            st = d.call("venom.status")
+            return (a, st) if d.call("govern.status")["unacked_directives"] == a else None
+        pending, st = wait_for(settled, timeout=15, every=0)
+        job = deaf.call("job.get", {"job_id": "deaf"})
+        assert pending == job["unacked"] == job["directive_version"] >= 1
+        # nothing was acknowledged: every directive counted exactly once
+        assert st["anomalies"]["unacked_directives"] == pending
+        # acknowledged (cumulatively): the backlog going away is not an anomaly
+        deaf.call("job.ack", {"job_id": "deaf", "version": job["directive_version"]})
+        assert d.call("govern.status")["unacked_directives"] == 0
+        acked_at = d.call("venom.status")["beats"]
+        later = [next_matching(it, lambda y: y["beat"] > acked_at) for _ in range(3)]
+        assert [y["anomalies"]["unacked_directives"] for y in later] == [0, 0, 0]
+        assert all(y["anomalies"]["critical_samples"] > 0 for y in later)    # still CRITICAL
