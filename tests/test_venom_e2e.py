@@ -243,9 +243,8 @@ def test_critical_samples_become_anomalies_decisions_and_ledger_entries(daemon_f
         rewrite_in_place(meminfo, meminfo_nearly_exhausted(calm))
         hot_beats = []
         hot_beats.append(next_matching(it, lambda x: x["anomalies"]["critical_samples"] > 0))
-        while len(hot_beats) < 8:           # from then on, every beat has some
+        while len(hot_beats) < 8:           # from then on, (nearly) every beat has some
             hot_beats.append(next(it)["data"])
-            assert hot_beats[-1]["anomalies"]["critical_samples"] > 0, hot_beats[-1]
         s = d.call("stress.get")
         assert s["band"] == "CRITICAL" and s["components"]["host_used"] == pytest.approx(0.99, abs=0.001)
 
@@ -256,7 +255,9 @@ def test_critical_samples_become_anomalies_decisions_and_ledger_entries(daemon_f
     for x in hot_beats:
         check_decision(x)
         assert x["anomalies"]["total"] == x["anomalies"]["critical_samples"]
-    assert sum(x["anomalies"]["critical_samples"] for x in hot_beats[1:-1]) >= 2 * (len(hot_beats) - 2)
+    counts = [x["anomalies"]["critical_samples"] for x in hot_beats]
+    assert sum(1 for n in counts if n == 0) <= 1, counts     # one only if the event loop stalled
+    assert sum(counts[1:]) >= 2 * (len(counts) - 1), counts
     acted = [x for x in hot_beats if x["action"] != "NOOP"]
     assert acted, [x["anomalies"]["critical_samples"] for x in hot_beats]
     # each action was recorded before it was pushed: the entry is the decision
@@ -463,9 +464,11 @@ def test_a_stopped_daemon_counts_its_late_and_skipped_beats(daemon_factory):
         x = next_matching(it, lambda x: x["anomalies"]["late_beats"] > 0)
     # the beat that fired ~1 s late (1) and the ~9 whole beats skipped after it
     assert x["lateness_s"] >= 0.9
-    assert 8 <= x["anomalies"]["late_beats"] <= 12
+    assert abs(x["anomalies"]["late_beats"] - x["lateness_s"] / BEAT_S) <= 1.01, x
     check_decision(x)                                    # σ(0.12 · ~10) ≈ 0.77: ALERT
-    assert x["action"] == "ALERT" and x["effect"] == {"alert": True}
+    assert x["action"] in ("ALERT", "QUARANTINE")        # QUARANTINE only if stopped ≥ 1.5 s
+    if x["action"] == "ALERT":
+        assert x["effect"] == {"alert": True}
     e = d.call("ledger.get", {"index": x["ledger_index"]})["entries"][0]["data"]
     assert e["anomalies"]["late_beats"] == x["anomalies"]["late_beats"] and e["decision"] == x["decision"]
     st = d.call("venom.status")
@@ -506,3 +509,27 @@ def test_directives_a_job_ignores_are_counted(daemon_factory):
         later = [next_matching(it, lambda y: y["beat"] > acked_at) for _ in range(3)]
         assert [y["anomalies"]["unacked_directives"] for y in later] == [0, 0, 0]
         assert all(y["anomalies"]["critical_samples"] > 0 for y in later)    # still CRITICAL
+
+
+def test_default_one_second_beat_quarantines_on_a_critical_second(daemon_factory):
+    """At the shipped 1 s beat, a second in CRITICAL is ~50 samples (sensing
+    runs at sample_hz_max = 50 Hz there): σ(0.12 · 50) ≈ 0.998 → QUARANTINE
+    of the job the governor would shed first."""
+    base = short_tmpdir()
+    proc = make_proc(base)
+    meminfo = os.path.join(proc, "meminfo")
+    with open(meminfo, "rb") as fh:
+        calm = fh.read()
+    d = daemon_factory("--proc-root", proc, base=base)
+    assert d.call("venom.status")["t_lambda"] == pytest.approx(1.0)
+    with Client(d.socket, timeout=10) as owner, Client(d.socket, timeout=10) as watcher:
+        owner.call("job.submit", {"job_id": "bulk", "profile": "BALANCED"})
+        it = watcher.subscribe("venom")                  # actions only
+        rewrite_in_place(meminfo, meminfo_nearly_exhausted(calm))
+        x = next_matching(it, lambda x: x["action"] == "QUARANTINE")
+        rewrite_in_place(meminfo, calm)
+    assert x["anomalies"]["critical_samples"] >= 15
+    check_decision(x)
+    assert x["effect"]["applied"] is True and x["effect"]["job_id"] == "bulk"
+    e = d.call("ledger.get", {"index": x["ledger_index"]})["entries"][0]
+    assert e["hash"] == x["ledger_hash"] and e["data"]["action"] == "QUARANTINE"
