@@ -184,10 +184,15 @@ class RawConn:
                 return msg
 
     def at_eof(self, timeout: float = 5.0) -> bool:
-        """True when the daemon closed its side (after any pending lines)."""
-        self.sock.settimeout(timeout)
+        """True when the daemon closed its side within `timeout` (reading
+        and keeping whatever arrives before)."""
+        deadline = time.monotonic() + timeout
         try:
             while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.sock.settimeout(left)
                 chunk = self.sock.recv(1 << 16)
                 if not chunk:
                     return True
