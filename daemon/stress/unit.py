@@ -24,6 +24,7 @@ from ..log import get_logger
 from ..rpc import codec
 from ..sources.cgroup import CgroupReader
 from ..sources.meminfo import MeminfoReader
+from ..sources.nvml import NvmlReader
 from ..sources.procmem import process_memory  # noqa: F401 - re-exported for the governor
 from ..sources.psi import PsiReader
 from ..sources.tegrastats import TegrastatsSource
@@ -115,7 +116,7 @@ class SensingUnit(Unit):
         self._interval = 1.0 / cfg.sense.sample_hz
         self._task: asyncio.Task | None = None
         self.sources: list[_Source] = []
-        self.meminfo = self.psi = self.vmstat = self.cgroup = None
+        self.meminfo = self.psi = self.vmstat = self.cgroup = self.nvml = None
         self.tegra = TegrastatsSource(cfg.sense.tegrastats_command, cfg.sense.tegrastats_interval_ms,
                                       self.clock, on_sample=self._on_tegra)
 
@@ -152,6 +153,9 @@ class SensingUnit(Unit):
         self.psi = _open("psi", psi_path, lambda: PsiReader(psi_path), clock)
         self.vmstat = _open("vmstat", os.path.join(root, "vmstat"), lambda: VmstatReader(root), clock)
         self.sources = [self.meminfo, self.psi, self.vmstat]
+        self.nvml = _open("nvml", "nvml", NvmlReader, clock)
+        if self.nvml.present:
+            self.sources.append(self.nvml)
         if sense.cgroup:
             self.cgroup = _open("cgroup", sense.cgroup, lambda: CgroupReader(sense.cgroup), clock)
             if not self.cgroup.present:
@@ -244,7 +248,9 @@ class SensingUnit(Unit):
         if self.tegra.last_read is not None and \
                 self.clock.monotonic() - self.tegra.last_read <= 3 * self.ctx.config.sense.tegrastats_interval_ms / 1000:
             tegra = self.tegra.latest
-        return Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi, tegra=tegra)
+        gpu = self.nvml.read() if self.nvml is not None and self.nvml.present else None
+        return Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi,
+                       tegra=tegra, gpu_mem=gpu)
 
     def sample_once(self, force: bool = False) -> StressSample | None:
         r = self.read()
