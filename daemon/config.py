@@ -256,7 +256,7 @@ def _type_ok(expected, value) -> bool:
 
 
 def _type_label(t) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string"}.get(t, str(t))
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
 
 
 def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
@@ -275,7 +275,7 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
             if key not in hints:
                 raise ConfigError(f"{source}: unknown key {sname}.{key} (known: {', '.join(hints)})")
             if not _type_ok(hints[key], value):
-                raise ConfigError(f"{source}: {sname}.{key} must be a {_type_label(hints[key])}, "
+                raise ConfigError(f"{source}: {sname}.{key} must be {_type_label(hints[key])}, "
                                   f"got {type(value).__name__} {value!r}")
             choices = CHOICES.get((sname, key))
             if choices and value not in choices:
