@@ -108,6 +108,12 @@ def make_registry() -> tuple[Registry, dict]:
     def fragment(p, call):
         return codec.Fragment(b'{"text":"pre-encoded"}')
 
+    async def sleep(p, call):
+        seen["calls"].append(("sleep-start", p))
+        await asyncio.sleep(p.get("x", 0.0))
+        seen["calls"].append(("sleep-end", p))
+        return {"text": p["text"]}
+
     def write_op(p, call):
         return {"text": "written"}
 
@@ -126,6 +132,7 @@ def make_registry() -> tuple[Registry, dict]:
     reg.add("huge_int", huge_int, params=N, result=R)
     reg.add("app_error", app_error, params=E, result=R, example={"text": "rpc"})
     reg.add("fragment", fragment, result=R)
+    reg.add("sleep", sleep, params=E, result=R, example={"text": "z", "x": 0.01})
     reg.add("write_op", write_op, result=R, access=Access.WRITE)
     reg.add("admin_op", admin_op, result=R, access=Access.ADMIN)
     return reg, seen
