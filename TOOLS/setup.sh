@@ -35,7 +35,7 @@ fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c TOOLS/constraints.txt)
 "${PIP[@]}" setuptools wheel Cython grpcio-tools numpy
 if [ "$want_test" = 1 ]; then
-    "${PIP[@]}" pytest pytest-timeout hypothesis simple-pid jetson-stats torch
+    "${PIP[@]}" pytest pytest-timeout hypothesis jsonschema simple-pid jetson-stats torch
 fi
 # Build the extensions and bindings and install the package (not editable:
 # what is tested is what a user gets).
