@@ -191,7 +191,15 @@ def field_schema(field: FieldDescriptor, schemas: dict) -> dict:
         return {"type": "object", "additionalProperties": _scalar_schema(vfield, schemas)}
     if _is_repeated(field):
         return {"type": "array", "items": _scalar_schema(field, schemas)}
-    return _scalar_schema(field, schemas)
+    s = _scalar_schema(field, schemas)
+    if field.has_presence and s:
+        # proto3 JSON: null stands for "absent" on fields that track presence
+        # (messages and `optional` scalars).
+        if "type" in s and "enum" not in s:
+            s = dict(s, type=[s["type"], "null"])
+        else:
+            s = {"anyOf": [s, {"type": "null"}]}
+    return s
 
 
 def _scalar_schema(field: FieldDescriptor, schemas: dict) -> dict:
