@@ -156,6 +156,8 @@ class ParamSpec:
     def bind(self, params) -> dict:
         """Turn positional or named params into a validated dict (raises RpcError -32602)."""
         if params is None:
+            if not self.required:
+                return {}
             params = {}
         elif type(params) is list:
             if len(params) > len(self.names):
