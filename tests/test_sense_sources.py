@@ -159,3 +159,53 @@ def test_process_memory_of_self_and_of_a_gone_pid():
     me = process_memory(os.getpid())
     assert me["rss"] > 1 << 20
     assert process_memory(2 ** 22 + 12345) is None
+
+
+def _v2_leaf(d, max_="max\n", current="314572800\n"):
+    _write(d, {"memory.max": max_, "memory.current": current,
+               "memory.stat": "anon 1\nfile 0\nactive_file 0\ninactive_file 0\n",
+               "memory.events": "oom 0\noom_kill 0\n"})
+
+
+def test_cgroup_v2_limit_of_an_ancestor_binds(tmp_path):
+    # /sys/fs/cgroup (root: no memory.max) / limited.slice (256 MiB) / app.slice (max) / svc (max)
+    root = tmp_path / "cgroup"
+    _write(root, {"cgroup.controllers": "cpu memory\n", "memory.stat": "anon 1\n"})
+    _v2_leaf(root / "limited.slice", max_="268435456\n")
+    _v2_leaf(root / "limited.slice" / "app.slice", max_="max\n")
+    svc = root / "limited.slice" / "app.slice" / "svc"
+    _v2_leaf(svc, max_="max\n", current="104857600\n")
+    r = CgroupReader(str(svc))
+    assert r.ancestors == [str(root / "limited.slice" / "app.slice" / "memory.max"),
+                           str(root / "limited.slice" / "memory.max")]
+    m = r.read()
+    assert m.limit == 268435456 and m.usage == 104857600
+    # its own, tighter limit wins; a parent tightened at run time is seen on the next read
+    (svc / "memory.max").write_text("134217728\n")
+    assert r.read().limit == 134217728
+    with open(root / "limited.slice" / "app.slice" / "memory.max", "r+") as fh:
+        fh.write("67108864\n")
+    assert r.read().limit == 67108864
+
+
+def test_cgroup_v2_walk_stops_at_the_given_root(tmp_path):
+    # a container's /sys/fs/cgroup (its cgroup namespace root) is a non-root
+    # cgroup with a memory.max of its own: it counts, what is above it does not
+    host = tmp_path / "host"
+    _v2_leaf(host, max_="134217728\n")
+    ns_root = host / "container"
+    _v2_leaf(ns_root, max_="536870912\n")
+    svc = ns_root / "svc"
+    _v2_leaf(svc)
+    assert CgroupReader(str(svc)).read().limit == 134217728
+    r = CgroupReader(str(svc), root=str(ns_root))
+    assert r.ancestors == [str(ns_root / "memory.max")] and r.read().limit == 536870912
+    assert CgroupReader(str(svc), root=str(svc)).read().limit is None
+
+
+def test_cgroup_v2_malformed_ancestor_limit_names_the_file(tmp_path):
+    parent = tmp_path / "p"
+    _v2_leaf(parent, max_="lots\n")
+    _v2_leaf(parent / "c")
+    with pytest.raises(SourceError, match=r"p/memory.max: malformed memory.max"):
+        CgroupReader(str(parent / "c")).read()

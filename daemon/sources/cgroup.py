@@ -6,7 +6,10 @@ takes the tighter of the two.  Working set = usage - inactive_file (as the
 kubelet counts it): clean page cache that has not been touched twice is
 reclaimed before anything is killed, so it is not counted as pressure.
 
-v2: memory.max, memory.current, memory.stat, memory.events, memory.pressure.
+v2: memory.max, memory.current, memory.stat, memory.events, memory.pressure;
+the limit is the smallest memory.max of the cgroup and its ancestors (a
+slice's limit binds the services in it), walking up while the parent has a
+memory.max (the root cgroup has none) and never above `root`.
 v1: memory.limit_in_bytes (and hierarchical_memory_limit from memory.stat,
 so a limit set on a parent counts), memory.usage_in_bytes, memory.stat,
 memory.oom_control.
@@ -61,18 +64,40 @@ def _open(cls, path, *args):
         raise SourceError(f"{path}: cannot open: {exc.strerror}") from None
 
 
+def v2_ancestors(path: str, root: str | None = None) -> list[str]:
+    """The v2 cgroups above `path` that have a memory.max, nearest first:
+    up while the parent has one (the hierarchy's root has none), and not
+    above `root` when given (the mount point, e.g. a container's
+    /sys/fs/cgroup, whose own memory.max does count)."""
+    out = []
+    cur = os.path.abspath(path)
+    top = os.path.abspath(root) if root else None
+    while cur != top:
+        parent = os.path.dirname(cur)
+        if parent == cur or not os.path.exists(os.path.join(parent, "memory.max")):
+            break
+        out.append(parent)
+        cur = parent
+    return out
+
+
 class CgroupReader:
     name = "cgroup"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, root: str | None = None):
         self.path = os.path.abspath(path)
         if not os.path.isdir(self.path):
             raise SourceError(f"{self.path}: not a cgroup directory (sense.cgroup)")
         j = lambda f: os.path.join(self.path, f)  # noqa: E731
         self.psi: PsiReader | None = None
+        self._parent_limits: list = []
+        self.ancestors: list[str] = []      # v2: the memory.max files above that bind it
         if os.path.exists(j("memory.max")):
             self.version = 2
             self._limit = _open(ValueFile, j("memory.max"))
+            self._parent_limits = [_open(ValueFile, os.path.join(d, "memory.max"))
+                                   for d in v2_ancestors(self.path, root)]
+            self.ancestors = [f.path for f in self._parent_limits]
             self._usage = _open(ValueFile, j("memory.current"))
             self._stat = _open(KeyedFile, j("memory.stat"), V2_STAT)
             self._events = _open(KeyedFile, j("memory.events"), (b"oom_kill", b"oom"))
@@ -96,6 +121,7 @@ class CgroupReader:
             usage = self._usage.read()
             stat = self._stat.read()
             ev = self._events.read()
+            parents = [f.read() for f in self._parent_limits]
         except OSError as exc:
             raise SourceError(f"{self.path}: read failed: {exc.strerror} (cgroup removed?)") from None
         if usage is None or limit is None:
@@ -103,6 +129,11 @@ class CgroupReader:
         if self.version == 2:
             active, inactive = stat[2] or 0, stat[3] or 0
             lim = None if limit < 0 else limit
+            for f, p in zip(self._parent_limits, parents):
+                if p is None:
+                    raise SourceError(f"{f.path}: malformed memory.max")
+                if p >= 0 and (lim is None or p < lim):     # -1: "max", no limit there
+                    lim = p
             under = None
         else:
             hier = stat[4]
@@ -125,7 +156,7 @@ class CgroupReader:
                          oom_kill=ev[0], under_oom=under, psi=psi)
 
     def close(self) -> None:
-        for f in (self._limit, self._usage, self._stat, self._events):
+        for f in (self._limit, self._usage, self._stat, self._events, *self._parent_limits):
             f.close()
         if self.psi is not None:
             self.psi.close()
