@@ -9,22 +9,27 @@ allocation (>= 128 KiB, so glibc serves it with mmap and gives it back to the
 kernel on free: RSS really goes down; `malloc_trim` is called after
 evictions for the rest).
 
-Capacity = KV[CAP=...] x memory total (MemTotal, or this process's cgroup
-limit when lower), times the directives' `kv_shrink_factor`.  Over capacity,
-blocks are evicted by POLICY:
+Capacity = KV[CAP=...] x memory total (MemTotal, or the lowest memory
+limit of this process's cgroup and its ancestors when lower), times the
+directives' `kv_shrink_factor`; `KVCache.from_profile` takes CAP, POLICY and
+PURGE from a profile.  Over capacity, blocks are evicted by POLICY:
   LRU         whole least-recently-used sequences (never the one being
               appended to; if it alone is too big, its oldest blocks);
   WINDOW      the oldest blocks of the longest sequences (each keeps its
-              last tokens);
+              last tokens); with `window_tokens` N, every sequence also
+              keeps only (the blocks holding) its last N tokens;
   TASK_BOUND  whole tasks, least recently used first; `end_task` frees a
               task's blocks at once.
 Directives (`apply`): kv_shrink_factor frees blocks now (the footprint
 shrinks by the ratio of the new to the old factor), max_context_tokens
 truncates every sequence to its last N tokens, offload_tier moves cold
 blocks (of sequences not used in the last step) out of RAM: EXTENDED to a
-separate lower-priority pool (int8, evicted first), COLD to a file-backed
-numpy memmap; they come back on access.  PURGE: ON_STRESS purges idle
-sequences on an APPLY directive, ON_EVENT on `event()` (and QUARANTINE).
+separate lower-priority pool (int8, half the bytes of fp16, with its own
+capacity `extended_fraction` x the nominal one; when it overflows its least
+recently used blocks are dropped, and a purge empties it), COLD to a
+file-backed numpy memmap; they come back on access.  PURGE: ON_STRESS purges
+idle sequences on an APPLY directive, ON_EVENT on `event()` (and
+QUARANTINE), ON_STRESS_OR_EVENT on both.
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from ..runes import resolve
 
 __all__ = ["KVCache", "memory_total", "malloc_trim"]
 
@@ -69,8 +76,16 @@ def _fix_mmap_threshold(nbytes: int = 128 * 1024) -> None:
         libc.mallopt(-3, nbytes)      # M_MMAP_THRESHOLD
 
 
-def memory_total(proc_root: str = "/proc") -> int:
-    """Bytes of memory this process can use: MemTotal, or its cgroup's limit if lower."""
+def _with_ancestors(root: str, path: str) -> list[str]:
+    """root/a/b/c -> [root/a/b/c, root/a/b, root/a, root]: a limit anywhere up
+    the tree applies to the process."""
+    parts = [p for p in path.split("/") if p]
+    return [os.path.join(root, *parts[:i]) for i in range(len(parts), -1, -1)]
+
+
+def memory_total(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """Bytes of memory this process can use: MemTotal, or the lowest memory
+    limit of its cgroup and the cgroup's ancestors if that is lower."""
     total = 0
     with open(os.path.join(proc_root, "meminfo")) as fh:
         for line in fh:
@@ -86,9 +101,10 @@ def memory_total(proc_root: str = "/proc") -> int:
         hid, ctrls, path = line.split(":", 2)
         cand = []
         if hid == "0":
-            cand.append(os.path.join("/sys/fs/cgroup", path.lstrip("/"), "memory.max"))
+            cand += [os.path.join(d, "memory.max") for d in _with_ancestors(cgroup_root, path)]
         if "memory" in ctrls.split(","):
-            cand.append(os.path.join("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.limit_in_bytes"))
+            cand += [os.path.join(d, "memory.limit_in_bytes")
+                     for d in _with_ancestors(os.path.join(cgroup_root, "memory"), path)]
         for c in cand:
             try:
                 with open(c) as fh:
@@ -123,13 +139,17 @@ class KVCache:
                  cap_fraction: float = 0.2, policy: str = "LRU", purge: str = "ON_STRESS",
                  total_bytes: int | None = None, capacity_bytes: int | None = None,
                  dtype: torch.dtype = torch.float16, cold_dir: str | None = None,
-                 extended_fraction: float = 0.5, min_blocks_per_seq: int = 4):
+                 extended_fraction: float = 0.5, min_blocks_per_seq: int = 4,
+                 window_tokens: int | None = None):
         if policy not in ("LRU", "WINDOW", "TASK_BOUND"):
             raise ValueError(f"policy must be LRU, WINDOW or TASK_BOUND, not {policy!r}")
         if purge not in ("ON_STRESS", "ON_EVENT", "ON_STRESS_OR_EVENT"):
             raise ValueError(f"purge must be ON_STRESS, ON_EVENT or ON_STRESS_OR_EVENT, not {purge!r}")
         if not 0 < cap_fraction <= 1:
             raise ValueError(f"cap_fraction must be in (0, 1], not {cap_fraction}")
+        if window_tokens is not None and (policy != "WINDOW" or window_tokens < 1):
+            raise ValueError(f"window_tokens is a positive number of tokens, for POLICY=WINDOW only "
+                             f"(got {window_tokens!r} with {policy})")
         _fix_mmap_threshold()
         self.shape = (n_layers, 2, n_heads, block_tokens, head_dim)
         self.block_tokens = block_tokens
@@ -144,6 +164,7 @@ class KVCache:
         self.offload_tier: str | None = None
         self.extended_capacity = int(self.nominal_bytes * extended_fraction)
         self.min_blocks_per_seq = min_blocks_per_seq
+        self.window_tokens = window_tokens
         self.seqs: dict[str, _Seq] = {}
         self._clock = 0
         self._cold_dir = cold_dir
@@ -152,6 +173,17 @@ class KVCache:
         self._cold_path: str | None = None
         self.stats = {"evicted_blocks": 0, "purged_blocks": 0, "offloaded_blocks": 0,
                       "restored_blocks": 0, "truncated_blocks": 0, "directives": 0}
+
+    @classmethod
+    def from_profile(cls, profile, *, n_layers: int, n_heads: int, head_dim: int, **kw) -> "KVCache":
+        """A cache for a profile (a `runes.Profile`, a built-in name or rune
+        text): capacity KV[CAP] x memory total, its POLICY and PURGE.  A
+        profile without KV[...] gets CAP=0.2, WINDOW, ON_STRESS."""
+        spec = (resolve(profile)[1] if isinstance(profile, str) else profile).kv
+        return cls(n_layers=n_layers, n_heads=n_heads, head_dim=head_dim,
+                   cap_fraction=spec.cap_fraction if spec else 0.2,
+                   policy=spec.policy if spec else "WINDOW",
+                   purge=spec.purge if spec else "ON_STRESS", **kw)
 
     # ------------------------------------------------------------ accounting
 
@@ -287,9 +319,10 @@ class KVCache:
 
     def _enforce(self, current: str | None) -> None:
         freed = 0
-        if self.max_context:
+        limit = min((n for n in (self.max_context, self.window_tokens) if n), default=None)
+        if limit:
             for s in self.seqs.values():
-                freed += self._truncate(s, self.max_context)
+                freed += self._truncate(s, limit)
         if self.offload_tier in ("EXTENDED", "COLD"):
             self._offload_cold(current)
         # Floor: a few blocks per live sequence, so a shrink that arrives
@@ -319,24 +352,24 @@ class KVCache:
         if current is None and self.seqs:
             current = max(self.seqs.values(), key=lambda s: s.last_used).seq_id
         if self.policy in ("LRU", "TASK_BOUND"):
-            key = (lambda s: s.last_used)
-            order = sorted((s for s in self.seqs.values() if s.seq_id != current), key=key)
-            if self.policy == "TASK_BOUND":
-                # whole tasks, the least recently used task first
-                last = {}
-                for s in self.seqs.values():
-                    last[s.task_id] = max(last.get(s.task_id, 0), s.last_used)
-                cur_task = self.seqs[current].task_id if current in self.seqs else object()
-                order = sorted((s for s in self.seqs.values() if s.task_id != cur_task),
-                               key=lambda s: (last[s.task_id], s.last_used))
-            for s in order:
+            # LRU: each sequence is its own group; TASK_BOUND: a task's
+            # sequences go together (a sequence without a task is its own).
+            def group(s: _Seq):
+                return s.task_id if self.policy == "TASK_BOUND" and s.task_id is not None else ("seq", s.seq_id)
+            groups: dict = {}
+            for s in self.seqs.values():
+                groups.setdefault(group(s), []).append(s)
+            keep = group(self.seqs[current]) if current in self.seqs else None
+            victims = sorted((g for k, g in groups.items() if k != keep),
+                             key=lambda g: max(s.last_used for s in g))
+            for g in victims:                      # the least recently used group first, whole
                 if n >= excess:
                     break
-                local = sum(1 for b in s.blocks if b.tier == "LOCAL")
-                for b in s.blocks:
-                    self._free_block(b)
-                del self.seqs[s.seq_id]
-                n += local
+                for s in g:
+                    n += sum(1 for b in s.blocks if b.tier == "LOCAL")
+                    for b in s.blocks:
+                        self._free_block(b)
+                    del self.seqs[s.seq_id]
         while n < excess:
             # WINDOW (or nothing else left): oldest blocks of the longest sequence
             cands = [s for s in self.seqs.values() if sum(1 for b in s.blocks if b.tier == "LOCAL") > 1]
