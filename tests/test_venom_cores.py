@@ -172,15 +172,16 @@ def test_genome_normalised_rejects_bad_weights():
 
 def test_anomaly_counter_increments():
     c = AnomalyCounter()
-    base = {"critical_samples": 5, "oom_kills": 2}
+    base = {"critical_samples": 5, "oom_kills": 2, "unacked_directives": 4}
     assert c.step(base).total == 0                       # baseline, nothing this beat
-    a = c.step({"critical_samples": 8, "oom_kills": 2, "throttle_events": 1}, unacked=2, late=1)
+    a = c.step({"critical_samples": 8, "oom_kills": 2, "throttle_events": 1, "unacked_directives": 6},
+               late=1)
     assert (a.critical_samples, a.oom_kills, a.throttle_events, a.unacked_directives, a.late_beats) == \
         (3, 0, 1, 2, 1)
     assert a.total == 7
-    a = c.step({"critical_samples": 8, "oom_kills": 2, "throttle_events": 1}, unacked=2)
-    assert a.total == 0                                  # still-unacked ones count once
-    a = c.step({"critical_samples": 1}, unacked=3)       # a source restarted: counts from its new value
+    a = c.step({"critical_samples": 8, "oom_kills": 2, "throttle_events": 1, "unacked_directives": 6})
+    assert a.total == 0                                  # overdue ones were counted once, when they became so
+    a = c.step({"critical_samples": 1, "unacked_directives": 7})  # a source restarted: counts from its new value
     assert (a.critical_samples, a.oom_kills, a.unacked_directives) == (1, 0, 1)
 
 

@@ -26,12 +26,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 
 import pytest
 
 from aal_core.client import Client
+from aal_core.client.workload import GovernedJob
 from aal_core.ledger import Ledger
 from helpers import short_tmpdir
 
@@ -221,6 +223,7 @@ def test_wiring_sensing_counters_are_what_venom_reads():
         assert venom.sensing is sensing
         assert venom.governor is not None and venom.ledger is not None
         assert set(sensing.anomaly_counters()) == set(VENOM_READS) == set(SENSED)
+        assert venom.governor.overdue_directives_total() == 0       # the counter venom reads
     finally:
         import shutil
         shutil.rmtree(base, ignore_errors=True)
@@ -476,39 +479,62 @@ def test_a_stopped_daemon_counts_its_late_and_skipped_beats(daemon_factory):
 
 
 def test_directives_a_job_ignores_are_counted(daemon_factory):
-    """Under CRITICAL stress the governor sends directives to a job; one that
-    never acknowledges them shows up as unacked_directives, each counted once."""
+    """Under CRITICAL stress the governor sends directives to two jobs.  One
+    acknowledges each at once: never an anomaly.  The other never does: each
+    of its directives is counted once, when it passes govern.ack_timeout_s
+    (unacked_directives).  Acknowledging the backlog later counts nothing more."""
     base = short_tmpdir()
     proc = make_proc(base)
     meminfo = os.path.join(proc, "meminfo")
     with open(meminfo, "rb") as fh:
         calm = fh.read()
-    d = daemon_factory("--proc-root", proc, base=base, config=FAST)
-    with Client(d.socket, timeout=10) as deaf, Client(d.socket, timeout=10) as watcher:
-        deaf.call("job.submit", {"job_id": "deaf", "profile": "BALANCED"})
-        it = watcher.subscribe("venom", {"include_noop": True})
-        next(it)
-        rewrite_in_place(meminfo, meminfo_nearly_exhausted(calm))
-        x = next_matching(it, lambda x: x["anomalies"]["unacked_directives"] > 0)
-        check_decision(x)
+    d = daemon_factory("--proc-root", proc, base=base, config=FAST + "[govern]\nack_timeout_s = 0.5\n")
+    prompt = GovernedJob("prompt", "BALANCED", socket_path=d.socket)
+    stop = threading.Event()
 
-        def settled():
-            a = d.call("govern.status")["unacked_directives"]
-            time.sleep(3 * BEAT_S)
-            st = d.call("venom.status")
-            return (a, st) if d.call("govern.status")["unacked_directives"] == a else None
-        pending, st = wait_for(settled, timeout=15, every=0)
-        job = deaf.call("job.get", {"job_id": "deaf"})
-        assert pending == job["unacked"] == job["directive_version"] >= 1
-        # nothing was acknowledged: every directive counted exactly once
-        assert st["anomalies"]["unacked_directives"] == pending
-        # acknowledged (cumulatively): the backlog going away is not an anomaly
-        deaf.call("job.ack", {"job_id": "deaf", "version": job["directive_version"]})
-        assert d.call("govern.status")["unacked_directives"] == 0
-        acked_at = d.call("venom.status")["beats"]
-        later = [next_matching(it, lambda y: y["beat"] > acked_at) for _ in range(3)]
-        assert [y["anomalies"]["unacked_directives"] for y in later] == [0, 0, 0]
-        assert all(y["anomalies"]["critical_samples"] > 0 for y in later)    # still CRITICAL
+    def obey():
+        while not stop.is_set():
+            dv = prompt.wait(0.05)
+            if dv is not None:
+                prompt.ack(dv)
+    worker = threading.Thread(target=obey, daemon=True)
+    try:
+        prompt.start()
+        worker.start()
+        with Client(d.socket, timeout=10) as deaf, Client(d.socket, timeout=10) as watcher:
+            deaf.call("job.submit", {"job_id": "deaf", "profile": "BALANCED"})
+            it = watcher.subscribe("venom", {"include_noop": True})
+            next(it)
+            rewrite_in_place(meminfo, meminfo_nearly_exhausted(calm))
+            x = next_matching(it, lambda x: x["anomalies"]["unacked_directives"] > 0)
+            check_decision(x)
+
+            def settled():
+                # every directive of the deaf job overdue, none new for a while
+                a = deaf.call("job.get", {"job_id": "deaf"})
+                time.sleep(0.5 + 3 * BEAT_S)
+                b = deaf.call("job.get", {"job_id": "deaf"})
+                st = d.call("venom.status")
+                same = a["directive_version"] == b["directive_version"] == b["overdue"]
+                return (b, st) if same else None
+            job, st = wait_for(settled, timeout=20, every=0)
+            p = d.call("job.get", {"job_id": "prompt"})
+            assert p["directive_version"] >= 1 and p["unacked"] == 0      # it did get directives
+            assert job["unacked"] == job["directive_version"] >= 1
+            # the deaf job's directives, each exactly once; the prompt job's, none
+            assert st["anomalies"]["unacked_directives"] == job["directive_version"]
+            # acknowledged (cumulatively) late: the backlog going away is not counted again
+            deaf.call("job.ack", {"job_id": "deaf", "version": job["directive_version"]})
+            assert d.call("govern.status")["unacked_directives"] == 0
+            acked_at = d.call("venom.status")["beats"]
+            later = [next_matching(it, lambda y: y["beat"] > acked_at + i) for i in range(3)]
+            assert [y["anomalies"]["unacked_directives"] for y in later] == [0, 0, 0]
+            assert all(y["anomalies"]["critical_samples"] > 0 for y in later)    # still CRITICAL
+            assert d.call("venom.status")["anomalies"]["unacked_directives"] == job["directive_version"]
+    finally:
+        stop.set()
+        worker.join(5)
+        prompt.close()
 
 
 def test_default_one_second_beat_quarantines_on_a_critical_second(daemon_factory):

@@ -32,6 +32,7 @@ class Pending:
     version: int
     issued: float            # monotonic
     sample_monotonic: float | None
+    overdue: bool = False    # already counted in Governor.overdue_total
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Governor:
         self.last_sample = None
         self.directives_total = 0
         self.refused_total = 0
+        self.overdue_total = 0     # directives that went unacked past ack_timeout_s, ever
         self._tokens = 0
 
     def reconfigure(self, cfg) -> None:
@@ -160,6 +162,7 @@ class Governor:
 
     def release(self, job_id: str) -> JobState:
         job = self.get(job_id)
+        self._mark_overdue(job.pending.values(), self.clock.monotonic())
         del self.jobs[job_id]
         if job.quarantined:
             self._unquarantine_priority(job)
@@ -236,9 +239,10 @@ class Governor:
                                  f"(latest is {job.version})", param="version", latest=job.version)
         now = self.clock.monotonic()
         latency = None
-        for v in [v for v in job.pending if v <= version]:
-            p = job.pending.pop(v)
-            if v == version and p.sample_monotonic:
+        acked = [job.pending.pop(v) for v in [v for v in job.pending if v <= version]]
+        self._mark_overdue(acked, now)       # acked too late: it was overdue all the same
+        for p in acked:
+            if p.version == version and p.sample_monotonic:
                 latency = max(0.0, now - p.sample_monotonic)
         if latency is not None:
             job.last_ack_latency_s = latency
@@ -254,6 +258,22 @@ class Governor:
     def overdue_directives(self) -> int:
         limit = self.clock.monotonic() - self.cfg.ack_timeout_s
         return sum(1 for j in self.jobs.values() for p in j.pending.values() if p.issued < limit)
+
+    def _mark_overdue(self, pendings, now: float) -> None:
+        limit = now - self.cfg.ack_timeout_s
+        for p in pendings:
+            if not p.overdue and p.issued < limit:
+                p.overdue = True
+                self.overdue_total += 1
+
+    def overdue_directives_total(self) -> int:
+        """Directives that ever went unacknowledged past ack_timeout_s, each
+        counted once (monotonic; the control loop counts its increments).  A
+        directive acked late or dropped with its job still counts."""
+        now = self.clock.monotonic()
+        for j in self.jobs.values():
+            self._mark_overdue(j.pending.values(), now)
+        return self.overdue_total
 
     # ----------------------------------------------- for the control loop
 

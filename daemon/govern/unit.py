@@ -145,8 +145,9 @@ class GovernorUnit(Unit):
     def release_quarantine(self, job_id: str) -> None:
         self._push(self.core.release_quarantine(job_id))
 
-    def unacked_directives(self) -> int:
-        return self.core.unacked_directives()
+    def overdue_directives_total(self) -> int:
+        """For the control loop: directives ever left unacked past ack_timeout_s (monotonic)."""
+        return self.core.overdue_directives_total()
 
     def jobs(self) -> list[dict]:
         return self.core.jobs_list()

@@ -1,11 +1,13 @@
 """Anomalies per beat, from what the daemon observes.
 
 Sensing keeps monotonically increasing counters (CRITICAL samples, OOM kills,
-thermal breaches, throttle events, source failures); the governor reports
-how many directives are unacknowledged right now; the beat timer says how
-late this beat fired.  `AnomalyCounter` turns those into the increments of
-one beat.  A counter that goes backwards (its source restarted) counts from
-its new value; newly unacknowledged directives count once, when they appear.
+thermal breaches, throttle events, source failures); so does the governor,
+for directives a job left unacknowledged past `govern.ack_timeout_s` (each
+directive counted once, when it becomes overdue: one acked in time is never
+an anomaly, one acked late or never is exactly one); the beat timer says how
+late this beat fired.  `AnomalyCounter` turns the counters into the
+increments of one beat.  A counter that goes backwards (its source
+restarted) counts from its new value.
 """
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ __all__ = ["KINDS", "Anomalies", "AnomalyCounter"]
 
 # Counters read from SensingUnit.anomaly_counters().
 SENSED = ("critical_samples", "oom_kills", "thermal_breaches", "throttle_events", "source_failures")
-KINDS = SENSED + ("unacked_directives", "late_beats")
+# Every monotonic counter: the sensed ones and GovernorUnit.overdue_directives_total().
+COUNTED = SENSED + ("unacked_directives",)
+KINDS = COUNTED + ("late_beats",)
 
 
 @dataclass(frozen=True)
@@ -39,26 +43,23 @@ class Anomalies:
 
 
 class AnomalyCounter:
-    __slots__ = ("_last", "_last_unacked")
+    __slots__ = ("_last",)
 
     def __init__(self):
         self._last: dict[str, int] | None = None
-        self._last_unacked = 0
 
-    def step(self, counters: dict | None, unacked: int = 0, late: int = 0) -> Anomalies:
-        """This beat's anomalies.  The first call sets the baseline for the
-        sensed counters (anything before the loop started is not this beat's)."""
+    def step(self, counters: dict | None, late: int = 0) -> Anomalies:
+        """This beat's anomalies from the COUNTED totals in `counters` (a
+        missing key reads 0).  The first call sets the baseline (anything
+        before the loop started is not this beat's)."""
         counters = counters or {}
-        cur = {k: int(counters.get(k, 0) or 0) for k in SENSED}
+        cur = {k: int(counters.get(k, 0) or 0) for k in COUNTED}
         if self._last is None:
-            inc = dict.fromkeys(SENSED, 0)
+            inc = dict.fromkeys(COUNTED, 0)
         else:
             inc = {}
-            for k in SENSED:
+            for k in COUNTED:
                 d = cur[k] - self._last[k]
                 inc[k] = d if d >= 0 else cur[k]
         self._last = cur
-        unacked = max(0, int(unacked))
-        new_unacked = unacked - self._last_unacked if unacked > self._last_unacked else 0
-        self._last_unacked = unacked
-        return Anomalies(unacked_directives=new_unacked, late_beats=max(0, int(late)), **inc)
+        return Anomalies(late_beats=max(0, int(late)), **inc)

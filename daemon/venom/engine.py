@@ -4,7 +4,7 @@ act, record, push.  Shared by the daemon's `VenomUnit` and the standalone
 
     sensing    .anomaly_counters() -> dict        (None: no sensed anomalies)
     governor   raise_level / allow_early_recovery / quarantine / jobs /
-               unacked_directives                 (None: actions say so)
+               overdue_directives_total           (None: actions say so)
     recorder   async append(data) -> (index, hash), manifest() -> dict,
                verified -> bool                   (None: nothing recorded)
     publish    fn(decision: dict) -> None         (pushes to subscribers)
@@ -95,11 +95,10 @@ class VenomLoop:
         now = self.clock.monotonic()
         dt = now - self.last_beat_at if self.last_beat_at is not None else self.period
         self.last_beat_at = now
-        counters = self.sensing.anomaly_counters() if self.sensing is not None else None
-        unacked = 0
+        counters = dict(self.sensing.anomaly_counters()) if self.sensing is not None else {}
         if self.governor is not None:
-            unacked = await _maybe_await(self.governor.unacked_directives())
-        anomalies = self.counter.step(counters, unacked or 0, self._late(lateness) + self._missed())
+            counters["unacked_directives"] = await _maybe_await(self.governor.overdue_directives_total())
+        anomalies = self.counter.step(counters, self._late(lateness) + self._missed())
         r = self.arbiter.beat(anomalies, dt)
         effect = await self.actuator.apply(r)
         decision = self._decision(r, lateness, effect)
