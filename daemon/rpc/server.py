@@ -103,9 +103,15 @@ class Hub:
         frag = codec.Fragment(encoded if encoded is not None else codec.dumps_value(data))
         n = 0
         for conn, sub in list(subs.values()):
-            if sub.accept is None or sub.accept(data):
-                conn.push(sub, frag)
-                n += 1
+            if sub.accept is not None:
+                try:
+                    if not sub.accept(data):
+                        continue
+                except Exception as exc:  # noqa: BLE001 - one bad filter must not stop the publisher
+                    log.error("subscription_filter_failed", topic=topic, subscription=sub.id, error=repr(exc))
+                    continue
+            conn.push(sub, frag)
+            n += 1
         return n
 
 
