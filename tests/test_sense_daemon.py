@@ -127,6 +127,8 @@ def test_jetson_meminfo_and_replayed_tegrastats(daemon_factory):
     assert st["psi"]["present"] is False                 # not in the fake proc root
     src = {x["name"]: x for x in d.call("sense.sources")["sources"]}
     assert src["tegrastats"]["parsed"] >= 1 and src["tegrastats"]["unparseable"] == 0
+    assert src["tegrastats"]["reads"] >= 1 and src["tegrastats"]["errors"] == 0
+    assert src["tegrastats"]["last_read"] > 0 and src["tegrastats"]["age_s"] >= 0
 
 
 def _latest_or_none(d):
@@ -159,6 +161,7 @@ def test_dying_child_restarts_with_backoff_and_bad_lines_are_counted(daemon_fact
         {x["name"]: x for x in d.call("sense.sources")["sources"]}["tegrastats"]), timeout=15)
     assert src["present"] and src["unparseable"] >= 2 and src["parsed"] >= 2
     assert src["unknown_tokens"] >= 2 and src["lines"] == src["parsed"] + src["unparseable"]
+    assert src["errors"] == src["unparseable"] + src["restarts"] and src["reads"] == src["parsed"]
     latest = d.call("tegrastats.latest")
     assert latest["unknown"] == ["BOGUS_TOKEN?"] and latest["temps_c"] == {"tj": 50.5}
     assert d.call("sense.sources")["anomalies"]["source_failures"] >= 4

@@ -190,12 +190,21 @@ class TegrastatsSource:
             self.on_sample(parsed)
         return parsed
 
+    @property
+    def errors(self) -> int:
+        """Lines that could not be parsed plus exits of the child."""
+        return self.unparseable + self.restarts
+
     def state(self) -> dict:
         d = {"name": self.name, "present": self.present, "mode": self.mode,
+             "reads": self.parsed, "errors": self.errors,
              "lines": self.lines, "parsed": self.parsed, "unparseable": self.unparseable,
              "unknown_tokens": self.unknown_tokens, "restarts": self.restarts}
+        if self.last_read is not None:
+            d["last_read"] = round(self.last_read_wall, 3)
+            d["age_s"] = round(self.clock.monotonic() - self.last_read, 3)
         if self.argv:
-            d["command"] = " ".join(self.argv)
+            d["path"] = " ".join(self.argv)        # SenseSource.path: the command it runs
         if self.reason:
             d["reason"] = self.reason
         return d

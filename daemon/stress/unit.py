@@ -134,7 +134,7 @@ class SensingUnit(Unit):
 
     def anomaly_counters(self) -> dict:
         c = dict(self._counters)
-        c["source_failures"] += sum(s.errors for s in self.sources) + self.tegra.restarts + self.tegra.unparseable
+        c["source_failures"] += sum(s.errors for s in self.sources) + self.tegra.errors
         return c
 
     @staticmethod
