@@ -26,7 +26,10 @@ import time
 import psutil
 import torch
 
+from aal_core.client import ConnectError, RpcCallError
 from aal_core.client.kv import KVCache
+from aal_core.client.workload import GovernedJob
+from aal_core.errors import ParseError
 from aal_core.runes import resolve
 
 
@@ -77,24 +80,30 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(1)           # tiny matmuls: threads only add contention
-    _, profile = resolve(args.profile)
-    kvspec = profile.kv
+    try:
+        _, profile = resolve(args.profile)
+    except ParseError as exc:
+        ap.error(f"--profile: {exc}")
     model = ToyDecoder()
-    cache = KVCache(n_layers=model.L, n_heads=model.H, head_dim=model.D, block_tokens=16,
-                    cap_fraction=kvspec.cap_fraction if kvspec else 0.2,
-                    policy=kvspec.policy if kvspec else "WINDOW",
-                    purge=kvspec.purge if kvspec else "ON_STRESS",
-                    capacity_bytes=int(args.max_kv_mib * (1 << 20)) or None)
+    cache = KVCache.from_profile(profile, n_layers=model.L, n_heads=model.H,
+                                 head_dim=model.D, block_tokens=16,
+                                 capacity_bytes=int(args.max_kv_mib * (1 << 20)) or None)
     proc = psutil.Process()
     say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
     stats = {"tokens": 0, "directives": [], "peak_rss": 0, "peak_kv": 0, "governed": bool(args.socket)}
 
     job = None
     if args.socket:
-        from aal_core.client.workload import GovernedJob
-        job = GovernedJob(args.job_id, args.profile, metadata={"model": "toy-decoder"},
-                          pid=os.getpid() if args.pid else None, socket_path=args.socket)
-        info = job.start()
+        try:
+            job = GovernedJob(args.job_id, args.profile, metadata={"model": "toy-decoder"},
+                              pid=os.getpid() if args.pid else None, socket_path=args.socket)
+            info = job.start()
+        except (ConnectError, RpcCallError) as exc:
+            print(f"toy_decoder: cannot register with aal-core: {exc}", file=sys.stderr)
+            if job is not None:
+                job.close(release=False)
+            cache.close()
+            return 1
         cache.apply(info["metadata"])
         say(f"registered {args.job_id}: priority {info['priority']}, threshold {info['threshold']}, "
             f"enforced={info['enforced']} ({info.get('enforce_reason') or info.get('cgroup')})")
