@@ -107,6 +107,10 @@ def test_band_subscription_and_classic_model_on_recorded_meminfo(daemon_factory)
     h = d.call("stress.history", {"count": 5})["samples"]
     gaps = [b["timestamp"] - a["timestamp"] for a, b in zip(h, h[1:])]
     assert gaps and min(gaps) >= 0.45
+    # earlyoom-style: sampled at sample_hz_max while CRITICAL, back to sample_hz once calm
+    assert wait_for(lambda: d.call("sense.sources")["sample_hz"] == 50.0)
+    set_avail(root, total, int(total * 0.9))
+    assert wait_for(lambda: d.call("sense.sources")["sample_hz"] == 10.0)
 
 
 def test_jetson_meminfo_and_replayed_tegrastats(daemon_factory):

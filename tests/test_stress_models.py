@@ -133,6 +133,15 @@ def test_fused_jetson_fragmentation_from_lfb():
     assert calm.components["fragmentation"] == 0.0
 
 
+def test_fused_discrete_gpu_memory_is_its_own_component():
+    clock = ManualClock()
+    fused = FusedModel(Config())
+    s = fused.update(reading(clock, mem(), gpu_mem=(76 * GiB, 80 * GiB)))
+    assert s.components["gpu_mem"] == pytest.approx(level(0.95)) == s.stress and s.band == "CRITICAL"
+    assert s.components["level"] < 0.25                      # the host itself is calm
+    assert "gpu_mem" not in fused.update(reading(clock, mem())).components
+
+
 def test_tte_curve_boundaries():
     assert tte_stress(None) == 0.0
     assert tte_stress(5.0) == pytest.approx(0.75)
