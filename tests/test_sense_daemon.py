@@ -196,6 +196,24 @@ def test_absent_cgroup_is_reported_and_the_daemon_runs(daemon_factory, tmp_path)
     assert "cgroup_used" not in d.call("stress.get")["components"]
 
 
+def test_v2_slice_limit_above_the_watched_cgroup_drives_the_signal(daemon_factory, tmp_path):
+    """A service with no limit of its own in a 512 MiB slice: the slice's limit is the budget."""
+    def cg(d, max_, current):
+        d.mkdir(parents=True)
+        (d / "memory.max").write_text(max_)
+        (d / "memory.current").write_text(current)
+        (d / "memory.stat").write_text("anon 1\nfile 0\nactive_file 0\ninactive_file 10485760\n")
+        (d / "memory.events").write_text("oom 0\noom_kill 0\n")
+    cg(tmp_path / "ai.slice", f"{512 << 20}\n", f"{500 << 20}\n")
+    cg(tmp_path / "ai.slice" / "svc", "max\n", f"{490 << 20}\n")
+    d = daemon_factory("--cgroup", str(tmp_path / "ai.slice" / "svc"))
+    s = d.call("stress.get")
+    assert s["components"]["cgroup_used"] == pytest.approx(480 / 512, abs=1e-6)
+    assert s["components"]["used"] == s["components"]["cgroup_used"] and s["band"] == "CRITICAL"
+    src = {x["name"]: x for x in d.call("sense.sources")["sources"]}
+    assert src["cgroup"]["present"] and src["cgroup"]["errors"] == 0
+
+
 @pytest.mark.root
 @pytest.mark.slow
 def test_real_cgroup_usage_shows_in_the_signal(daemon_factory):
