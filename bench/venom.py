@@ -23,6 +23,8 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 
+import simple_pid  # the peer; pip install 'aal-core[bench]'
+
 from aal_core.venom import Anomalies, Arbiter, EntropyParams
 from aal_core.venom.cores import (BalanceCore, BeatInputs, InlineRunner, ThreadRunner, entropy,
                                   optimize, regen)
@@ -116,14 +118,10 @@ def main() -> None:
     from aal_core.pid import PID
     ours = PID(setpoint=0.02)
     ours_us = per_call_us(lambda: ours.update(1.0, 1.0), n)
-    try:
-        import simple_pid
-        peer = simple_pid.PID(0.6, 0.1, 0.05, setpoint=0.02, sample_time=None)
-        peer_us = per_call_us(lambda: peer(1.0, dt=1.0), n)
-        print(f"PID step: aal_core.pid {ours_us:.3f} µs, simple-pid {peer_us:.3f} µs "
-              f"(simple-pid / ours = {peer_us / ours_us:.1f}×)")
-    except ImportError:
-        print(f"PID step: aal_core.pid {ours_us:.3f} µs (simple-pid not installed)")
+    peer = simple_pid.PID(0.6, 0.1, 0.05, setpoint=0.02, sample_time=None)
+    peer_us = per_call_us(lambda: peer(1.0, dt=1.0), n)
+    print(f"PID step: aal_core.pid {ours_us:.3f} µs, simple-pid {peer_us:.3f} µs "
+          f"(simple-pid / ours = {peer_us / ours_us:.1f}×)")
 
     if args.daemon_seconds > 0:
         on = daemon_cpu(args.daemon_seconds, True)

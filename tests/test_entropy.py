@@ -8,13 +8,11 @@ import subprocess
 import sys
 
 import pytest
+import torch  # a declared test dependency (client-torch): never skipped
 from hypothesis import given, settings, strategies as st
 
-torch = pytest.importorskip("torch")
-
-from aal_core.client.entropy import EntropyModel, pairs_from_entries, train  # noqa: E402
-from aal_core.venom.entropy import (FORMAT, EntropyParams, ModelError, load_model,  # noqa: E402
-                                    parse_model, sigmoid)
+from aal_core.client.entropy import EntropyModel, pairs_from_entries, train
+from aal_core.venom.entropy import FORMAT, EntropyParams, ModelError, load_model, parse_model, sigmoid
 
 
 def test_initial_parameters_are_the_seed_ones():

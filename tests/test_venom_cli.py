@@ -9,10 +9,7 @@ import pytest
 
 from helpers import AAL_CORE
 
-try:
-    from aal_core.ledger import Ledger
-except ImportError:
-    from aal_core.ledger.chain import Ledger
+from aal_core.ledger import Ledger
 
 
 def venom(*args, timeout=60):

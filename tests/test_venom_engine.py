@@ -13,10 +13,7 @@ from aal_core.errors import LedgerError
 from aal_core.venom.engine import Settings, VenomLoop
 from aal_core.venom.genome import Genome
 
-try:
-    from aal_core.ledger import Ledger
-except ImportError:
-    from aal_core.ledger.chain import Ledger
+from aal_core.ledger import Ledger
 
 
 class Counters:

@@ -24,12 +24,13 @@ from ..log import get_logger
 from .arbiter import BeatResult
 from .genome import Action
 
-__all__ = ["Actuator", "pick_culprit"]
+__all__ = ["Actuator", "maybe_await", "pick_culprit"]
 
 log = get_logger("venom")
 
 
-async def _maybe_await(v):
+async def maybe_await(v):
+    """The value, awaited if the governor/recorder method was a coroutine."""
     if inspect.isawaitable(v):
         return await v
     return v
@@ -68,15 +69,15 @@ class Actuator:
             return {"applied": False, "why": "no governor (standalone loop)"}
         try:
             if a is Action.APPLY_BALANCE:
-                res = await _maybe_await(self.governor.raise_level(reason))
+                res = await maybe_await(self.governor.raise_level(reason))
                 log.info("apply_balance", beat=r.beat)
                 return {"applied": True, "governor": _jsonable(res)}
             if a is Action.APPLY_OPTIMIZE:
-                res = await _maybe_await(self.governor.allow_early_recovery(reason))
+                res = await maybe_await(self.governor.allow_early_recovery(reason))
                 log.info("apply_optimize", beat=r.beat)
                 return {"applied": True, "governor": _jsonable(res)}
             if a is Action.QUARANTINE:
-                jobs = await _maybe_await(self.governor.jobs())
+                jobs = await maybe_await(self.governor.jobs())
                 job = pick_culprit(list(jobs or []), exclude=set(self.quarantined))
                 if job is None:
                     already = sorted(self.quarantined)
@@ -84,7 +85,7 @@ class Actuator:
                     return {"applied": False, "why": "no job to quarantine" if not already
                             else "every candidate already quarantined", "quarantined": already}
                 job_id = job["job_id"]
-                res = await _maybe_await(self.governor.quarantine(job_id, reason))
+                res = await maybe_await(self.governor.quarantine(job_id, reason))
                 self.quarantined[job_id] = reason
                 log.warning("quarantine", beat=r.beat, job_id=job_id, priority=job.get("priority"),
                             job_anomalies=job.get("anomalies") or 0)
@@ -98,7 +99,7 @@ class Actuator:
     async def release(self, job_id: str) -> dict:
         if self.governor is None:
             raise RuntimeError("no governor")
-        res = await _maybe_await(self.governor.release_quarantine(job_id))
+        res = await maybe_await(self.governor.release_quarantine(job_id))
         self.quarantined.pop(job_id, None)
         return {"governor": _jsonable(res)}
 

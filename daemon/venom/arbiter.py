@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..pid import PID
 from .anomalies import Anomalies
 from .cores import BalanceCore, BeatInputs, CoreOutputs, InlineRunner
 from .entropy import EntropyParams
@@ -20,12 +21,7 @@ __all__ = ["Arbiter", "BeatResult", "make_pid"]
 
 
 def make_pid(setpoint: float, kp: float = 0.6, ki: float = 0.1, kd: float = 0.05):
-    """The compiled PID (ext/pid.pyx), same defaults as the seed's genomic PID."""
-    try:
-        from ..pid import PID
-    except ImportError as exc:  # pragma: no cover - a build problem, not a runtime one
-        raise ImportError("aal_core.pid is not built; run `python setup.py build_ext --inplace` "
-                          f"or reinstall aal-core ({exc})") from None
+    """The compiled PID (ext/pid.pyx, the governor's), same defaults as the seed's genomic PID."""
     return PID(kp=kp, ki=ki, kd=kd, setpoint=setpoint)
 
 

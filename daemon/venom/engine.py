@@ -15,15 +15,14 @@ genome, anomalies, effect); NOOP beats go into the per-minute summary.
 from __future__ import annotations
 
 import asyncio
-import inspect
-import math
 from dataclasses import dataclass
 
 from ..clock import Clock
 from ..log import get_logger
-from .actions import Actuator
+from .actions import Actuator, maybe_await
 from .anomalies import KINDS, AnomalyCounter
 from .arbiter import Arbiter, BeatResult
+from .cores import make_runner
 from .entropy import EntropyParams
 from .genome import Action, Genome
 from .pulse import U_DEFAULT, BeatTimer, t_lambda
@@ -55,8 +54,6 @@ class Settings:
 class VenomLoop:
     def __init__(self, settings: Settings, clock: Clock, *, model: EntropyParams | None = None,
                  sensing=None, governor=None, recorder=None, publish=None):
-        from .cores import make_runner
-
         self.settings = settings
         self.clock = clock
         self.period = settings.period
@@ -97,7 +94,7 @@ class VenomLoop:
         self.last_beat_at = now
         counters = dict(self.sensing.anomaly_counters()) if self.sensing is not None else {}
         if self.governor is not None:
-            counters["unacked_directives"] = await _maybe_await(self.governor.overdue_directives_total())
+            counters["unacked_directives"] = await maybe_await(self.governor.overdue_directives_total())
         anomalies = self.counter.step(counters, self._late(lateness) + self._missed())
         r = self.arbiter.beat(anomalies, dt)
         effect = await self.actuator.apply(r)
@@ -143,7 +140,7 @@ class VenomLoop:
         if self.recorder is None:
             return None
         try:
-            index, digest = await _maybe_await(self.recorder.append(data))
+            index, digest = await maybe_await(self.recorder.append(data))
         except Exception as exc:  # noqa: BLE001
             self.ledger_failures += 1
             log.error("ledger_append_failed", type=data.get("type"), beat=data.get("beat", "-"),
@@ -228,13 +225,3 @@ class VenomLoop:
 
     def close(self) -> None:
         self.arbiter.runner.close()
-
-
-async def _maybe_await(v):
-    if inspect.isawaitable(v):
-        return await v
-    return v
-
-
-def finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AalError
 
-__all__ = ["FORMAT", "ML_WEIGHT", "EntropyParams", "ModelError", "load_model", "sigmoid", "threat"]
+__all__ = ["FORMAT", "ML_WEIGHT", "EntropyParams", "ModelError", "load_model", "sigmoid"]
 
 FORMAT = "aal-core.entropy.v1"
 ML_WEIGHT = 0.12
@@ -50,6 +50,7 @@ class EntropyParams:
     meta: dict = field(default_factory=dict, compare=False)
 
     def threat(self, anoms: float) -> float:
+        """The E core's score: σ(w·anoms + b), in [0, 1]."""
         return sigmoid(self.weight * anoms + self.bias)
 
     def to_dict(self) -> dict:
@@ -57,11 +58,6 @@ class EntropyParams:
         if self.digest:
             out["sha3"] = self.digest
         return out
-
-
-def threat(anoms: float, params: EntropyParams) -> float:
-    """The E core's score: σ(w·anoms + b), in [0, 1]."""
-    return sigmoid(params.weight * anoms + params.bias)
 
 
 def _finite(obj: dict, key: str, path: str) -> float:

@@ -21,7 +21,8 @@ import signal
 import sys
 
 from ..clock import SYSTEM
-from ..errors import AalError, LedgerError
+from ..errors import LedgerError
+from ..ledger import Ledger
 from .engine import Settings, VenomLoop
 from .entropy import EntropyParams, ModelError, load_model
 from .genome import Genome
@@ -66,37 +67,6 @@ class VmstatOom:
         return {"source_failures": self.failures}
 
 
-def open_ledger(path: str):
-    """The standalone ledger file, verified on open (created with a genesis entry if absent)."""
-    try:
-        from ..ledger import Ledger
-    except ImportError:
-        from ..ledger.chain import Ledger
-    return Ledger.open(path)
-
-
-class LedgerRecorder:
-    """The standalone ledger (aal_core.ledger.Ledger) behind the loop's recorder interface."""
-
-    def __init__(self, path: str):
-        self.ledger = open_ledger(path)
-
-    @property
-    def verified(self) -> bool:
-        return bool(getattr(self.ledger, "verified", False))
-
-    def append(self, data: dict):
-        return self.ledger.append(data)
-
-    def manifest(self) -> dict:
-        return self.ledger.manifest()
-
-    def close(self) -> None:
-        close = getattr(self.ledger, "close", None)
-        if close is not None:
-            close()
-
-
 async def _run(loop: VenomLoop, beats: int) -> None:
     task = asyncio.ensure_future(loop.run(beats))
     ev = asyncio.get_running_loop()
@@ -126,8 +96,9 @@ def cmd_venom(args) -> int:
         print(f"aal-core venom: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        recorder = LedgerRecorder(os.path.abspath(args.ledger))
-    except (LedgerError, AalError, OSError) as exc:
+        # The ledger is the loop's recorder as is: append, manifest, verified.
+        recorder = Ledger.open(os.path.abspath(args.ledger))
+    except (LedgerError, OSError) as exc:
         print(f"aal-core venom: ledger {args.ledger}: {exc}", file=sys.stderr)
         return EXIT_STATE
     print(f"aal-core venom: T_Λ = {period:.6g} s, {args.beats if args.beats > 0 else 'endless'} beats, "
