@@ -6,9 +6,9 @@ decision out.  Two modes (config `govern.mode`):
 - seed: the seed's semantics, literally.  A job's steps are all in force
   while stress > threshold(priority) = 0.3 + 0.05 x priority, none otherwise.
 - progressive: a controller.  Steps are applied one at a time, at most one
-  per sample: the first as soon as stress passes the threshold, each further
-  one when the machine-wide level (the PID's output, see level.py) has risen
-  by another `level_per_step`.  They are lifted in reverse order, one per
+  per sample: the first as soon as stress passes the threshold, step k+1 once
+  the machine-wide level (the PID's output, see level.py) has reached
+  k x `level_per_step`.  They are lifted in reverse order, one per
   `hold_s`, only once stress has stayed below threshold - hysteresis for the
   whole hold time.  Between the two lines nothing changes, so a signal whose
   noise is smaller than the hysteresis cannot make a step flap.
