@@ -120,6 +120,9 @@ def test_submit_rejects_bad_input_and_keeps_state():
     with pytest.raises(RpcError) as ei:
         r.gov.submit("../etc", "MINIMAL", {})
     assert ei.value.code == E.INVALID_PARAMS
+    with pytest.raises(RpcError) as ei:
+        r.gov.submit("b", "MINIMAL", "not an object")
+    assert ei.value.code == E.INVALID_PARAMS and ei.value.data["param"] == "metadata"
     with pytest.raises(ParseError) as ei:
         r.gov.submit("b", "MEM[SOFT=2,HARD=1,VOL=LOW]", {})
     assert (ei.value.line, ei.value.column) == (1, 17)

@@ -54,6 +54,20 @@ def test_submit_get_list_heartbeat_release(daemon):
         assert st["jobs"] == 0 and st["setpoint"] == 0.6 and st["pid"]["kp"] == 0.6
 
 
+def test_submit_bad_metadata_or_pid_is_refused_and_registers_nothing(daemon):
+    with daemon.client() as c:
+        for md in ("x", [1, 2], 3):
+            e = _err(c, "job.submit", {"job_id": "m", "profile": "MINIMAL", "metadata": md})
+            assert e.code == -32602 and "metadata must be an object" in e.message, e.message
+        e = _err(c, "job.submit", {"job_id": "m", "profile": "MINIMAL", "pid": 1})
+        assert e.code == -32602 and "init" in e.message
+        e = _err(c, "job.submit", {"job_id": "m", "profile": "MINIMAL", "pid": daemon.proc.pid})
+        assert e.code == -32602 and "aal-core itself" in e.message
+        assert c.call("job.list")["jobs"] == []
+        ok = c.call("job.submit", {"job_id": "m", "profile": "MINIMAL", "metadata": {"a": {"b": [1, 2]}}})
+        assert ok["metadata"]["a"] == {"b": [1, 2]}
+
+
 def test_connection_close_releases_the_job(daemon):
     with daemon.client() as c:
         c.call("job.submit", {"job_id": "gone", "profile": "MINIMAL"})

@@ -125,6 +125,9 @@ class Governor:
         if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
             raise invalid_params("job_id must be 1-64 characters of A-Z a-z 0-9 . _ -",
                                  param="job_id", got=str(job_id)[:80])
+        if metadata is not None and not isinstance(metadata, dict):
+            raise invalid_params("metadata must be an object (JSON key/value pairs)",
+                                 param="metadata", got=type(metadata).__name__)
         if job_id in self.jobs:
             raise RpcError(E.CONFLICT, f"job {job_id!r} is already registered (release it first)",
                            {"job_id": job_id})

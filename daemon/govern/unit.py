@@ -216,6 +216,9 @@ class GovernorUnit(Unit):
         """Register a job: admission, degradation state, cgroup placement."""
         pid = p.get("pid")
         if pid is not None:
+            if pid in (1, os.getpid()):
+                raise invalid_params(f"pid {pid} is {'init' if pid == 1 else 'aal-core itself'}: "
+                                     "it cannot be placed in a job's cgroup", param="pid", got=pid)
             uid = _pid_uid(pid)
             if uid is None or pid <= 0:
                 raise invalid_params(f"pid {pid} is not a running process", param="pid", got=pid)
