@@ -201,21 +201,23 @@ cdef bint cpu_list(const char* b, Py_ssize_t s, Py_ssize_t n, bint legacy, list 
 
 
 cdef bint rail(const char* b, Py_ssize_t i, Py_ssize_t n, long long* vals, int* nvals) noexcept nogil:
-    """"C[mW]/A[mW][/P[mW]]", signed."""
+    """"C[mW]/A[mW][/P[mW]]" or a lone "CmW" (a bare number is an engine clock), signed."""
+    cdef bint unit = False
     nvals[0] = 0
     while True:
         i = parse_int(b, i, n, True, &vals[nvals[0]])
         if i < 0:
             return False
         nvals[0] += 1
-        if n - i >= 2 and b[i] == 109 and b[i + 1] == 87:
+        unit = n - i >= 2 and b[i] == 109 and b[i + 1] == 87
+        if unit:
             i += 2
         if i == n:
             break
         if b[i] != 47 or nvals[0] == 3:
             return False
         i += 1
-    return nvals[0] >= 2
+    return nvals[0] >= 2 or unit
 
 
 cdef object engine(const char* b, Py_ssize_t s, Py_ssize_t n):
@@ -393,7 +395,9 @@ def parse_tegrastats(const unsigned char[:] line):
                             while f"{name}_{j}" in power:
                                 j += 1
                             name = f"{name}_{j}"
-                        r = {"current": rv[0], "average": rv[1]}
+                        r = {"current": rv[0]}
+                        if nv >= 2:
+                            r["average"] = rv[1]
                         if nv == 3:
                             r["peak"] = rv[2]
                         power[name] = r

@@ -97,6 +97,14 @@ def test_negative_rail_and_non_root_forms():
     assert d["emc"] == {"util_pct": 0} and d["gpu"] == {"util_pct": 4}
 
 
+def test_one_two_and_three_value_rails():
+    d = parse(b"RAM 1/2MB VDD_IN 5000mW VDD_GPU 3632/3611 VIN 87426mW/43713mW/87426mW APE 200")
+    assert d["power_mw"] == {"VDD_IN": {"current": 5000}, "VDD_GPU": {"current": 3632, "average": 3611},
+                             "VIN": {"current": 87426, "average": 43713, "peak": 87426}}
+    # a lone number without its unit is an engine clock, not a rail
+    assert d["engines"] == {"APE": {"online": True, "freq_mhz": 200}} and d["unknown"] == []
+
+
 def test_unknown_tokens_are_kept_verbatim():
     d = parse(b"RAM 1/2MB FOO=bar wibble 12.5xyz")
     assert d["unknown"] == ["FOO=bar", "wibble", "12.5xyz"]

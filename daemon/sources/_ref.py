@@ -303,25 +303,28 @@ def _cpu_list(t: bytes, legacy: bool):
 
 
 def _rail(t: bytes):
-    """"C[mW]/A[mW][/P[mW]]" (signed) → dict or None."""
+    """"C[mW]/A[mW][/P[mW]]" or a lone "CmW" (signed) → dict or None.  A lone
+    value needs its unit: a bare number after a name is an engine clock."""
     vals = []
     i = 0
     n = len(t)
+    unit = False
     while True:
         r = _int(t, i, signed=True)
         if r is None:
             return None
         vals.append(r[0])
         i = r[1]
-        if t[i:i + 2] == b"mW":
+        unit = t[i:i + 2] == b"mW"
+        if unit:
             i += 2
         if i == n:
             break
         if t[i] != 47 or len(vals) == 3:
             return None
         i += 1
-    if len(vals) < 2:
-        return None
+    if len(vals) == 1:
+        return {"current": vals[0]} if unit else None
     out = {"current": vals[0], "average": vals[1]}
     if len(vals) == 3:
         out["peak"] = vals[2]
