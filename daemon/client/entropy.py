@@ -13,8 +13,14 @@ followed within `horizon_s`, else 0.  The daemon loads the exported file with
 
 Command line (needs torch: pip install 'aal-core[client-torch]'):
 
-    python -m aal_core.client.entropy train (--socket PATH | --ledger FILE) --out FILE
+    python -m aal_core.client.entropy train [--ledger FILE] [--socket PATH] --out FILE
         [--horizon 60] [--epochs 200] [--lr 0.05] [--set-model]
+
+Entries come from --ledger FILE (read-only: safe beside the running daemon)
+or else from the daemon at --socket (ledger.get); --set-model loads the
+exported file into the daemon at --socket.  Exit codes: 0 trained, 1 no
+pairs to train on, 2 bad arguments or an unreadable ledger, 3 the daemon
+refused or could not be reached.
 """
 from __future__ import annotations
 
@@ -30,7 +36,10 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("aal_core.client.entropy needs torch (client side only): "
                       "pip install 'aal-core[client-torch]'") from exc
 
+from ..errors import LedgerError
+from ..ledger import Ledger
 from ..venom.entropy import ML_WEIGHT, dump_model
+from . import Client, ConnectError, RpcCallError, default_socket
 
 __all__ = ["EntropyModel", "pairs_from_entries", "train"]
 
@@ -171,11 +180,11 @@ def entries_from_daemon(client) -> list[dict]:
 
 
 def entries_from_file(path: str) -> list[dict]:
-    from ..venom.standalone import open_ledger  # offline, without the daemon
-    led = open_ledger(path)
+    """Every entry of a ledger file, opened read-only (never created, locked
+    or repaired), so it works on the live daemon's ledger."""
+    led = Ledger.open(path, create=False, repair_torn_tail=False)
     try:
-        n = led.manifest()["chain_length"]
-        return led.entries(0, n)
+        return led.entries(0, led.count)
     finally:
         led.close()
 
@@ -185,21 +194,30 @@ def main(argv=None) -> int:
                                 description="train the venom entropy model from the ledger")
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
-    src = t.add_mutually_exclusive_group(required=True)
-    src.add_argument("--socket", help="read the ledger from this daemon")
-    src.add_argument("--ledger", help="read this ledger file offline")
+    t.add_argument("--ledger", help="read this ledger file offline (default: ask the daemon)")
+    t.add_argument("--socket", default=None, help="the daemon's socket (default $AAL_CORE_SOCKET "
+                   "or the system one): read the ledger from it unless --ledger, and --set-model")
     t.add_argument("--out", required=True, help="model file to write")
     t.add_argument("--horizon", type=float, default=60.0, help="seconds an outcome may follow (default 60)")
     t.add_argument("--epochs", type=int, default=200)
     t.add_argument("--lr", type=float, default=0.05)
     t.add_argument("--set-model", action="store_true", help="load it into the daemon (venom.set_model, admin)")
     args = p.parse_args(argv)
-    from . import Client
-    if args.socket:
-        with Client(args.socket) as c:
-            entries = entries_from_daemon(c)
-    else:
-        entries = entries_from_file(args.ledger)
+    if not args.horizon > 0 or args.epochs < 1 or not args.lr > 0:
+        p.error("--horizon and --lr must be > 0 and --epochs at least 1")
+    sock = args.socket or default_socket()
+    try:
+        if args.ledger:
+            entries = entries_from_file(args.ledger)
+        else:
+            with Client(sock) as c:
+                entries = entries_from_daemon(c)
+    except LedgerError as exc:
+        print(f"entropy: ledger {args.ledger}: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectError, RpcCallError, OSError) as exc:
+        print(f"entropy: cannot read the ledger from {sock}: {exc}", file=sys.stderr)
+        return 3
     pairs = pairs_from_entries(entries, args.horizon)
     if not pairs:
         print("entropy: no (anomalies, outcome) pairs in the ledger yet "
@@ -211,11 +229,16 @@ def main(argv=None) -> int:
     w, b = model.parameters_exact()
     model.export(out, trained_pairs=sum(n for *_, n in pairs), horizon_s=args.horizon,
                  final_loss=losses[-1])
-    print(f"entropy: weight {w:.6g} bias {b:.6g} loss {losses[0]:.4g} -> {losses[-1]:.4g}; wrote {out}")
+    print(f"entropy: weight {w:.6g} bias {b:.6g} loss {losses[0]:.4g} -> {losses[-1]:.4g} "
+          f"on {sum(n for *_, n in pairs)} beats; wrote {out}")
     if args.set_model:
-        with Client(args.socket) as c:
-            c.call("venom.set_model", {"path": out})
-        print("entropy: loaded into the daemon")
+        try:
+            with Client(sock) as c:
+                c.call("venom.set_model", {"path": out})
+        except (ConnectError, RpcCallError, OSError) as exc:
+            print(f"entropy: the daemon at {sock} did not load {out}: {exc}", file=sys.stderr)
+            return 3
+        print(f"entropy: loaded into the daemon at {sock}")
     return 0
 
 
