@@ -105,13 +105,16 @@ class LedgerUnit(Unit):
 
     def register(self, registry) -> None:
         registry.add("ledger.append", self.rpc_append, params="LedgerAppendParams",
-                     result="LedgerAppendResult", access=Access.WRITE)
+                     result="LedgerAppendResult", access=Access.WRITE,
+                     example={"data": {"type": "example", "note": "appended by an example call"}})
         registry.add("ledger.manifest", self.rpc_manifest, result="LedgerManifest")
-        registry.add("ledger.get", self.rpc_get, params="LedgerGetParams", result="LedgerGetResult")
+        registry.add("ledger.get", self.rpc_get, params="LedgerGetParams", result="LedgerGetResult",
+                     example={"start": 0, "end": 2})
         registry.add("ledger.verify", self.rpc_verify, result="LedgerVerifyResult")
-        registry.add("ledger.proof", self.rpc_proof, params="LedgerProofParams", result="LedgerProofResult")
+        registry.add("ledger.proof", self.rpc_proof, params="LedgerProofParams", result="LedgerProofResult",
+                     example={"index": 0})
         registry.add("ledger.consistency", self.rpc_consistency, params="LedgerConsistencyParams",
-                     result="LedgerConsistencyResult")
+                     result="LedgerConsistencyResult", example={"first": 1})
 
     async def rpc_append(self, p, call):
         """Append {"data": {...}}; answers {index, hash} once the entry is fsync'd."""

@@ -16,7 +16,7 @@ import asyncio
 import os
 
 from ..config import VenomConfig
-from ..errors import CONFLICT, ConfigError, RpcError, invalid_params
+from ..errors import CONFLICT, INVALID_PARAMS, NOT_FOUND, ConfigError, RpcError, invalid_params
 from ..log import get_logger
 from ..rpc.registry import Access
 from ..units import Context, Unit
@@ -123,9 +123,11 @@ class VenomUnit(Unit):
                            params="VenomSubscribeParams", notify_method="venom.decision",
                            summary="Push each decision of the control loop (NOOP beats only on request).")
         registry.add("venom.set_model", self.rpc_set_model, params="VenomSetModelParams",
-                     result="VenomSetModelResult", access=Access.ADMIN)
+                     result="VenomSetModelResult", access=Access.ADMIN,
+                     example={"path": "/nonexistent/entropy.json"}, example_error=INVALID_PARAMS)
         registry.add("venom.release", self.rpc_release, params="VenomReleaseParams",
-                     result="VenomReleaseResult", access=Access.ADMIN)
+                     result="VenomReleaseResult", access=Access.ADMIN,
+                     example={"job_id": "no-such-job"}, example_error=NOT_FOUND)
 
     def rpc_status(self, p, call):
         """Beat count, T_Λ, genome, last decision and action, PID state, pid_stable, ledger_verified."""
