@@ -188,7 +188,7 @@ RANGES = {
     ("ledger", "max_batch"): (1, 1 << 20),
     ("ledger", "max_entry_bytes"): (64, 1 << 23),
     ("daemon", "stop_grace_s"): (0.0, 300.0),
-    ("daemon", "ready_timeout_s"): (0.0, 600.0),
+    ("daemon", "ready_timeout_s"): (0.0, 25.0),  # below the unit's TimeoutStartSec=30s
     ("rpc", "max_frame_bytes"): (64, 1 << 30),
     ("rpc", "max_depth"): (2, 1000),
     ("rpc", "max_batch"): (1, None),
