@@ -34,23 +34,17 @@ class StateError(AalError):
 
 
 def build_units(ctx: Context) -> list[Unit]:
-    """Every capability, in dependency order (each gets what it needs by name)."""
-    units: list[Unit] = []
-    # Filled in by the lines above venom's as each unit lands; None = absent.
-    sensing = ledger = governor = None
-    from .stress.unit import SensingUnit
-    sensing = SensingUnit(ctx)
-    units.append(sensing)
-    from .ledger.unit import LedgerUnit
-    ledger = LedgerUnit(ctx)
-    units.append(ledger)
+    """Every capability, in dependency order; each gets what it needs by name."""
     from .govern import GovernorUnit
-    governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
-    units.append(governor)
+    from .ledger.unit import LedgerUnit
+    from .stress.unit import SensingUnit
     from .venom.unit import VenomUnit
+
+    sensing = SensingUnit(ctx)
+    ledger = LedgerUnit(ctx)
+    governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
-    units.append(venom)
-    return units
+    return [sensing, ledger, governor, venom]
 
 
 class Runtime:
