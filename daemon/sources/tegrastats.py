@@ -25,6 +25,7 @@ from typing import Callable
 from ..errors import ParseError
 from ..log import get_logger
 from ..rpc import codec
+from ..tasks import cancel_task
 from ..tegrastats import parse_tegrastats
 
 log = get_logger("sense.tegrastats")
@@ -83,13 +84,8 @@ class TegrastatsSource:
             log.warning("source_absent", source=self.name, reason=self.reason)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_task(task)
         await self._kill()
 
     async def _kill(self) -> None:

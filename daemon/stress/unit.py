@@ -29,6 +29,7 @@ from ..sources.procmem import process_memory  # noqa: F401 - re-exported for the
 from ..sources.psi import PsiReader
 from ..sources.tegrastats import TegrastatsSource
 from ..sources.vmstat import VmstatReader
+from ..tasks import cancel_task
 from ..units import Unit
 from . import thermal
 from .classic import ClassicModel
@@ -172,13 +173,8 @@ class SensingUnit(Unit):
         self._task = asyncio.ensure_future(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel_task(task)
         await self.tegra.stop()
         for s in self.sources:
             if s.reader is not None:

@@ -19,6 +19,7 @@ from ..config import VenomConfig
 from ..errors import CONFLICT, INVALID_PARAMS, NOT_FOUND, ConfigError, RpcError, invalid_params
 from ..log import get_logger
 from ..rpc.registry import Access
+from ..tasks import cancel_task
 from ..units import Context, Unit
 from .engine import Settings, VenomLoop
 from .entropy import EntropyParams, ModelError, dump_model, load_model
@@ -92,13 +93,8 @@ class VenomUnit(Unit):
                  model_source=self.loop.model.source)
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-            self.task = None
+        task, self.task = self.task, None
+        await cancel_task(task)
         if self.loop is not None:
             entry = await self.loop.flush()
             self.loop.close()
