@@ -16,6 +16,23 @@ AAL_CORE = os.path.join(BIN, "aal-core")
 AALCTL = os.path.join(BIN, "aalctl")
 
 
+def wait_for(fn, timeout: float = 10.0, what: str = "condition", every: float = 0.05):
+    """Poll fn() until it returns something truthy and return that value.
+
+    fn is called at least once, and once more after the deadline, so a slow
+    machine never fails a check that has just become true.  On timeout the
+    AssertionError names what was awaited and fn's last value.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+        time.sleep(every)
+
+
 def short_tmpdir(prefix: str = "aal") -> str:
     """A short path under /tmp (AF_UNIX paths are limited to 107 bytes)."""
     return tempfile.mkdtemp(prefix=prefix, dir="/tmp")

@@ -15,8 +15,8 @@ import torch  # noqa: F401 - a declared test dependency: the CLI needs it, never
 from aal_core.client import Client
 from aal_core.client import entropy as cli
 from aal_core.ledger import Ledger
-from helpers import short_tmpdir
-from test_venom_e2e import FAST, make_proc, meminfo_nearly_exhausted, next_matching, rewrite_in_place, wait_for
+from helpers import short_tmpdir, wait_for
+from test_venom_e2e import FAST, make_proc, meminfo_nearly_exhausted, next_matching, rewrite_in_place
 
 
 def summaries(d) -> int:

@@ -9,6 +9,7 @@ import pytest
 
 from aal_core.client import RpcCallError
 from aal_core.client.workload import GovernedJob
+from helpers import wait_for
 
 pytestmark = pytest.mark.slow
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "meminfo", "debian-x86_64-24g.txt")
@@ -45,13 +46,11 @@ class FakeProc:
 
 
 def _wait_stress(d, pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        s = d.call("govern.status").get("last_stress")
-        if s is not None and pred(s):
-            return s
-        time.sleep(0.05)
-    raise AssertionError(f"stress never matched; last {d.call('govern.status')}")
+    def matched():
+        st = d.call("govern.status")
+        s = st.get("last_stress")
+        return st if s is not None and pred(s) else None
+    return wait_for(matched, timeout, "govern.status last_stress to match")["last_stress"]
 
 
 def test_directives_follow_real_stress_and_are_acked(daemon_factory, tmp_path):
@@ -106,12 +105,8 @@ def test_unacked_directives_are_reported(daemon_factory, tmp_path):
         c.call("job.subscribe", {"job_id": "lazy"})
         c.call("job.submit", {"job_id": "lazy", "profile": "BALANCED"})
         proc.set_used(0.9)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            st = c.call("govern.status")
-            if st["overdue_directives"] >= 1:
-                break
-            time.sleep(0.1)
+        st = wait_for(lambda: (s := c.call("govern.status"))["overdue_directives"] >= 1 and s, 10,
+                      "an overdue directive", every=0.1)
         assert st["unacked_directives"] >= 1 and st["overdue_directives"] >= 1
         assert c.call("job.get", {"job_id": "lazy"})["overdue"] >= 1
         assert any(n["params"]["data"]["job_id"] == "lazy" for n in c.notifications)

@@ -12,7 +12,7 @@ import pytest
 
 from aal_core.client import RpcCallError as RpcError
 from aal_core.errors import INVALID_PARAMS, SOURCE_ABSENT
-from helpers import start_daemon, cleanup, short_tmpdir
+from helpers import start_daemon, cleanup, short_tmpdir, wait_for
 
 FIX = os.path.join(os.path.dirname(__file__), "fixtures")
 REPLAY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "daemon", "data",
@@ -35,17 +35,6 @@ def set_avail(root: str, total_kb: int, avail_kb: int) -> None:
     """Rewrite in place, same length: the daemon keeps the file open."""
     with open(os.path.join(root, "meminfo"), "r+") as fh:
         fh.write(MEMINFO.format(total=total_kb, avail=avail_kb))
-
-
-def wait_for(fn, timeout=10.0, step=0.05):
-    end = time.monotonic() + timeout
-    while True:
-        v = fn()
-        if v:
-            return v
-        if time.monotonic() > end:
-            raise AssertionError("condition not met in time")
-        time.sleep(step)
 
 
 def test_stress_get_history_and_sources(daemon):

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 
 from aal_core.config import DaemonConfig, LedgerConfig
+from helpers import wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -236,17 +237,6 @@ def box(staged, tmp_path_factory):
         yield c
     finally:
         c.shutdown()
-
-
-def wait_for(pred, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 def aalctl(box: Container, *args: str, user: str | None = None, timeout: float = 20.0):

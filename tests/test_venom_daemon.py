@@ -5,13 +5,13 @@ governor's level, every action in the verified ledger; bad input refused
 with a clear error."""
 import json
 import os
-import time
 
 import pytest
 
 from aal_core.client import Client, RpcCallError
 from aal_core.errors import CONFLICT, INVALID_PARAMS, NOT_FOUND, QUARANTINED
 from aal_core.venom.entropy import dump_model
+from helpers import wait_for
 
 # 0.1 s beats keep the tests short.
 FAST = """
@@ -19,17 +19,6 @@ FAST = """
 t1 = 0.02375
 summary_interval_s = 1.0
 """
-
-
-def wait_for(fn, timeout=10.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
 
 
 def ledger_data(d, kind=None):

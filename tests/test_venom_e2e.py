@@ -35,7 +35,7 @@ import pytest
 from aal_core.client import Client
 from aal_core.client.workload import GovernedJob
 from aal_core.ledger import Ledger
-from helpers import short_tmpdir
+from helpers import short_tmpdir, wait_for
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The real line recorded on an Orin Nano 8 GB (JetPack 6): tj@50.25C.
@@ -52,17 +52,6 @@ SENSED = ("critical_samples", "oom_kills", "thermal_breaches", "throttle_events"
 
 
 # ------------------------------------------------------------------ helpers
-def wait_for(fn, timeout=10.0, every=0.05):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = fn()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
-
-
 def sensed(d) -> dict:
     return d.call("sense.sources")["anomalies"]
 
