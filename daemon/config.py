@@ -190,7 +190,9 @@ RANGES = {
     ("daemon", "stop_grace_s"): (0.0, 300.0),
     ("daemon", "ready_timeout_s"): (0.0, 25.0),  # below the unit's TimeoutStartSec=30s
     ("rpc", "max_frame_bytes"): (64, 1 << 30),
-    ("rpc", "max_depth"): (2, 1000),
+    # <= 512: a frame with a 19+ digit run is re-read by the stdlib parser,
+    # which recurses once per level under the interpreter's limit of 1000.
+    ("rpc", "max_depth"): (2, 512),
     ("rpc", "max_batch"): (1, None),
     ("rpc", "max_connections"): (1, 1 << 20),
     ("rpc", "idle_timeout_s"): (0.1, None),

@@ -65,6 +65,8 @@ def test_wrong_types(tmp_path, text, fragment):
     ("[rpc]\nmax_connections = -1\n", "rpc.max_connections must be between 1 and"),
     ("[rpc]\nidle_timeout_s = 0\n", "rpc.idle_timeout_s must be >= 0.1, got 0"),
     ("[rpc]\nheartbeat_interval_s = 0.0\n", "rpc.heartbeat_interval_s must be between"),
+    # the exact re-read of long integers recurses once per level (limit 1000)
+    ("[rpc]\nmax_depth = 513\n", "rpc.max_depth must be between 2 and 512, got 513"),
     # READY must come before the unit's TimeoutStartSec=30s.
     ("[daemon]\nready_timeout_s = 30\n", "daemon.ready_timeout_s must be between 0.0 and 25.0"),
 ])

@@ -169,6 +169,7 @@ def test_async_notification_runs_and_gets_no_reply(disp, reg):
 def test_empty_batch_is_one_invalid_request(disp):
     r = run(disp, b"[]")
     assert r["id"] is None and err(r)["code"] == E.INVALID_REQUEST and "empty batch" in r["error"]["message"]
+    assert r["error"]["data"] == {"size": 0}
 
 
 def test_all_notification_batch_gets_no_reply(disp, reg):
@@ -231,6 +232,16 @@ def test_lone_surrogate_escape_is_a_parse_error(disp):
 def test_invalid_requests(disp, msg, fragment):
     e = err(run(disp, msg))
     assert e["code"] == E.INVALID_REQUEST and fragment in e["message"]
+
+
+@pytest.mark.parametrize("msg,got", [
+    (b'{"jsonrpc":"1.0","id":1,"method":"echo"}', "1.0"),
+    (b'{"id":1,"method":"echo"}', "missing"),
+    (b'{"jsonrpc":2.0,"id":1,"method":"echo"}', "number"),
+])
+def test_wrong_jsonrpc_member_says_what_was_sent(disp, msg, got):
+    e = err(run(disp, msg))
+    assert e["code"] == E.INVALID_REQUEST and e["data"] == {"expected": "2.0", "got": got}
 
 
 def test_invalid_request_keeps_a_valid_id(disp):
@@ -350,6 +361,23 @@ def test_nesting_beyond_the_json_parser_limit_gets_the_same_error(disp):
     disp.limits = Limits(max_frame_bytes=10000, max_depth=8, max_batch=5)
     e = err(run(disp, frame))
     assert e["code"] == E.INVALID_REQUEST and e["data"] == {"max_depth": 8}
+
+
+def test_deepest_allowed_nesting_with_a_long_integer_still_gets_a_reply(disp, reg):
+    # A 19+ digit run makes the dispatcher re-read the frame with the stdlib
+    # parser (one recursion per level): at the largest rpc.max_depth the
+    # config allows, that must still be a reply, never a RecursionError.
+    from aal_core.config import RANGES
+    top = RANGES[("rpc", "max_depth")][1]
+    disp.limits = Limits(max_frame_bytes=1 << 16, max_depth=top, max_batch=5)
+    n = top - 3
+    tags = b"[" * n + b"12345678901234567890" + b"]" * n
+    r = run(disp, b'{"jsonrpc":"2.0","id":9,"method":"echo","params":{"text":"a","tags":' + tags + b"}}")
+    assert r["id"] == 9 and err(r)["code"] == E.INVALID_PARAMS and r["error"]["data"]["param"] == "tags[0]"
+    big = b'{"jsonrpc":"2.0","id":9,"method":"echo","params":{"text":"a","x":' + b"[" * n + b"1" * 25 + b"]" * n + b"}}"
+    e = err(run(disp, big))
+    assert e["code"] == E.INVALID_PARAMS and e["data"]["integer"] == "1" * 25
+    assert reg[1]["calls"] == []
 
 
 def test_brackets_in_strings_do_not_count_as_nesting(disp):

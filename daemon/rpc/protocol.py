@@ -271,7 +271,7 @@ class Dispatcher:
 
     def _batch(self, msgs: list, call: Call):
         if not msgs:
-            return error_frame(None, E.INVALID_REQUEST, "empty batch")
+            return error_frame(None, E.INVALID_REQUEST, "empty batch", {"size": 0})
         if len(msgs) > self.limits.max_batch:
             return error_frame(None, E.INVALID_REQUEST,
                                f"batch of {len(msgs)} exceeds the limit of {self.limits.max_batch}",
@@ -327,7 +327,10 @@ class Dispatcher:
                           {"got": _kind(id_)})
         rid = None if id_ is _NO_ID else id_
         if msg.get("jsonrpc") != "2.0":
-            return _error(rid, E.INVALID_REQUEST, 'missing or wrong "jsonrpc" member: must be exactly "2.0"')
+            got = msg.get("jsonrpc", _NO_ID)
+            return _error(rid, E.INVALID_REQUEST, 'missing or wrong "jsonrpc" member: must be exactly "2.0"',
+                          {"expected": "2.0", "got": "missing" if got is _NO_ID else
+                           (got if type(got) is str and len(got) <= 16 else _kind(got))})
         name = msg.get("method")
         if type(name) is not str:
             return _error(rid, E.INVALID_REQUEST, '"method" must be a string',
