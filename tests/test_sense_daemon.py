@@ -102,22 +102,52 @@ def test_band_subscription_and_classic_model_on_recorded_meminfo(daemon_factory)
     assert wait_for(lambda: d.call("sense.sources")["sample_hz"] == 10.0)
 
 
-def test_jetson_meminfo_and_replayed_tegrastats(daemon_factory):
+def _jetson_daemon(daemon_factory, tegrastats: str):
+    """A daemon on the recorded Orin Nano meminfo (70 % used, CMA 23 % free),
+    tegrastats every 50 ms from `tegrastats`."""
     base = short_tmpdir()
     root = os.path.join(base, "proc")
     os.makedirs(root)
     shutil.copy(os.path.join(FIX, "meminfo", "jetson-orin-nano-8g.txt"), os.path.join(root, "meminfo"))
-    d = daemon_factory("--proc-root", root, base=base, tegrastats="replay",
-                       config="[sense]\ntegrastats_interval_ms = 50\n")
+    return daemon_factory("--proc-root", root, base=base, tegrastats=tegrastats,
+                          config="[sense]\ntegrastats_interval_ms = 50\n")
+
+
+# The bundled recording's lfb ranges from 100 MB down to 5 MB; at 70 % used a
+# 5 MB lfb is a fragmentation component of 0.6 * (1 - 5/64) = 0.55.  The CMA
+# figures of the meminfo fixture alone give 0.6 * (1 - (118784/524288)/0.25).
+CMA_ONLY_FRAG = 0.6 * (1 - (118784 / 524288) / 0.25)
+
+
+def test_jetson_meminfo_and_live_tegrastats_feed_the_stress(daemon_factory):
+    # The replay script run as a command is a live source: its lines count.
+    d = _jetson_daemon(daemon_factory, f"{sys.executable} {REPLAY}")
     t = wait_for(lambda: _latest_or_none(d))
-    assert t["ram"]["total_mb"] == 7620 and "cpus" in t and t["unknown"] == []
+    assert t["ram"]["total_mb"] == 7620 and "cpus" in t and t["unknown"] == [] and t["mode"] == "live"
     s = wait_for(lambda: (lambda x: x if "temp_c" in x else None)(d.call("stress.get")))
     assert s["thermal_sensor"] == "tj" and s["thermal_margin_c"] == pytest.approx(95.0 - s["temp_c"], abs=1e-3)
     assert s["components"]["nvmap_used"] == pytest.approx(1543168 / 7620268, abs=1e-6)
-    assert "lfb_mb" in s["components"]
+    # the smallest recorded lfb shows up in the fragmentation component
+    s = wait_for(lambda: (lambda x: x if x["components"].get("lfb_mb", 99) <= 6 else None)(d.call("stress.get")))
+    assert s["components"]["fragmentation"] >= 0.5 > CMA_ONLY_FRAG
+    st = {x["name"]: x for x in d.call("system.status")["sources"]}
+    assert st["tegrastats"]["mode"] == "live" and st["tegrastats"]["present"]
+    assert st["psi"]["present"] is False                 # not in the fake proc root
+
+
+def test_bundled_replay_is_shown_but_never_feeds_the_stress(daemon_factory):
+    d = _jetson_daemon(daemon_factory, "replay")
+    t = wait_for(lambda: _latest_or_none(d))
+    assert t["mode"] == "replay" and t["ram"]["total_mb"] == 7620 and t["ram"]["lfb_blocks"] >= 1
+    # two passes over the recording (7 lines, 50 ms apart), its 5 MB lfb included
+    wait_for(lambda: {x["name"]: x for x in d.call("sense.sources")["sources"]}["tegrastats"]["parsed"] >= 14)
+    samples = d.call("stress.history", {"count": 100})["samples"]
+    assert len(samples) >= 5
+    for s in samples:
+        assert "lfb_mb" not in s["components"]
+        assert s["components"]["fragmentation"] == pytest.approx(CMA_ONLY_FRAG, abs=1e-5)
     st = {x["name"]: x for x in d.call("system.status")["sources"]}
     assert st["tegrastats"]["mode"] == "replay" and st["tegrastats"]["present"]
-    assert st["psi"]["present"] is False                 # not in the fake proc root
     src = {x["name"]: x for x in d.call("sense.sources")["sources"]}
     assert src["tegrastats"]["parsed"] >= 1 and src["tegrastats"]["unparseable"] == 0
     assert src["tegrastats"]["reads"] >= 1 and src["tegrastats"]["errors"] == 0

@@ -8,7 +8,9 @@ backoff; a command that does not exist makes the source absent with one
 clear reason and is not retried.  Commands:
 
     "off"      the source is disabled
-    "replay"   the recording bundled with the package (aal_core/data), mode "replay"
+    "replay"   the recording bundled with the package (aal_core/data), mode "replay":
+               its figures describe the recorded board, so the stress models
+               never see them (tegrastats.latest still shows them, marked)
     "auto"     the real tegrastats if it is on PATH, else the replay
     anything else: a command line; "--interval <ms>" is appended
 """
@@ -180,6 +182,7 @@ class TegrastatsSource:
         if self.reason and self.reason.startswith("exited"):
             self.reason = None
         parsed["received_at"] = round(self.last_read_wall, 3)
+        parsed["mode"] = self.mode
         self.latest = parsed
         self.latest_encoded = codec.dumps_value(parsed)
         if self.on_sample is not None:

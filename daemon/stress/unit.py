@@ -5,7 +5,7 @@ sense.sample_hz, faster (sense.sample_hz_max) while the band is HIGH or
 worse or memory would run out within a minute, earlyoom-style.  Each sample
 is encoded once; stress.get and the "stress" topic reuse those bytes.
 tegrastats runs beside it at its own interval; its latest line feeds the
-fused model (lfb) and the thermal/power scalars.
+fused model (lfb) when the source is live, and the thermal/power scalars.
 
 For the other units: latest(), add_listener(fn), anomaly_counters(),
 process_memory(pid).
@@ -240,13 +240,20 @@ class SensingUnit(Unit):
         kills = max(self._oom("vmstat", vm.oom_kill if vm else None),
                     self._oom("cgroup", cg.oom_kill if cg else None))
         self._counters["oom_kills"] = max(self._counters["oom_kills"], kills)
-        tegra = None
-        if self.tegra.last_read is not None and \
-                self.clock.monotonic() - self.tegra.last_read <= 3 * self.ctx.config.sense.tegrastats_interval_ms / 1000:
-            tegra = self.tegra.latest
+        # A replay's RAM/lfb describe the recorded Jetson, not this machine:
+        # they must not push this host's stress (tegrastats.latest shows them).
+        tegra = self._fresh_tegra() if self.tegra.mode == "live" else None
         gpu = self.nvml.read() if self.nvml is not None and self.nvml.present else None
         return Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi,
                        tegra=tegra, gpu_mem=gpu)
+
+    def _fresh_tegra(self) -> dict | None:
+        """The latest tegrastats line, if read within the last three intervals."""
+        t = self.tegra
+        if t.last_read is None or \
+                self.clock.monotonic() - t.last_read > 3 * self.ctx.config.sense.tegrastats_interval_ms / 1000:
+            return None
+        return t.latest
 
     def sample_once(self, force: bool = False) -> StressSample | None:
         r = self.read()
@@ -257,7 +264,7 @@ class SensingUnit(Unit):
             return None
         self._seq += 1
         extra = {"seq": self._seq}
-        if r.tegra is not None:
+        if self._fresh_tegra() is not None:     # thermal/power: shown, never folded in
             extra.update(self._thermal)
         sample = dataclasses.replace(sample, **extra)
         self.publish(sample)
