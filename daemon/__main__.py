@@ -93,6 +93,9 @@ def cmd_run(args) -> int:
         return EXIT_STATE
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug: one structured line with its traceback
+        log.error("crash", exc_info=exc, error=repr(exc))
+        return EXIT_FAIL
 
 
 def main(argv=None) -> int:

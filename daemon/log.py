@@ -3,12 +3,16 @@
 Usage: `log = get_logger("rpc"); log.info("listening", path=p)` prints
 `level=info logger=rpc event=listening path=/run/aal-core/aal-core.sock`.
 Under systemd (JOURNAL_STREAM set) the timestamp is left to journald.
+Records of other libraries (asyncio's "Task exception was never retrieved",
+Python warnings) go through the same one-line format as `event=log
+message="..."`, so no multi-line text reaches the journal.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import threading
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -16,8 +20,8 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 def _fmt_value(v) -> str:
     s = str(v)
-    if s == "" or any(c in s for c in ' "=\n\t'):
-        s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if s == "" or any(c in s for c in ' "=\n\r\t'):
+        s = '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r") + '"'
     return s
 
 
@@ -36,8 +40,9 @@ class KVFormatter(logging.Formatter):
         if kv is not None:
             parts.append("event=" + _fmt_value(record.msg))
             parts.extend(f"{k}={_fmt_value(v)}" for k, v in kv.items())
-        else:
-            parts.append(record.getMessage())
+        else:  # another library's record: same grammar, its text as one value
+            parts.append("event=log")
+            parts.append("message=" + _fmt_value(record.getMessage()))
         if record.exc_info:
             parts.append("traceback=" + _fmt_value(self.formatException(record.exc_info)))
         return " ".join(parts)
@@ -82,6 +87,26 @@ def setup(level: str = "info") -> None:
     root.addHandler(h)
     root.setLevel(_LEVELS[level])
     root.propagate = False
+    # Everything else (asyncio, py.warnings, ...): warnings and errors only.
+    top = logging.getLogger()
+    top.handlers.clear()
+    top.addHandler(h)
+    top.setLevel(logging.WARNING)
+    logging.captureWarnings(True)
+    threading.excepthook = _thread_crash
+    sys.unraisablehook = _unraisable
+
+
+def _thread_crash(args) -> None:
+    get_logger("daemon").error("thread_crash", exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+                               thread=getattr(args.thread, "name", "?"), error=repr(args.exc_value))
+
+
+def _unraisable(args) -> None:
+    exc = args.exc_value
+    get_logger("daemon").error("unraisable", exc_info=(args.exc_type, exc, args.exc_traceback) if exc else None,
+                               where=args.err_msg or "Exception ignored in", object=repr(args.object),
+                               error=repr(exc))
 
 
 def set_level(level: str) -> None:
