@@ -10,6 +10,11 @@ want_test=0
 
 apt_pkgs=()
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
+# The Cython extensions are compiled: a C compiler with the libc headers, and
+# the headers of the Python that builds them.
+{ command -v cc >/dev/null && [ -e /usr/include/stdio.h ]; } || apt_pkgs+=(build-essential)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+    || apt_pkgs+=(python3-dev)
 if [ "$want_test" = 1 ]; then
     command -v systemd-nspawn >/dev/null || apt_pkgs+=(systemd-container)
     command -v socat >/dev/null || apt_pkgs+=(socat)
