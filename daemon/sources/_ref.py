@@ -489,26 +489,36 @@ def parse_tegrastats(line: bytes) -> dict:
     return out
 
 
-def _ram(out, toks, i) -> int:
+def _used_total_lfb(toks, i, unit: bytes, blocks: bool):
+    """`RAM`/`IRAM` `used/total<unit> (lfb ...)`, "(lfb" glued to the pair or
+    not → ((used, total), lfb size or None, tokens used), or None."""
     t = toks[i + 1]
     glued = t.endswith(b"(lfb")
-    p = _pair(t, b"MB", b"(lfb" if glued else b"")
+    p = _pair(t, unit, b"(lfb" if glued else b"")
     if p is None:
-        return 0
-    ram = {"used_mb": p[0], "total_mb": p[1]}
-    out["ram"] = ram
+        return None
     j = i + 2
     if not glued:
         if j < len(toks) and toks[j] == b"(lfb":
             j += 1
         else:
-            return 2
+            return p, None, 2
     if j < len(toks):
-        s = _lfb_size(toks[j], True)
+        s = _lfb_size(toks[j], blocks)
         if s is not None:
-            ram["lfb_blocks"], ram["lfb_block_kb"] = s
-            return j + 1 - i
-    return 2
+            return p, s, j + 1 - i
+    return p, None, 2
+
+
+def _ram(out, toks, i) -> int:
+    r = _used_total_lfb(toks, i, b"MB", True)
+    if r is None:
+        return 0
+    (used, total), lfb, n = r
+    ram = out["ram"] = {"used_mb": used, "total_mb": total}
+    if lfb is not None:
+        ram["lfb_blocks"], ram["lfb_block_kb"] = lfb
+    return n
 
 
 def _swap(out, toks, i) -> int:
@@ -527,22 +537,11 @@ def _swap(out, toks, i) -> int:
 
 
 def _iram(out, toks, i) -> int:
-    t = toks[i + 1]
-    glued = t.endswith(b"(lfb")
-    p = _pair(t, b"kB", b"(lfb" if glued else b"")
-    if p is None:
+    r = _used_total_lfb(toks, i, b"kB", False)
+    if r is None:
         return 0
-    iram = {"used_kb": p[0], "total_kb": p[1]}
-    out["iram"] = iram
-    j = i + 2
-    if not glued:
-        if j < len(toks) and toks[j] == b"(lfb":
-            j += 1
-        else:
-            return 2
-    if j < len(toks):
-        s = _lfb_size(toks[j], False)
-        if s is not None:
-            iram["lfb_kb"] = s[1]
-            return j + 1 - i
-    return 2
+    (used, total), lfb, n = r
+    iram = out["iram"] = {"used_kb": used, "total_kb": total}
+    if lfb is not None:
+        iram["lfb_kb"] = lfb[1]
+    return n
