@@ -18,6 +18,7 @@ python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(
 if [ "$want_test" = 1 ]; then
     command -v systemd-nspawn >/dev/null || apt_pkgs+=(systemd-container)
     command -v socat >/dev/null || apt_pkgs+=(socat)
+    command -v shellcheck >/dev/null || apt_pkgs+=(shellcheck)
     command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
     command -v sudo >/dev/null || apt_pkgs+=(sudo)
     command -v setpriv >/dev/null || apt_pkgs+=(util-linux)
