@@ -175,3 +175,56 @@ def test_half_close_still_gets_the_replies(shared_daemon):
         assert c.at_eof()
     finally:
         c.close()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_client_that_never_reads_its_replies(shared_daemon):
+    # Pipelined requests whose replies (a few KB each) are never read: once
+    # the replies fill the socket buffers the daemon must stop reading this
+    # client instead of queueing replies without bound, and go on serving
+    # the others; then the client still gets its replies, in order.
+    frame = b'{"jsonrpc":"2.0","id":1,"method":"system.status"}\n'
+    pid = shared_daemon.proc.pid
+    rss_before = _rss_bytes(pid)
+    with keeps_serving(shared_daemon.socket) as probe:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(shared_daemon.socket)
+        s.setblocking(False)
+        sent, stalled_since = 0, None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(frame * 64)
+                stalled_since = None
+            except BlockingIOError:
+                stalled_since = stalled_since or time.monotonic()
+                if time.monotonic() - stalled_since > 1.0:
+                    break          # nobody drains our requests any more
+                time.sleep(0.01)
+        assert stalled_since is not None, "the daemon kept reading a client that never reads"
+        ok_while_stalled = probe["ok"]
+        time.sleep(0.5)
+        assert probe["ok"] > ok_while_stalled, "other clients were not served"
+        grown = _rss_bytes(pid) - rss_before
+        assert grown < 48 << 20, f"daemon RSS grew by {grown >> 20} MiB for one client that does not read"
+        # Now read: the replies come, in order, all of the same request.
+        s.setblocking(True)
+        s.settimeout(10)
+        buf, replies = b"", 0
+        while replies < 50:
+            buf += s.recv(1 << 16)
+            lines = buf.split(b"\n")
+            buf = lines.pop()
+            for line in lines:
+                r = json.loads(line)
+                assert r["id"] == 1 and r["result"]["pid"] == pid
+                replies += 1
+        s.close()
+    assert sent > 0
