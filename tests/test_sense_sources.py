@@ -56,6 +56,20 @@ def test_missing_required_field_names_the_path(tmp_path):
 def test_absent_file_is_a_source_error_naming_it(tmp_path):
     with pytest.raises(SourceError, match=str(tmp_path) + r"/meminfo: cannot open"):
         MeminfoReader(str(tmp_path))
+    with pytest.raises(SourceError, match=str(tmp_path) + r"/memory: cannot open: .* \(kernel without PSI, or psi=0\?\)"):
+        PsiReader(str(tmp_path / "memory"))
+
+
+@pytest.mark.parametrize("reader, name", [(MeminfoReader, "meminfo"), (VmstatReader, "vmstat"),
+                                          (lambda root: PsiReader(os.path.join(root, "memory")), "memory")])
+def test_a_failing_read_is_a_source_error_naming_the_file(tmp_path, reader, name):
+    (tmp_path / name).mkdir()              # opens, but every read fails (EISDIR)
+    r = reader(str(tmp_path))
+    try:
+        with pytest.raises(SourceError, match=str(tmp_path / name) + r": read failed: Is a directory"):
+            r.read()
+    finally:
+        r.close()
 
 
 def test_reader_keeps_its_fd_and_sees_in_place_rewrites(tmp_path):

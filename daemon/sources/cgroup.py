@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from ..errors import SourceError
 from ..kvfile import KeyedFile, ValueFile
+from ._file import open_kept
 from .psi import Psi, PsiReader
 
 # A v1 "limit" at or above this is the kernel's way of saying "none".
@@ -57,13 +58,6 @@ class CgroupMem:
         return d
 
 
-def _open(cls, path, *args):
-    try:
-        return cls(path, *args)
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot open: {exc.strerror}") from None
-
-
 def v2_ancestors(path: str, root: str | None = None) -> list[str]:
     """The v2 cgroups above `path` that have a memory.max, nearest first:
     up while the parent has one (the hierarchy's root has none), and not
@@ -94,13 +88,13 @@ class CgroupReader:
         self.ancestors: list[str] = []      # v2: the memory.max files above that bind it
         if os.path.exists(j("memory.max")):
             self.version = 2
-            self._limit = _open(ValueFile, j("memory.max"))
-            self._parent_limits = [_open(ValueFile, os.path.join(d, "memory.max"))
+            self._limit = open_kept(ValueFile, j("memory.max"))
+            self._parent_limits = [open_kept(ValueFile, os.path.join(d, "memory.max"))
                                    for d in v2_ancestors(self.path, root)]
             self.ancestors = [f.path for f in self._parent_limits]
-            self._usage = _open(ValueFile, j("memory.current"))
-            self._stat = _open(KeyedFile, j("memory.stat"), V2_STAT)
-            self._events = _open(KeyedFile, j("memory.events"), (b"oom_kill", b"oom"))
+            self._usage = open_kept(ValueFile, j("memory.current"))
+            self._stat = open_kept(KeyedFile, j("memory.stat"), V2_STAT)
+            self._events = open_kept(KeyedFile, j("memory.events"), (b"oom_kill", b"oom"))
             if os.path.exists(j("memory.pressure")):
                 try:
                     self.psi = PsiReader(j("memory.pressure"))
@@ -108,10 +102,10 @@ class CgroupReader:
                     self.psi = None
         elif os.path.exists(j("memory.limit_in_bytes")):
             self.version = 1
-            self._limit = _open(ValueFile, j("memory.limit_in_bytes"))
-            self._usage = _open(ValueFile, j("memory.usage_in_bytes"))
-            self._stat = _open(KeyedFile, j("memory.stat"), V1_STAT)
-            self._events = _open(KeyedFile, j("memory.oom_control"), (b"oom_kill", b"under_oom"))
+            self._limit = open_kept(ValueFile, j("memory.limit_in_bytes"))
+            self._usage = open_kept(ValueFile, j("memory.usage_in_bytes"))
+            self._stat = open_kept(KeyedFile, j("memory.stat"), V1_STAT)
+            self._events = open_kept(KeyedFile, j("memory.oom_control"), (b"oom_kill", b"under_oom"))
         else:
             raise SourceError(f"{self.path}: no memory controller files (memory.max or memory.limit_in_bytes)")
 

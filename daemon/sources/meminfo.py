@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import SourceError
 from ..kvfile import KeyedFile
+from ._file import KeptOpenReader
 
 KEYS = (b"MemTotal", b"MemFree", b"MemAvailable", b"Buffers", b"Cached", b"SwapTotal", b"SwapFree",
         b"Shmem", b"NvMapMemUsed", b"NvMapMemFree", b"CmaTotal", b"CmaFree")
@@ -61,22 +62,11 @@ def from_values(vals: tuple, path: str) -> Meminfo:
                    cma_total=b(cma_t), cma_free=b(cma_f))
 
 
-class MeminfoReader:
+class MeminfoReader(KeptOpenReader):
     name = "meminfo"
 
     def __init__(self, proc_root: str = "/proc"):
-        self.path = os.path.join(proc_root, "meminfo")
-        try:
-            self._f = KeyedFile(self.path, KEYS)
-        except OSError as exc:
-            raise SourceError(f"{self.path}: cannot open: {exc.strerror}") from None
+        super().__init__(os.path.join(proc_root, "meminfo"), KeyedFile, KEYS)
 
     def read(self) -> Meminfo:
-        try:
-            vals = self._f.read()
-        except OSError as exc:
-            raise SourceError(f"{self.path}: read failed: {exc.strerror}") from None
-        return from_values(vals, self.path)
-
-    def close(self) -> None:
-        self._f.close()
+        return from_values(self._values(), self.path)

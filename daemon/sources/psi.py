@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import SourceError
 from ..psi import PsiFile
+from ._file import KeptOpenReader
 
 
 @dataclass(frozen=True)
@@ -27,24 +28,14 @@ class Psi:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-class PsiReader:
+class PsiReader(KeptOpenReader):
     name = "psi"
 
     def __init__(self, path: str):
-        self.path = path
-        try:
-            self._f = PsiFile(path)
-        except OSError as exc:
-            raise SourceError(f"{path}: cannot open: {exc.strerror} (kernel without PSI, or psi=0?)") from None
+        super().__init__(path, PsiFile, hint=" (kernel without PSI, or psi=0?)")
 
     def read(self) -> Psi:
-        try:
-            v = self._f.read()
-        except OSError as exc:
-            raise SourceError(f"{self.path}: read failed: {exc.strerror}") from None
+        v = self._values()
         if v[0] is None or v[3] is None:
             raise SourceError(f"{self.path}: no 'some avg10=... total=...' line")
         return Psi(v[0], v[1] or 0.0, v[2] or 0.0, v[3], v[4], v[5], v[6], v[7])
-
-    def close(self) -> None:
-        self._f.close()

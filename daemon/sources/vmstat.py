@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ..errors import SourceError
 from ..kvfile import KeyedFile
+from ._file import KeptOpenReader
 
 KEYS = (b"oom_kill", b"pgmajfault", b"pswpin", b"pswpout", b"allocstall_normal", b"allocstall_movable")
 
@@ -20,23 +20,13 @@ class Vmstat:
     allocstall: int
 
 
-class VmstatReader:
+class VmstatReader(KeptOpenReader):
     name = "vmstat"
 
     def __init__(self, proc_root: str = "/proc"):
-        self.path = os.path.join(proc_root, "vmstat")
-        try:
-            self._f = KeyedFile(self.path, KEYS)
-        except OSError as exc:
-            raise SourceError(f"{self.path}: cannot open: {exc.strerror}") from None
+        super().__init__(os.path.join(proc_root, "vmstat"), KeyedFile, KEYS)
 
     def read(self) -> Vmstat:
-        try:
-            v = self._f.read()
-        except OSError as exc:
-            raise SourceError(f"{self.path}: read failed: {exc.strerror}") from None
+        v = self._values()
         return Vmstat(oom_kill=v[0], pgmajfault=v[1] or 0, pswpin=v[2] or 0, pswpout=v[3] or 0,
                       allocstall=(v[4] or 0) + (v[5] or 0))
-
-    def close(self) -> None:
-        self._f.close()
