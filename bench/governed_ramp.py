@@ -32,6 +32,8 @@ import tempfile
 import time
 import uuid
 
+from _cgroup import Cgroup  # bench/ is the script's directory
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 WORKLOAD = os.path.join(ROOT, "examples", "toy_decoder.py")
@@ -39,47 +41,6 @@ LIMIT = 512 << 20
 PROFILE = ("MEM[SOFT=384,HARD=512,VOL=HIGH]; KV[CAP=1.0,POLICY=WINDOW,PURGE=ON_STRESS]; "
            "TIER=LOCAL; PRIORITY=5; DEGRADE{STEP1:SHRINK_KV(0.75),STEP2:SHRINK_KV(0.5),"
            "STEP3:CONTEXT(256),STEP4:OFFLOAD(COLD)}")
-
-
-class Cgroup:
-    def __init__(self, limit: int):
-        if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
-            self.v2 = True
-            self.path = f"/sys/fs/cgroup/aal-bench-{uuid.uuid4().hex[:8]}"
-        else:
-            self.v2 = False
-            self.path = f"/sys/fs/cgroup/memory/aal-bench-{uuid.uuid4().hex[:8]}"
-        os.mkdir(self.path)
-        self._w("memory.max" if self.v2 else "memory.limit_in_bytes", str(limit))
-        if not self.v2 and os.path.exists(os.path.join(self.path, "memory.memsw.limit_in_bytes")):
-            self._w("memory.memsw.limit_in_bytes", str(limit))
-
-    def _w(self, name, value):
-        with open(os.path.join(self.path, name), "w") as fh:
-            fh.write(value)
-
-    def _r(self, name) -> str:
-        with open(os.path.join(self.path, name)) as fh:
-            return fh.read()
-
-    def oom_kills(self) -> int:
-        text = self._r("memory.events" if self.v2 else "memory.oom_control")
-        for line in text.splitlines():
-            k, _, v = line.partition(" ")
-            if k == "oom_kill":
-                return int(v)
-        return 0
-
-    def peak(self) -> int:
-        return int(self._r("memory.peak" if self.v2 else "memory.max_usage_in_bytes"))
-
-    def remove(self):
-        for _ in range(100):
-            try:
-                os.rmdir(self.path)
-                return
-            except OSError:
-                time.sleep(0.05)
 
 
 def start_daemon(cg: Cgroup, base: str) -> subprocess.Popen:
@@ -101,7 +62,7 @@ def start_daemon(cg: Cgroup, base: str) -> subprocess.Popen:
 
 
 def run_once(governed: bool, seconds: float, rate: float) -> dict:
-    cg = Cgroup(LIMIT)
+    cg = Cgroup(f"aal-bench-{uuid.uuid4().hex[:8]}", LIMIT)
     base = tempfile.mkdtemp(prefix="aalr", dir="/tmp")
     daemon = start_daemon(cg, base) if governed else None
     report = os.path.join(base, "report.json")

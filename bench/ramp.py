@@ -21,7 +21,6 @@ import json
 import os
 import select
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,12 +31,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
+from _cgroup import Cgroup  # noqa: E402 - bench/ is the script's directory
 from aal_core.client import Client  # noqa: E402
 
 MiB = 1 << 20
 LIMIT = 512 * MiB
-V1_ROOT = "/sys/fs/cgroup/memory"
-V2_ROOT = "/sys/fs/cgroup"
 BANDS = ["LOW", "MODERATE", "HIGH", "CRITICAL"]
 
 CHILD = r"""
@@ -63,83 +61,6 @@ with open(path, "rb", buffering=0) as fh:
 sys.stdout.write("read\n"); sys.stdout.flush()
 time.sleep(hold)
 """
-
-
-class Cgroup:
-    def __init__(self, name: str):
-        if os.path.exists(os.path.join(V1_ROOT, "memory.limit_in_bytes")):
-            self.version, self.path = 1, os.path.join(V1_ROOT, name)
-        elif os.path.exists(os.path.join(V2_ROOT, "cgroup.controllers")):
-            self.version, self.path = 2, os.path.join(V2_ROOT, name)
-        else:
-            raise SystemExit("ramp: no cgroup memory controller found")
-        os.makedirs(self.path, exist_ok=True)
-        if self.version == 1:
-            self._w("memory.limit_in_bytes", str(LIMIT))
-        else:
-            self._w("memory.max", str(LIMIT))
-            self._w("memory.swap.max", "0") if os.path.exists(os.path.join(self.path, "memory.swap.max")) else None
-
-    def _w(self, f, v):
-        with open(os.path.join(self.path, f), "w") as fh:
-            fh.write(v)
-
-    def _r(self, f) -> str:
-        with open(os.path.join(self.path, f)) as fh:
-            return fh.read()
-
-    def oom_kills(self) -> int:
-        text = self._r("memory.oom_control" if self.version == 1 else "memory.events")
-        for line in text.splitlines():
-            k, _, v = line.partition(" ")
-            if k == "oom_kill":
-                return int(v)
-        return 0
-
-    def usage(self) -> tuple[int, int]:
-        """(usage, working set = usage - inactive_file)."""
-        if self.version == 1:
-            usage = int(self._r("memory.usage_in_bytes"))
-            key = "total_inactive_file"
-        else:
-            usage = int(self._r("memory.current"))
-            key = "inactive_file"
-        inactive = 0
-        for line in self._r("memory.stat").splitlines():
-            k, _, v = line.partition(" ")
-            if k == key:
-                inactive = int(v)
-        return usage, max(0, usage - inactive)
-
-    def procs(self) -> list[int]:
-        return [int(x) for x in self._r("cgroup.procs").split()]
-
-    def add_self(self):
-        """preexec_fn: move the child into the cgroup before it runs."""
-        with open(os.path.join(self.path, "cgroup.procs"), "w") as fh:
-            fh.write(str(os.getpid()))
-
-    def oom_eventfd(self):
-        """v1: an eventfd signalled on OOM in this cgroup (None on v2)."""
-        if self.version != 1:
-            return None
-        efd = os.eventfd(0)
-        ofd = os.open(os.path.join(self.path, "memory.oom_control"), os.O_RDONLY)
-        self._w("cgroup.event_control", f"{efd} {ofd}")
-        return efd
-
-    def remove(self):
-        for pid in self.procs():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for _ in range(100):
-            try:
-                os.rmdir(self.path)
-                return
-            except OSError:
-                time.sleep(0.05)
 
 
 def psi_some_avg10() -> float | None:
@@ -337,7 +258,7 @@ def main(argv=None) -> int:
         raise SystemExit("ramp: needs root (creates a cgroup and lets the kernel OOM-kill a child)")
     from helpers import start_daemon  # tests/helpers.py: the real daemon as a subprocess
 
-    cg = Cgroup(f"aal-ramp-{os.getpid()}")
+    cg = Cgroup(f"aal-ramp-{os.getpid()}", LIMIT)
     d = None
     try:
         d = start_daemon("--cgroup", cg.path, "--model", a.model, tegrastats="off")
