@@ -47,6 +47,9 @@ def inherited_socket() -> socket.socket | None:
 
 
 def _is_live(path: str) -> bool:
+    """True if a server listens on `path`, False only if connect() is refused
+    (nobody listening).  Anything else (EACCES: a socket we may not probe)
+    means we cannot tell, and a ListenError: never remove what may be live."""
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     probe.settimeout(1.0)
     try:
@@ -56,7 +59,10 @@ def _is_live(path: str) -> bool:
         if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
             return False
         # EAGAIN (backlog full) or a timeout: someone is there.
-        return exc.errno in (errno.EAGAIN, errno.ETIMEDOUT) or isinstance(exc, socket.timeout)
+        if exc.errno in (errno.EAGAIN, errno.ETIMEDOUT) or isinstance(exc, socket.timeout):
+            return True
+        raise ListenError(f"{path} exists and cannot be probed ({exc.strerror or exc}); "
+                          "not removing it (it may be a live server's)") from None
     finally:
         probe.close()
 

@@ -138,3 +138,28 @@ def test_unwritable_socket_directory_is_a_listen_error():
                           env=_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3 and "cannot listen on /proc/aal-core/x.sock" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.root
+def test_a_live_socket_it_may_not_probe_is_not_taken_either():
+    # A live socket this user cannot connect to (EACCES), in a directory it
+    # owns (so it could unlink the file): "cannot tell" is not "stale".
+    base = short_tmpdir()
+    path = os.path.join(base, "aal-core.sock")
+    os.chown(base, 65534, 65534)                      # nobody
+    live = _listening_socket(path)                    # root's, mode 0600
+    os.chmod(path, 0o600)
+    ino = os.stat(path).st_ino
+    try:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
+                               AAL_CORE, "run", "--local", base, "--tegrastats", "off"],
+                              env=_env(), capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 3, proc.stderr
+        assert "event=cannot_listen" in proc.stderr and "Permission denied" in proc.stderr
+        assert os.stat(path).st_ino == ino
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        probe.connect(path)                           # still root's listener
+        probe.close()
+    finally:
+        live.close()
+        subprocess.run(["rm", "-rf", base])
