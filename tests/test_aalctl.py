@@ -126,6 +126,9 @@ def test_sync_client_call_batch_and_errors(live):
         assert ei.value.code == E.INVALID_PARAMS and ei.value.data["param"] == "subscription"
         with pytest.raises(ValueError):
             c.batch([])
+        # Refused before anything was sent: the next call gets its own reply
+        # (it used to get the daemon's "empty batch" error).
+        assert c.call("system.health")["ok"] is True
 
 
 def test_sync_client_subscription_keeps_notifications_that_arrive_during_calls(live):

@@ -126,11 +126,11 @@ class Client:
     def batch(self, calls: list[tuple[str, object]]) -> list:
         """Send [(method, params), ...] as one batch; results (or RpcCallError
         instances) in the same order."""
+        if not calls:
+            raise ValueError("an empty batch is not a valid JSON-RPC request")
         ids = [next(self._ids) for _ in calls]
         self._send([{"jsonrpc": "2.0", "id": i, "method": m, **({"params": p} if p is not None else {})}
                     for i, (m, p) in zip(ids, calls)])
-        if not calls:
-            raise ValueError("an empty batch is not a valid JSON-RPC request")
         replies = self._wait(ids[0])
         if isinstance(replies, dict):  # the whole batch was rejected
             _result(replies)
