@@ -92,7 +92,8 @@ if [ "$do_apt" = 1 ]; then
     [ "$(id -u)" = 0 ] || die "installing Debian packages needs root (or --no-apt)"
     # A C compiler and the Python headers build the Cython extensions;
     # python3-venv holds ensurepip.
-    want=(build-essential python3-dev python3-venv)
+    # libssl-dev: the ledger extension hashes with OpenSSL's libcrypto.
+    want=(build-essential python3-dev python3-venv libssl-dev)
     missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

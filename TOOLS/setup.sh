@@ -15,6 +15,8 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 { command -v cc >/dev/null && [ -e /usr/include/stdio.h ]; } || apt_pkgs+=(build-essential)
 python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || apt_pkgs+=(python3-dev)
+# The ledger extension hashes SHA3-256 with OpenSSL's libcrypto.
+[ -e /usr/include/openssl/evp.h ] || apt_pkgs+=(libssl-dev)
 if [ "$want_test" = 1 ]; then
     command -v systemd-nspawn >/dev/null || apt_pkgs+=(systemd-container)
     command -v socat >/dev/null || apt_pkgs+=(socat)
