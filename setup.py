@@ -15,6 +15,10 @@ from setuptools.command.build_py import build_py
 from setuptools.command.egg_info import egg_info
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Extra C libraries per extension module (by ext/<name>.pyx); the rest link
+# none.  The ledger hashes with OpenSSL's libcrypto (README "Ledger").
+LIBRARIES = {"ledger_core": ["crypto"]}
 CONTRACTS = os.path.join(HERE, "contracts")
 PROTO_OUT = os.path.join(HERE, "daemon", "v1")
 
@@ -55,13 +59,43 @@ class EggInfo(egg_info):
         super().run()
 
 
+def check_libcrypto():
+    """Fail the build, clearly, where OpenSSL's headers or libcrypto are
+    missing (the compiler's own error comes much later and says less)."""
+    import tempfile
+    from setuptools._distutils.ccompiler import new_compiler
+    from setuptools._distutils.errors import CompileError, LinkError
+    from setuptools._distutils.sysconfig import customize_compiler
+
+    cc = new_compiler()
+    customize_compiler(cc)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as fh:
+            fh.write("#include <openssl/evp.h>\n"
+                     "int main(void) { EVP_MD_CTX *c = EVP_MD_CTX_new(); EVP_MD_CTX_free(c);"
+                     " return EVP_sha3_256() == 0; }\n")
+        try:
+            objs = cc.compile([src], output_dir=tmp)
+            cc.link_executable(objs, os.path.join(tmp, "probe"), libraries=["crypto"])
+        except (CompileError, LinkError):
+            raise SystemExit(
+                "aal-core build: OpenSSL's libcrypto development files (openssl/evp.h, "
+                "libcrypto.so, OpenSSL >= 1.1.1) were not found; the ledger hashes SHA3-256 with "
+                "them. Install them (Debian/Ubuntu/JetPack: apt-get install libssl-dev) and build "
+                "again.") from None
+
+
 def extensions():
     from Cython.Build import cythonize
     import numpy
 
     debug = os.environ.get("AAL_CYTHON_DEBUG") == "1"
     mods = []
-    for pyx in sorted(glob.glob(os.path.join("ext", "*.pyx"))):
+    pyxs = sorted(glob.glob(os.path.join("ext", "*.pyx")))
+    if any("crypto" in LIBRARIES.get(os.path.basename(p)[:-4], ()) for p in pyxs):
+        check_libcrypto()
+    for pyx in pyxs:
         name = os.path.splitext(os.path.basename(pyx))[0]
         mods.append(
             Extension(
@@ -69,6 +103,7 @@ def extensions():
                 [pyx],
                 include_dirs=["ext", "ext/includes", numpy.get_include()],
                 extra_compile_args=["-O2"],
+                libraries=LIBRARIES.get(name, []),
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             )
         )

@@ -265,7 +265,9 @@ def _check_layout(p: bytes, index: int, prev_hex: bytes) -> str | None:
     return None
 
 
-def scan(buf, offset, index, prev_hash, tree, want_offsets=True):
+def scan(buf, offset, index, prev_hash, tree, want_offsets=True, threads=0, block=1024):
+    """One pass, record by record (threads/block: the compiled scan's
+    parallelism knobs, which must not change the result)."""
     buf = bytes(buf)
     size, pos, idx, prev = len(buf), offset, index, bytes(prev_hash)
     offsets = []

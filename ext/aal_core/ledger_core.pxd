@@ -2,6 +2,8 @@
 # and file scanner (see ledger_core.pyx).
 from libc.stdint cimport uint8_t, uint64_t
 
+from openssl cimport EVP_MD_CTX
+
 cdef enum:
     HASH_LEN = 32
     MAX_LEVELS = 64
@@ -12,7 +14,8 @@ cdef class MerkleTree:
     cdef size_t n
 
     cdef int _ensure(self, int level, size_t nodes) noexcept nogil
-    cdef int push(self, const uint8_t *entry_hash) noexcept nogil
-    cdef void root_into(self, size_t size, uint8_t *out) noexcept nogil
-    cdef void mth(self, size_t a, size_t b, uint8_t *out) noexcept nogil
+    cdef int push(self, EVP_MD_CTX *c, const uint8_t *entry_hash) noexcept nogil
+    cdef int root_into(self, EVP_MD_CTX *c, size_t size, uint8_t *out) noexcept nogil
+    cdef int mth(self, EVP_MD_CTX *c, size_t a, size_t b, uint8_t *out) noexcept nogil
     cdef size_t _check_size(self, object size) except *
+    cdef int _pushed(self, int rc) except -1
