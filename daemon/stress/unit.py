@@ -292,7 +292,8 @@ class SensingUnit(Unit):
     def _on_tegra(self, parsed: dict) -> None:
         self._thermal = thermal.scalars(parsed, self.ctx.config.signal.throttle_c)
         margin = self._thermal.get("thermal_margin_c")
-        if margin is not None:
+        # A replay's temperatures are a recorded board's: shown, never anomalies here.
+        if margin is not None and self.tegra.mode == "live":
             last = self._last_margin
             if margin < THERMAL_WARN_MARGIN_C and (last is None or last >= THERMAL_WARN_MARGIN_C):
                 self._counters["thermal_breaches"] += 1
