@@ -15,7 +15,6 @@ cdef extern from "openssl/evp.h" nogil:
     const EVP_MD *EVP_sha3_256()
     EVP_MD_CTX *EVP_MD_CTX_new()
     void EVP_MD_CTX_free(EVP_MD_CTX *ctx)
-    int EVP_DigestInit_ex(EVP_MD_CTX *ctx, const EVP_MD *type, void *engine)
     int EVP_DigestUpdate(EVP_MD_CTX *ctx, const void *d, size_t cnt)
     int EVP_DigestFinal_ex(EVP_MD_CTX *ctx, unsigned char *md, unsigned int *s)
 
