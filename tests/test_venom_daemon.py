@@ -131,7 +131,9 @@ def test_apply_optimize_allows_early_recovery(daemon_factory):
     # O dominant and T_Λ below T_threshold (O keeps rising): opt_gain > 0.1.
     d = daemon_factory(config=FAST + "t_threshold = 0.5\nweight_r = 0.02\nweight_b = 0.02\n"
                                      "weight_e = 0.01\nweight_o = 0.95\n")
-    wait_for(lambda: d.call("venom.status")["actions"]["APPLY_OPTIMIZE"] >= 2)
+    # Late beats on a loaded machine are anomalies (ALERT beats in between): allow time.
+    wait_for(lambda: d.call("venom.status")["actions"]["APPLY_OPTIMIZE"] >= 2, timeout=30,
+             what="two APPLY_OPTIMIZE beats")
     assert "event=early_recovery_allowed" in d.log()
     dec = [x for x in ledger_data(d, "venom.decision") if x["action"] == "APPLY_OPTIMIZE"]
     assert dec and dec[0]["effect"]["applied"] is True and dec[0]["decision"]["opt_gain"] > 0.1
