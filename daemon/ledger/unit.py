@@ -36,6 +36,9 @@ class LedgerUnit(Unit):
         # arrive between listen and then wait for it instead of failing.
         self._opened = asyncio.Event()
         self._closed = False
+        # The verify running now: concurrent ledger.verify calls share it, so
+        # clients cannot stack full-CPU scans on the board.
+        self._verifying: asyncio.Future | None = None
 
     # -- the agreed interface ---------------------------------------------
 
@@ -161,6 +164,11 @@ class LedgerUnit(Unit):
     async def rpc_verify(self, p, call):
         """Recompute every hash, link and the Merkle root; name the first bad index."""
         led = await self._open()
+        if self._verifying is None or self._verifying.done():
+            self._verifying = asyncio.ensure_future(self._verify(led))
+        return await asyncio.shield(self._verifying)
+
+    async def _verify(self, led: Ledger) -> dict:
         snap = led.snapshot()
         out = await asyncio.get_running_loop().run_in_executor(None, led.check, snap)
         led.verified = out["valid"]
