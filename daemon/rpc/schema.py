@@ -25,14 +25,6 @@ def _is_map(field: FieldDescriptor) -> bool:
     return (field.type == _FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry)
 
 
-def _is_repeated(field: FieldDescriptor) -> bool:
-    # protobuf >= 5 has is_repeated; older has label.
-    rep = getattr(field, "is_repeated", None)
-    if rep is not None:
-        return rep
-    return field.label == _FD.LABEL_REPEATED
-
-
 def _type_name(field: FieldDescriptor) -> str:
     t = field.type
     if t in _INTS or t in _UINTS:
@@ -91,7 +83,7 @@ def _check_field(field: FieldDescriptor, value, where: str):
         for k, v in value.items():
             _check_scalar(vfield, v, f"{where}.{k}")
         return
-    if _is_repeated(field):
+    if field.is_repeated:
         if type(value) is not list:
             raise invalid_params(f"{where} must be array", param=where, expected="array", got=_json_type(value))
         for i, v in enumerate(value):
@@ -133,7 +125,7 @@ def _show(value):
 
 def _required(field: FieldDescriptor) -> bool:
     """A plain proto3 scalar (no `optional`) is a required param."""
-    if _is_repeated(field) or field.type == _FD.TYPE_MESSAGE:
+    if field.is_repeated or field.type == _FD.TYPE_MESSAGE:
         return False
     return not field.has_presence
 
@@ -191,7 +183,7 @@ def field_schema(field: FieldDescriptor, schemas: dict) -> dict:
     if _is_map(field):
         vfield = field.message_type.fields_by_name["value"]
         return {"type": "object", "additionalProperties": _scalar_schema(vfield, schemas)}
-    if _is_repeated(field):
+    if field.is_repeated:
         return {"type": "array", "items": _scalar_schema(field, schemas)}
     s = _scalar_schema(field, schemas)
     if field.has_presence and s:
