@@ -7,8 +7,7 @@ is encoded once; stress.get and the "stress" topic reuse those bytes.
 tegrastats runs beside it at its own interval; its latest line feeds the
 fused model (lfb) when the source is live, and the thermal/power scalars.
 
-For the other units: latest(), add_listener(fn), anomaly_counters(),
-process_memory(pid).
+For the other units: latest(), add_listener(fn), anomaly_counters().
 """
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ from ..rpc import codec
 from ..sources.cgroup import CgroupReader
 from ..sources.meminfo import MeminfoReader
 from ..sources.nvml import NvmlReader
-from ..sources.procmem import process_memory  # noqa: F401 - re-exported for the governor
 from ..sources.psi import PsiReader
 from ..sources.tegrastats import TegrastatsSource
 from ..sources.vmstat import VmstatReader
@@ -129,18 +127,10 @@ class SensingUnit(Unit):
         """fn(sample) is called in the event loop on every new sample."""
         self._listeners.append(fn)
 
-    def remove_listener(self, fn) -> None:
-        if fn in self._listeners:
-            self._listeners.remove(fn)
-
     def anomaly_counters(self) -> dict:
         c = dict(self._counters)
         c["source_failures"] += sum(s.errors for s in self.sources) + self.tegra.errors
         return c
-
-    @staticmethod
-    def process_memory(pid: int) -> dict | None:
-        return process_memory(pid)
 
     # ------------------------------------------------------------ lifecycle
     def open_sources(self) -> None:
