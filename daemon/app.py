@@ -70,7 +70,7 @@ class Runtime:
         for u in self.units:
             u.register(self.registry)
         rpc = config.rpc
-        self.dispatcher = Dispatcher(self.registry, Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch))
+        self.dispatcher = Dispatcher(self.registry, _limits(rpc))
         self.server = RpcServer(self.dispatcher, self.hub, max_connections=rpc.max_connections,
                                 idle_timeout_s=rpc.idle_timeout_s, outbox_max_frames=rpc.outbox_max_frames,
                                 group=rpc.group)
@@ -116,8 +116,7 @@ class Runtime:
 
     def _apply_rpc(self, cfg: Config) -> None:
         rpc = cfg.rpc
-        self.dispatcher.limits = Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch)
-        self.server.limits = self.dispatcher.limits
+        self.dispatcher.limits = _limits(rpc)
         self.server.max_connections = rpc.max_connections
         self.server.idle_timeout_s = rpc.idle_timeout_s
         self.server.outbox_max = rpc.outbox_max_frames
@@ -134,6 +133,10 @@ class Runtime:
         sock = bind_socket(self.config.daemon.socket, self.config.rpc.group)
         self.bound_path = self.config.daemon.socket
         return sock
+
+
+def _limits(rpc: config_mod.RpcConfig) -> Limits:
+    return Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch)
 
 
 def _raise_fd_limit(want: int) -> None:

@@ -133,7 +133,7 @@ CLOSE_FLUSH_S = 2.0
 class Connection(asyncio.Protocol):
     def __init__(self, server: "RpcServer"):
         self.server = server
-        self.framer = LineFramer(server.limits.max_frame_bytes)
+        self.framer = LineFramer(server.dispatcher.limits.max_frame_bytes)
         self.transport = None
         self.call: Call | None = None
         self.subs: dict[str, Subscription] = {}
@@ -347,7 +347,6 @@ class RpcServer:
     def __init__(self, dispatcher: Dispatcher, hub: Hub, *, max_connections: int,
                  idle_timeout_s: float, outbox_max_frames: int, group: str):
         self.dispatcher = dispatcher
-        self.limits = dispatcher.limits
         self.hub = hub
         self.max_connections = max_connections
         self.idle_timeout_s = idle_timeout_s
