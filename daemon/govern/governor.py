@@ -136,12 +136,9 @@ class Governor:
         now = self.clock.monotonic()
         thresh = threshold(profile.priority)
         stepper = make_stepper(self.mode, profile.steps, thresh, self.cfg)
-        if self.last_sample is not None and profile.steps:
-            s = float(self.last_sample.stress)
-            if self.mode == "seed":
-                stepper.active = len(profile.steps) if s > thresh else 0
-            else:
-                stepper.active = stepper.target(s, self.level.value, self.level.notches > 0)
+        if self.last_sample is not None:
+            stepper.active = stepper.target(float(self.last_sample.stress), self.level.value,
+                                            self.level.notches > 0)
         self._tokens += 1
         job = JobState(job_id=job_id, token=self._tokens, profile=profile, profile_name=name,
                        priority=profile.priority, threshold=thresh,

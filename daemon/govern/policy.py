@@ -79,9 +79,14 @@ class SeedStepper:
         self.threshold = thresh
         self.active = 0
 
+    def target(self, stress: float, level: float, forced: bool) -> int:
+        """Steps wanted now: all above the threshold, none at or below it
+        (the level and the control loop's notches do not count in seed mode)."""
+        return len(self.steps) if stress > self.threshold else 0
+
     def evaluate(self, stress: float, level: float, now: float, *, forced: bool = False,
                  early: bool = False) -> Change | None:
-        want = len(self.steps) if stress > self.threshold else 0
+        want = self.target(stress, level, forced)
         if want == self.active or not self.steps:
             return None
         if want:
