@@ -61,10 +61,6 @@ class ScanResult:
     torn_bytes: int = 0
     seconds: float = 0.0
 
-    @property
-    def bad_index(self) -> int | None:
-        return self.count if self.status == "corrupt" else None
-
 
 def scan_bytes(buf, tree, *, want_offsets: bool = True) -> tuple[ScanResult, bytes]:
     """Check a whole ledger image (magic included) with the compiled scanner."""
@@ -81,6 +77,20 @@ def scan_bytes(buf, tree, *, want_offsets: bool = True) -> tuple[ScanResult, byt
     if status == _core.SCAN_TORN:
         return ScanResult("torn", count, end, last, "torn last record", torn_bytes=size - end, seconds=dt), offsets
     return ScanResult("ok", count, end, last, seconds=dt), offsets
+
+
+def verify_bytes(buf) -> tuple[ScanResult, dict]:
+    """Check a whole ledger image into a fresh Merkle tree: the scan, and
+    ledger.verify's result for it ({valid, chain_length, seconds,
+    merkle_root}, plus first_bad_index and reason when not ok)."""
+    tree = _core.MerkleTree()
+    res, _ = scan_bytes(buf, tree, want_offsets=False)
+    out = {"valid": res.status == "ok", "chain_length": res.count, "seconds": round(res.seconds, 6),
+           "merkle_root": tree.root().hex()}
+    if res.status != "ok":
+        out["first_bad_index"] = res.count
+        out["reason"] = res.reason
+    return res, out
 
 
 def decode_record(rec: bytes) -> dict:
@@ -314,21 +324,14 @@ class Ledger:
         else:
             mm = buf = store.map(size)
         try:
-            tree = _core.MerkleTree()
-            res, _ = scan_bytes(buf, tree, want_offsets=False)
+            res, out = verify_bytes(buf)
         finally:
             if mm is not None:
                 mm.close()
-        out = {"valid": False, "chain_length": res.count, "seconds": round(res.seconds, 6),
-               "merkle_root": tree.root().hex()}
-        if res.status != "ok":
-            out["first_bad_index"] = res.count
-            out["reason"] = res.reason
-        elif res.count != count or tree.root() != root:
+        if out["valid"] and (res.count != count or out["merkle_root"] != root.hex()):
+            out["valid"] = False
             out["first_bad_index"] = min(res.count, count)
             out["reason"] = "the stored chain differs from the one in memory"
-        else:
-            out["valid"] = True
         return out
 
     def verify(self) -> dict:

@@ -20,8 +20,7 @@ import os
 import sys
 
 from ..errors import LedgerError
-from .. import ledger_core as _core
-from .chain import Ledger, scan_bytes
+from .chain import Ledger, verify_bytes
 from .proofs import check_consistency, check_proof
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
@@ -57,16 +56,12 @@ def verify_file(path: str) -> dict:
         size = os.fstat(fh.fileno()).st_size
         mm = mmap.mmap(fh.fileno(), size, prot=mmap.PROT_READ) if size else None
         try:
-            tree = _core.MerkleTree()
-            res, _ = scan_bytes(mm if mm is not None else b"", tree, want_offsets=False)
+            res, out = verify_bytes(mm if mm is not None else b"")
         finally:
             if mm is not None:
                 mm.close()
-    out = {"valid": res.status == "ok", "chain_length": res.count, "seconds": round(res.seconds, 6),
-           "merkle_root": tree.root().hex(), "bytes": size}
+    out["bytes"] = size
     if res.status != "ok":
-        out["first_bad_index"] = res.count
-        out["reason"] = res.reason
         out["byte_offset"] = res.end
     if res.status == "torn":
         out["torn_bytes"] = res.torn_bytes
