@@ -86,8 +86,9 @@ class LineFramer:
 # ------------------------------------------------------------------- the call
 
 class Call:
-    """What a handler knows about its caller.  The server subclasses it to
-    give subscribe/unsubscribe and close hooks a real connection."""
+    """What a handler knows about its caller.  The server passes the
+    caller's connection as `conn`, which subscribe/unsubscribe and close
+    hooks need; without one (tests, no socket) they do nothing or refuse."""
 
     __slots__ = ("pid", "uid", "gid", "access", "conn")
 

@@ -110,13 +110,6 @@ class Registry:
         self._methods[name] = m
         return m
 
-    def method(self, name: str, **kw):
-        """Decorator form of add()."""
-        def deco(fn):
-            self.add(name, fn, **kw)
-            return fn
-        return deco
-
     def add_topic(self, name: str, *, data: str, subscribe: Callable, notify_method: str | None = None,
                   params: str | None = None, summary: str = "", example: dict | None = None,
                   access: Access = Access.READ) -> Topic:

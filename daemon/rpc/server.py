@@ -115,10 +115,6 @@ class Hub:
         return n
 
 
-class ServerCall(Call):
-    __slots__ = ()
-
-
 # Per-connection flow control.  Replies and pushes go to the transport; once
 # its buffer passes WRITE_HIGH the client is not reading, so we stop reading
 # its requests (it cannot make us queue replies without bound) and hold its
@@ -156,7 +152,7 @@ class Connection(asyncio.Protocol):
             pid, uid, gid = peer_credentials(sock)
         except OSError:
             pid, uid, gid = 0, -1, -1
-        self.call = ServerCall(pid, uid, gid, self.server.policy.level(pid, uid, gid), self)
+        self.call = Call(pid, uid, gid, self.server.policy.level(pid, uid, gid), self)
         transport.set_write_buffer_limits(high=WRITE_HIGH)
         if not self.server.admit(self):
             if self.server.stopping:
