@@ -32,10 +32,12 @@ import tempfile
 import time
 import uuid
 
-from _cgroup import Cgroup  # bench/ is the script's directory
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+from _cgroup import Cgroup  # noqa: E402 - bench/ is the script's directory
+from helpers import start_daemon  # noqa: E402 - tests/helpers.py: the real daemon as a subprocess
+
 WORKLOAD = os.path.join(ROOT, "examples", "toy_decoder.py")
 LIMIT = 512 << 20
 PROFILE = ("MEM[SOFT=384,HARD=512,VOL=HIGH]; KV[CAP=1.0,POLICY=WINDOW,PURGE=ON_STRESS]; "
@@ -43,37 +45,18 @@ PROFILE = ("MEM[SOFT=384,HARD=512,VOL=HIGH]; KV[CAP=1.0,POLICY=WINDOW,PURGE=ON_S
            "STEP3:CONTEXT(256),STEP4:OFFLOAD(COLD)}")
 
 
-def start_daemon(cg: Cgroup, base: str) -> subprocess.Popen:
-    sock = os.path.join(base, "aal-core.sock")
-    err = open(os.path.join(base, "daemon.log"), "wb")
-    p = subprocess.Popen([os.path.join(BIN, "aal-core"), "run", "--local", base, "--tegrastats", "off",
-                          "--cgroup", cg.path], stdout=subprocess.DEVNULL, stderr=err)
-    from aal_core.client import Client
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            with Client(sock) as c:
-                c.call("system.health")
-            return p
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.05)
-    p.kill()
-    raise SystemExit("aal-core did not start; see " + err.name)
-
-
 def run_once(governed: bool, seconds: float, rate: float) -> dict:
     cg = Cgroup(f"aal-bench-{uuid.uuid4().hex[:8]}", LIMIT)
     base = tempfile.mkdtemp(prefix="aalr", dir="/tmp")
-    daemon = start_daemon(cg, base) if governed else None
+    daemon = start_daemon("--cgroup", cg.path, base=base) if governed else None
     report = os.path.join(base, "report.json")
     cmd = [sys.executable, WORKLOAD, "--seconds", str(seconds), "--kv-mib-per-s", str(rate),
            "--max-kv-mib", "1024", "--profile", PROFILE, "--report", report, "--progress", "--quiet"]
     if governed:
-        cmd += ["--socket", os.path.join(base, "aal-core.sock"), "--job-id", "ramp"]
-    # Enter the cgroup before exec, so every page of the workload is charged to it.
-    wrapped = ["sh", "-c", f'echo $$ > {cg.path}/cgroup.procs && exec "$@"', "sh"] + cmd
+        cmd += ["--socket", daemon.socket, "--job-id", "ramp"]
     t0 = time.monotonic()
-    w = subprocess.run(wrapped, capture_output=True, text=True, timeout=seconds + 60)
+    # Enter the cgroup before exec, so every page of the workload is charged to it.
+    w = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=cg.add_self)
     wall = time.monotonic() - t0
     tokens = 0
     for line in w.stdout.splitlines():
@@ -100,12 +83,7 @@ def run_once(governed: bool, seconds: float, rate: float) -> dict:
     elif w.returncode != 0 and not out["killed"]:
         out["stderr"] = w.stderr[-2000:]
     if daemon is not None:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        daemon.stop()
     cg.remove()
     shutil.rmtree(base, ignore_errors=True)
     return out
