@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from .errors import ParseError
 
 __all__ = ["Mem", "KV", "Step", "Profile", "PROFILES", "VOLATILITIES", "POLICIES", "PURGES",
-           "TIERS", "ACTIONS", "parse", "format_profile", "to_json", "from_json", "resolve",
+           "TIERS", "ACTIONS", "parse", "format_profile", "to_json", "step_json", "from_json", "resolve",
            "ParseError"]
 
 VOLATILITIES = ("LOW", "MED", "HIGH")
@@ -345,8 +345,8 @@ def _num(x: float) -> str:
     return s
 
 
-def _arg_text(step: Step) -> str:
-    return _num(step.arg) if step.action == "SHRINK_KV" else str(step.arg)
+def _arg_text(action: str, arg) -> str:
+    return _num(arg) if action == "SHRINK_KV" else str(arg)
 
 
 def format_profile(p: Profile) -> str:
@@ -357,7 +357,7 @@ def format_profile(p: Profile) -> str:
     parts.append(f"TIER={p.tier}")
     parts.append(f"PRIORITY={p.priority}")
     if p.degrade:
-        parts.append("DEGRADE{" + ",".join(f"STEP{s.order}:{s.action}({_arg_text(s)})"
+        parts.append("DEGRADE{" + ",".join(f"STEP{s.order}:{s.action}({_arg_text(s.action, s.arg)})"
                                            for s in p.degrade) + "}")
     return "; ".join(parts)
 
@@ -397,8 +397,13 @@ def to_json(p: Profile) -> dict:
         "tier": p.tier,
         "priority": p.priority,
         "degrade": None if not p.degrade else {
-            "steps": [{"order": s.order, "action": s.action, "args": [s.arg]} for s in p.degrade]},
+            "steps": [step_json(s) for s in p.degrade]},
     }
+
+
+def step_json(s: Step) -> dict:
+    """The seed's JSON shape of one DEGRADE step (also a directive's steps)."""
+    return {"order": s.order, "action": s.action, "args": [s.arg]}
 
 
 def _purge_name(on_stress: bool, on_event: bool) -> str:
@@ -432,8 +437,7 @@ def from_json(obj: dict) -> Profile:
                 if len(s["args"]) != 1:
                     raise ValueError(f"degrade step {s.get('order')}: args must hold exactly one value")
                 (arg,) = s["args"]
-                arg_text = _num(arg) if s["action"] == "SHRINK_KV" else str(arg)
-                steps.append(f"STEP{int(s['order'])}:{s['action']}({arg_text})")
+                steps.append(f"STEP{int(s['order'])}:{s['action']}({_arg_text(s['action'], arg)})")
             text.append("DEGRADE{" + ",".join(steps) + "}")
     except (KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"profile JSON is missing or has a wrong field: {exc}") from None

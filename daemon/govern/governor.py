@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .. import errors as E
 from ..errors import RpcError, invalid_params
-from ..runes import Profile, Step, format_profile, resolve, to_json
+from ..runes import Profile, Step, format_profile, resolve, step_json, to_json
 from .level import Level
 from .policy import LIFT, make_stepper, metadata_for, threshold
 
@@ -21,10 +21,6 @@ JOB_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}")
 # Metadata keys the governor owns; a submitted value for them is overwritten.
 DEGRADATION_FIELDS = ("kv_shrink_factor", "max_context_tokens", "disabled_features", "batch_mode",
                       "offload_tier", "degraded", "degradation_level", "quarantined")
-
-
-def step_json(s: Step) -> dict:
-    return {"order": s.order, "action": s.action, "args": [s.arg]}
 
 
 @dataclass
