@@ -187,11 +187,15 @@ class _Parser:
             raise self.fail(t, expected, f"out of range {lo}..{hi}")
         return v
 
-    def number(self, expected: str) -> tuple[float, _Tok]:
+    def fraction(self, expected: str) -> float:
+        """A number in (0, 1]."""
         t = self.next()
         if t.kind != "num":
             raise self.fail(t, expected)
-        return float(t.text), t
+        v = float(t.text)
+        if not 0.0 < v <= 1.0:
+            raise self.fail(t, expected)
+        return v
 
     # -- grammar
     def profile(self) -> Profile:
@@ -257,15 +261,9 @@ class _Parser:
                             "the hard cap cannot be below the soft cap")
         return Mem(soft_mb=v["SOFT"], hard_mb=v["HARD"], volatility=v["VOL"])
 
-    def _cap(self) -> float:
-        v, t = self.number("a fraction 0 < CAP <= 1")
-        if not 0.0 < v <= 1.0:
-            raise self.fail(t, "a fraction 0 < CAP <= 1")
-        return v
-
     def _kv(self) -> KV:
         self.punct("[", "'[' after KV")
-        r = self._keyed({"CAP": self._cap,
+        r = self._keyed({"CAP": lambda: self.fraction("a fraction 0 < CAP <= 1"),
                          "POLICY": lambda: self.word(POLICIES, "LRU, WINDOW or TASK_BOUND").text,
                          "PURGE": lambda: self.word(PURGES, "ON_STRESS, ON_EVENT or ON_STRESS_OR_EVENT").text},
                         "KV", "]")
@@ -309,11 +307,9 @@ class _Parser:
     def _action(self) -> tuple[str, object]:
         a = self.word(ACTIONS, "an action (" + ", ".join(ACTIONS) + ")").text
         self.punct("(", f"'(' after {a}")
+        arg: object
         if a == "SHRINK_KV":
-            v, t = self.number("a fraction 0 < f <= 1")
-            if not 0.0 < v <= 1.0:
-                    raise self.fail(t, "a fraction 0 < f <= 1")
-            arg: object = v
+            arg = self.fraction("a fraction 0 < f <= 1")
         elif a == "CONTEXT":
             arg = self.integer("a positive number of tokens", 1, MAX_CONTEXT)
         elif a == "OFFLOAD":
