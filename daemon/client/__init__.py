@@ -46,6 +46,24 @@ def _connect_error(path: str, exc: OSError) -> ConnectError:
     return ConnectError(f"cannot connect to {path}: {exc.strerror or exc}")
 
 
+def _request(method: str, params=None, id_=None) -> dict:
+    """A JSON-RPC request object; a notification when id_ is None."""
+    req = {"jsonrpc": "2.0", "method": method}
+    if id_ is not None:
+        req["id"] = id_
+    if params is not None:
+        req["params"] = params
+    return req
+
+
+def _frame(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _is_notification(msg) -> bool:
+    return isinstance(msg, dict) and "method" in msg and "id" not in msg
+
+
 def _result(msg: dict):
     if "error" in msg:
         e = msg["error"]
@@ -81,7 +99,7 @@ class Client:
 
     def _send(self, obj) -> None:
         try:
-            self.sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+            self.sock.sendall(_frame(obj))
         except OSError as exc:
             raise ConnectError(f"connection to aal-core on {self.path} failed: {exc.strerror or exc}") from None
 
@@ -103,7 +121,7 @@ class Client:
     def _wait(self, id_):
         while True:
             msg = self._read_msg()
-            if isinstance(msg, dict) and "method" in msg and "id" not in msg:
+            if _is_notification(msg):
                 self.notifications.append(msg)
                 continue
             if isinstance(msg, list) or msg.get("id") == id_ or msg.get("id") is None:
@@ -111,17 +129,11 @@ class Client:
 
     def call(self, method: str, params=None):
         id_ = next(self._ids)
-        req = {"jsonrpc": "2.0", "id": id_, "method": method}
-        if params is not None:
-            req["params"] = params
-        self._send(req)
+        self._send(_request(method, params, id_))
         return _result(self._wait(id_))
 
     def notify(self, method: str, params=None) -> None:
-        req = {"jsonrpc": "2.0", "method": method}
-        if params is not None:
-            req["params"] = params
-        self._send(req)
+        self._send(_request(method, params))
 
     def batch(self, calls: list[tuple[str, object]]) -> list:
         """Send [(method, params), ...] as one batch; results (or RpcCallError
@@ -129,8 +141,7 @@ class Client:
         if not calls:
             raise ValueError("an empty batch is not a valid JSON-RPC request")
         ids = [next(self._ids) for _ in calls]
-        self._send([{"jsonrpc": "2.0", "id": i, "method": m, **({"params": p} if p is not None else {})}
-                    for i, (m, p) in zip(ids, calls)])
+        self._send([_request(m, p, i) for i, (m, p) in zip(ids, calls)])
         replies = self._wait(ids[0])
         if isinstance(replies, dict):  # the whole batch was rejected
             _result(replies)
@@ -148,7 +159,7 @@ class Client:
                 if subscription is None or n.get("params", {}).get("subscription") == subscription:
                     yield n["params"]
             msg = self._read_msg()
-            if isinstance(msg, dict) and "method" in msg and "id" not in msg:
+            if _is_notification(msg):
                 self.notifications.append(msg)
 
 
@@ -211,7 +222,7 @@ class AsyncClient:
                 if isinstance(msg, list):
                     self._resolve(frozenset(r.get("id") for r in msg if isinstance(r, dict)), msg)
                     continue
-                if "method" in msg and "id" not in msg:
+                if _is_notification(msg):
                     params = msg.get("params", {})
                     sub = params.get("subscription")
                     q = self._subs.get(sub)
@@ -251,7 +262,7 @@ class AsyncClient:
         # If the caller was cancelled, nobody awaits it: retrieve the error here.
         fut.add_done_callback(_consume)
         self._pending[key] = fut
-        self._writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+        self._writer.write(_frame(obj))
         try:
             await self._writer.drain()
         except OSError as exc:
@@ -261,10 +272,7 @@ class AsyncClient:
 
     async def call(self, method: str, params=None):
         id_ = next(self._ids)
-        req = {"jsonrpc": "2.0", "id": id_, "method": method}
-        if params is not None:
-            req["params"] = params
-        return _result(await self._send(id_, req))
+        return _result(await self._send(id_, _request(method, params, id_)))
 
     async def batch(self, calls: list[tuple[str, object]]) -> list:
         """Send [(method, params), ...] as one batch; results (or RpcCallError
@@ -273,9 +281,7 @@ class AsyncClient:
         if not calls:
             raise ValueError("an empty batch is not a valid JSON-RPC request")
         ids = [next(self._ids) for _ in calls]
-        reqs = [{"jsonrpc": "2.0", "id": i, "method": m, **({"params": p} if p is not None else {})}
-                for i, (m, p) in zip(ids, calls)]
-        replies = await self._send(frozenset(ids), reqs)
+        replies = await self._send(frozenset(ids), [_request(m, p, i) for i, (m, p) in zip(ids, calls)])
         if isinstance(replies, dict):
             _result(replies)
         return _batch_results(ids, replies)
