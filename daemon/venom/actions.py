@@ -56,8 +56,6 @@ class Actuator:
     async def apply(self, r: BeatResult) -> dict:
         """Carry out r.action; return what was done, for the ledger entry."""
         a = r.action
-        reason = f"venom beat {r.beat}: {a.value} (threat {r.vector.raw_threat:.3f}, " \
-                 f"{r.anomalies.total} anomalies)"
         if a is Action.NOOP:
             return {}
         if a is Action.ALERT:
@@ -67,6 +65,8 @@ class Actuator:
             return {"alert": True}
         if self.governor is None:
             return {"applied": False, "why": "no governor (standalone loop)"}
+        reason = f"venom beat {r.beat}: {a.value} (threat {r.vector.raw_threat:.3f}, " \
+                 f"{r.anomalies.total} anomalies)"
         try:
             if a is Action.APPLY_BALANCE:
                 res = await maybe_await(self.governor.raise_level(reason))

@@ -149,10 +149,11 @@ class VenomLoop:
         self.ledger_entries += 1
         return index, digest
 
-    async def _record(self, decision: dict) -> None:
-        res = await self.record(decision)
+    async def _record(self, entry: dict) -> None:
+        """record(entry), and note its ledger index and hash in it."""
+        res = await self.record(entry)
         if res is not None:
-            decision["ledger_index"], decision["ledger_hash"] = res
+            entry["ledger_index"], entry["ledger_hash"] = res
 
     async def flush(self, now: float | None = None) -> dict | None:
         """Write the summary of the beats so far (at most one entry per window)."""
@@ -167,9 +168,7 @@ class VenomLoop:
                 entry["chain_length"] = m.get("chain_length")
             except Exception as exc:  # noqa: BLE001
                 log.error("ledger_manifest_failed", error=str(exc))
-        res = await self.record(entry)
-        if res is not None:
-            entry["ledger_index"], entry["ledger_hash"] = res
+        await self._record(entry)
         return entry
 
     # -------------------------------------------------------------- the loop

@@ -21,8 +21,9 @@ from ..log import get_logger
 from ..rpc.registry import Access
 from ..tasks import cancel_task
 from ..units import Context, Unit
+from .actions import maybe_await
 from .engine import Settings, VenomLoop
-from .entropy import EntropyParams, ModelError, dump_model, load_model
+from .entropy import ML_WEIGHT, EntropyParams, ModelError, dump_model, load_model
 from .genome import Action, Genome
 from .pulse import PulseError
 
@@ -71,7 +72,7 @@ class VenomUnit(Unit):
     def _initial_model(self, c: VenomConfig) -> EntropyParams:
         path = c.model_file or (self.model_path if os.path.exists(self.model_path) else "")
         if not path:
-            src = "config" if (c.ml_weight, c.ml_bias) != (0.12, 0.0) else "default"
+            src = "config" if (c.ml_weight, c.ml_bias) != (ML_WEIGHT, 0.0) else "default"
             return EntropyParams(c.ml_weight, c.ml_bias, source=src)
         try:
             return load_model(path)
@@ -202,9 +203,7 @@ class VenomUnit(Unit):
         if self.loop is not None:
             await self.loop.actuator.release(job_id)
         else:
-            res = self.governor.release_quarantine(job_id)
-            if asyncio.iscoroutine(res):
-                await res
+            await maybe_await(self.governor.release_quarantine(job_id))
         log.info("quarantine_released", job_id=job_id, uid=call.uid)
         out = {"job_id": job_id, "released": True}
         rec = await self._record({"type": "venom.release", "job_id": job_id, "uid": call.uid})
