@@ -241,24 +241,18 @@ def local_defaults(base: str) -> Config:
                                       state_dir=os.path.join(base, "state")))
 
 
+# The TOML value types each key type accepts (an integer is a valid number),
+# and how an error names the key type.  Every key is one of these four.
+_ACCEPTS = {bool: ((bool,), "a boolean"), int: ((int,), "an integer"),
+            float: ((int, float), "a number"), str: ((str,), "a string")}
+
+
 def _type_ok(expected, value) -> bool:
-    if expected is bool:
-        return type(value) is bool
-    if expected is int:
-        return type(value) is int
-    if expected is float:
-        return type(value) in (int, float)
-    if expected is str:
-        return type(value) is str
-    origin = typing.get_origin(expected)
-    if origin in (list, tuple):
-        (inner,) = typing.get_args(expected)[:1]
-        return isinstance(value, list) and all(_type_ok(inner, v) for v in value)
-    return isinstance(value, expected)
+    return type(value) in _ACCEPTS[expected][0]
 
 
 def _type_label(t) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
+    return _ACCEPTS[t][1]
 
 
 def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:

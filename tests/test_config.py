@@ -36,6 +36,23 @@ def test_defaults_and_a_valid_file(tmp_path):
     assert C.load(None) == C.Config()
 
 
+def _toml_value(v) -> str:
+    if type(v) is bool:
+        return "true" if v else "false"
+    if type(v) is str:
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def test_every_default_is_accepted_from_a_file(tmp_path):
+    """Each key of each section, written with its default value, passes the
+    file's type, choice and range checks and loads back as the default."""
+    defaults = C.Config()
+    text = "".join(f"[{section}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in body.items())
+                   for section, body in defaults.as_dict().items())
+    assert C.load(_write(tmp_path, text)) == defaults
+
+
 def test_unknown_section(tmp_path):
     msg = _err(tmp_path, "[nope]\na = 1\n")
     assert "unknown section [nope]" in msg and "rpc" in msg
