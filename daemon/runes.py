@@ -33,12 +33,14 @@ from dataclasses import dataclass
 from .errors import ParseError
 
 __all__ = ["Mem", "KV", "Step", "Profile", "PROFILES", "VOLATILITIES", "POLICIES", "PURGES",
-           "TIERS", "ACTIONS", "parse", "format_profile", "to_json", "step_json", "from_json", "resolve",
-           "ParseError"]
+           "PURGES_ON_STRESS", "PURGES_ON_EVENT", "TIERS", "ACTIONS", "parse", "format_profile",
+           "to_json", "step_json", "from_json", "resolve", "ParseError"]
 
 VOLATILITIES = ("LOW", "MED", "HIGH")
 POLICIES = ("LRU", "WINDOW", "TASK_BOUND")
 PURGES = ("ON_STRESS", "ON_EVENT", "ON_STRESS_OR_EVENT")
+PURGES_ON_STRESS = ("ON_STRESS", "ON_STRESS_OR_EVENT")    # the PURGE values that purge on stress
+PURGES_ON_EVENT = ("ON_EVENT", "ON_STRESS_OR_EVENT")      # ... and on an event
 TIERS = ("LOCAL", "EXTENDED", "COLD")
 ACTIONS = ("SHRINK_KV", "CONTEXT", "DISABLE", "BATCH", "OFFLOAD")
 MAX_MB = 1 << 30            # 1 EiB: beyond this a cap is a typo
@@ -63,11 +65,11 @@ class KV:
 
     @property
     def purge_on_stress(self) -> bool:
-        return self.purge in ("ON_STRESS", "ON_STRESS_OR_EVENT")
+        return self.purge in PURGES_ON_STRESS
 
     @property
     def purge_on_event(self) -> bool:
-        return self.purge in ("ON_EVENT", "ON_STRESS_OR_EVENT")
+        return self.purge in PURGES_ON_EVENT
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..runes import resolve
+from ..runes import POLICIES, PURGES, PURGES_ON_EVENT, PURGES_ON_STRESS, resolve
 
 __all__ = ["KVCache", "memory_total", "malloc_trim"]
 
@@ -141,9 +141,9 @@ class KVCache:
                  dtype: torch.dtype = torch.float16, cold_dir: str | None = None,
                  extended_fraction: float = 0.5, min_blocks_per_seq: int = 4,
                  window_tokens: int | None = None):
-        if policy not in ("LRU", "WINDOW", "TASK_BOUND"):
+        if policy not in POLICIES:
             raise ValueError(f"policy must be LRU, WINDOW or TASK_BOUND, not {policy!r}")
-        if purge not in ("ON_STRESS", "ON_EVENT", "ON_STRESS_OR_EVENT"):
+        if purge not in PURGES:
             raise ValueError(f"purge must be ON_STRESS, ON_EVENT or ON_STRESS_OR_EVENT, not {purge!r}")
         if not 0 < cap_fraction <= 1:
             raise ValueError(f"cap_fraction must be in (0, 1], not {cap_fraction}")
@@ -244,7 +244,7 @@ class KVCache:
         self._clock += 1
         s.last_used = self._clock
         parts = []
-        need = last if last is not None else None
+        need = last
         for b in reversed(s.blocks):
             if need is not None and need <= 0:
                 break
@@ -283,8 +283,8 @@ class KVCache:
         self.max_context = md.get("max_context_tokens")
         self.offload_tier = md.get("offload_tier")
         purged = 0
-        if (kind == "APPLY" and self.purge in ("ON_STRESS", "ON_STRESS_OR_EVENT")) or \
-                (kind == "QUARANTINE" and self.purge in ("ON_EVENT", "ON_STRESS_OR_EVENT")):
+        if (kind == "APPLY" and self.purge in PURGES_ON_STRESS) or \
+                (kind == "QUARANTINE" and self.purge in PURGES_ON_EVENT):
             purged = self.purge_idle()
         self._enforce(current=None)
         after = (self.local_blocks(), self.used_bytes())
@@ -295,7 +295,7 @@ class KVCache:
     def event(self, name: str = "event") -> int:
         """An application event (task boundary, model swap...): purge idle
         sequences when PURGE includes ON_EVENT.  Returns blocks purged."""
-        if self.purge in ("ON_EVENT", "ON_STRESS_OR_EVENT"):
+        if self.purge in PURGES_ON_EVENT:
             return self.purge_idle()
         return 0
 
