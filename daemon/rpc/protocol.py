@@ -376,9 +376,7 @@ class Dispatcher:
     async def _finish_async(self, aw, id_, notify: bool, name: str):
         try:
             result = await aw
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - not CancelledError (a BaseException): cancellation propagates
             return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
         return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
 
