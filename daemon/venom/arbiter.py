@@ -39,13 +39,6 @@ class BeatResult:
     pid: dict
     pid_stable: bool
 
-    def to_dict(self) -> dict:
-        return {"beat": self.beat, "t_lambda": self.t_lambda, "action": self.action.value,
-                "anomalies": self.anomalies.to_dict(), "decision": self.vector.to_dict(),
-                "genome": self.genome.to_dict(), "genome_next": self.genome_next.to_dict(),
-                "delta_o": self.delta_o, "cores": self.cores.to_dict(),
-                "pid_stable": self.pid_stable}
-
 
 class Arbiter:
     def __init__(self, *, t_lambda: float, t_threshold: float = 0.02, genome: Genome | None = None,

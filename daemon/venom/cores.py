@@ -14,7 +14,7 @@ for a test showing both give the same results.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .entropy import EntropyParams
 
@@ -62,9 +62,6 @@ class CoreOutputs:
     b: BalanceOut
     e: EntropyOut
     o: OptimizeOut
-
-    def to_dict(self) -> dict:
-        return {"r": asdict(self.r), "b": asdict(self.b), "e": asdict(self.e), "o": asdict(self.o)}
 
 
 def regen(inp: BeatInputs) -> RegenOut:

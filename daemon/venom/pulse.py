@@ -54,7 +54,7 @@ class BeatTimer:
     beats are counted (`missed`).
     """
 
-    __slots__ = ("period", "deadline", "missed", "last_fire")
+    __slots__ = ("period", "deadline", "missed")
 
     def __init__(self, period: float, start: float):
         if not period > 0:
@@ -62,7 +62,6 @@ class BeatTimer:
         self.period = period
         self.deadline = start + period
         self.missed = 0
-        self.last_fire: float | None = None
 
     def next_delay(self, now: float) -> float:
         d = self.deadline - now
@@ -72,7 +71,6 @@ class BeatTimer:
         lateness = now - self.deadline
         if lateness < 0:
             lateness = 0.0
-        self.last_fire = now
         self.deadline += self.period
         if now >= self.deadline:  # more than a whole period behind: skip ahead
             skipped = int((now - self.deadline) // self.period) + 1
