@@ -2,7 +2,7 @@
 # the kept-open-fd reader.  All inline, nogil, no Python objects: the hot
 # loops call these on a char buffer.  The grammar they implement is written
 # out in daemon/sources/_ref.py, the pure-Python reference.
-from libc.stdlib cimport strtod, realloc, free
+from libc.stdlib cimport strtod, realloc
 from libc.string cimport memcpy
 from libc.errno cimport errno, EINTR
 from posix.unistd cimport pread
