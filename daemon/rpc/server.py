@@ -79,7 +79,6 @@ class Hub:
     def __init__(self):
         self._subs: dict[str, dict[str, tuple["Connection", Subscription]]] = collections.defaultdict(dict)
         self._ids = itertools.count(1)
-        self.published = collections.Counter()
 
     def add(self, conn: "Connection", topic, accept) -> Subscription:
         sub = Subscription(f"s{next(self._ids)}", topic, accept)
@@ -97,7 +96,6 @@ class Hub:
         once (or using `encoded`, its JSON, if the caller has it already).
         Returns the number of connections it was queued to."""
         subs = self._subs.get(topic)
-        self.published[topic] += 1
         if not subs:
             return 0
         frag = codec.Fragment(encoded if encoded is not None else codec.dumps_value(data))
