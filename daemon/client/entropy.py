@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ..errors import LedgerError
 from ..ledger import Ledger
-from ..venom.entropy import ML_WEIGHT, dump_model
+from ..venom.entropy import ML_WEIGHT, write_model
 from . import Client, ConnectError, RpcCallError, default_socket
 
 __all__ = ["EntropyModel", "pairs_from_entries", "train"]
@@ -93,13 +93,7 @@ class EntropyModel(nn.Module):
     def export(self, path: str, **meta) -> str:
         """Write the aal-core.entropy.v1 file the daemon loads (atomically)."""
         w, b = self.parameters_exact()
-        data = dump_model(w, b, **meta)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        write_model(path, w, b, **meta)
         return path
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from ..errors import AalError
 
-__all__ = ["FORMAT", "ML_WEIGHT", "EntropyParams", "ModelError", "load_model", "sigmoid"]
+__all__ = ["FORMAT", "ML_WEIGHT", "EntropyParams", "ModelError", "load_model", "sigmoid", "write_model"]
 
 FORMAT = "aal-core.entropy.v1"
 ML_WEIGHT = 0.12
@@ -111,3 +111,14 @@ def dump_model(weight: float, bias: float, **meta) -> bytes:
     obj = {"format": FORMAT, "weight": float(weight), "bias": float(bias)}
     obj.update(meta)
     return (json.dumps(obj, sort_keys=True, indent=1) + "\n").encode()
+
+
+def write_model(path: str, weight: float, bias: float, **meta) -> None:
+    """Write a model file atomically (temporary file, fsync, rename), so
+    a reader never sees half of one; an OSError propagates."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(dump_model(weight, bias, **meta))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)

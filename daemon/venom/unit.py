@@ -23,7 +23,7 @@ from ..tasks import cancel_task
 from ..units import Context, Unit
 from .actions import maybe_await
 from .engine import Settings, VenomLoop
-from .entropy import ML_WEIGHT, EntropyParams, ModelError, dump_model, load_model
+from .entropy import ML_WEIGHT, EntropyParams, ModelError, load_model, write_model
 from .genome import Action, Genome
 from .pulse import PulseError
 
@@ -180,16 +180,10 @@ class VenomUnit(Unit):
 
     def _save_model(self, model: EntropyParams) -> None:
         """Keep the model across restarts: write state_dir/venom-model.json atomically."""
-        data = dump_model(model.weight, model.bias, **{k: v for k, v in model.meta.items()
-                                                       if isinstance(k, str)})
-        tmp = self.model_path + ".tmp"
+        meta = {k: v for k, v in model.meta.items() if isinstance(k, str)}
         try:
             os.makedirs(os.path.dirname(self.model_path), exist_ok=True)
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.model_path)
+            write_model(self.model_path, model.weight, model.bias, **meta)
         except OSError as exc:
             raise RpcError(CONFLICT, f"cannot save the model in the state directory: {exc.strerror or exc}",
                            {"path": self.model_path}) from None
