@@ -44,13 +44,17 @@ class Level:
                 self.calm_since = now
         else:
             self.calm_since = None
-        self.value = min(1.0, max(0.0, self.pid.output + self.notches * self.cfg.level_per_step))
+        self._compose()
         return self.value
 
     def raise_notch(self) -> None:
         self.notches += 1
         self.calm_since = None
-        self.value = min(1.0, self.pid.output + self.notches * self.cfg.level_per_step)
+        self._compose()
+
+    def _compose(self) -> None:
+        """value = the PID's output plus the notches, within [0, 1]."""
+        self.value = min(1.0, max(0.0, self.pid.output + self.notches * self.cfg.level_per_step))
 
     def state(self) -> dict:
         return self.pid.state()
