@@ -35,7 +35,7 @@ import time
 
 from aal_core import ledger_core as core
 from aal_core.clock import ManualClock
-from aal_core.ledger import Ledger, _ref, canonical_data, preimage
+from aal_core.ledger import Ledger, _ref
 from aal_core.ledger.chain import scan_bytes
 from aal_core.ledger.commit import GroupCommitter
 
@@ -230,7 +230,6 @@ def bench_verify(n: int):
     row("floor: hashlib.sha3_256 over all bytes at once", t_floor * scale, "s/million")
     print(f"  ({len(blob) / n:.0f} bytes per entry on disk; building the {n:,}-entry ledger took {build:.1f}s"
           f" = {n / build:,.0f} appends/s batched)")
-    return blob
 
 
 def bench_proofs(n: int, k: int = 2000):
