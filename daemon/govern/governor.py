@@ -212,6 +212,10 @@ class Governor:
         cause = self._cause(job, reason, sample)
         job.pending[job.version] = Pending(job.version, now,
                                            cause["sample_monotonic"] if sample is not None else None)
+        return self._directive_dict(job, kind, steps, cause, now)
+
+    def _directive_dict(self, job: JobState, kind: str, steps, cause: dict, now: float) -> dict:
+        """What is pushed: the job's version and whole degradation state, and why."""
         return {"schema": DIRECTIVE_SCHEMA, "job_id": job.job_id, "version": job.version, "kind": kind,
                 "steps": [step_json(s) for s in steps], "metadata": job.metadata(),
                 "active_steps": [s.order for s in job.active_steps], "cause": cause,
@@ -223,10 +227,8 @@ class Governor:
         job = self.jobs.get(job_id)
         if job is None or job.acked >= job.version:
             return None
-        return {"schema": DIRECTIVE_SCHEMA, "job_id": job.job_id, "version": job.version, "kind": "STATE",
-                "steps": [], "metadata": job.metadata(), "active_steps": [s.order for s in job.active_steps],
-                "cause": self._cause(job, "re-sent on subscribe", self.last_sample),
-                "issued_at": self.clock.wall(), "issued_monotonic": self.clock.monotonic(), "mode": self.mode}
+        return self._directive_dict(job, "STATE", (), self._cause(job, "re-sent on subscribe", self.last_sample),
+                                    self.clock.monotonic())
 
     def ack(self, job_id: str, version: int) -> dict:
         job = self.get(job_id)
