@@ -99,14 +99,16 @@ class Runtime:
             restart = [f"{s}.{k}" for s, k in changed if (s, k) in config_mod.RESTART_KEYS]
             live = config_mod.keep_restart_keys(self.config, new)
             self.config = live
-            self.ctx.config = live
             log_mod.set_level(live.daemon.log_level)
             self._apply_rpc(live)
+            # The units compare against ctx.config (still the old one) to see
+            # what changed; it is replaced once, after all of them.
             for u in self.units:
                 try:
                     u.reload(live)
                 except Exception as exc:  # noqa: BLE001 - one unit must not stop the others
                     log.error("unit_reload_failed", unit=u.name, error=repr(exc))
+            self.ctx.config = live
             names = [f"{s}.{k}" for s, k in changed]
             log.info("reloaded", file=self.config_file or "-", changed=",".join(names) or "-",
                      restart_required=",".join(restart) or "-")

@@ -7,7 +7,9 @@ others it needs explicitly, and drives them through this interface:
     register(registry)   add RPC methods and topics
     start() / stop()     own tasks and resources (stop flushes state)
     ready()              True once its first readings are in (gates READY=1)
-    reload(config)       apply a new Config on SIGHUP
+    reload(config)       apply a new Config on SIGHUP; ctx.config is still
+                         the old one, for comparison (app.py replaces it
+                         after every unit has reloaded)
     status()             fields merged into system.status (SystemStatus)
     summary()            a few words for the one-line STATUS=
 """
@@ -49,7 +51,7 @@ class Unit:
         return True
 
     def reload(self, config: Config) -> None:
-        self.ctx.config = config
+        pass
 
     def status(self) -> dict:
         return {}

@@ -17,7 +17,7 @@ from aal_core.listener import bind_socket
 from aal_core.rpc import Dispatcher, Limits
 from aal_core.rpc.server import Hub, RpcServer
 
-from helpers import short_tmpdir
+from helpers import short_tmpdir, wait_for
 from rpc_fixtures import RawConn, make_registry
 
 pytestmark = pytest.mark.slow
@@ -77,6 +77,18 @@ def test_system_reload_rpc(daemon_factory):
     assert r["restart_required"] == ["daemon.state_dir"]
     assert c.call("system.status")["result"]["state_dir"] == os.path.join(d.base, "state")
     c.close()
+
+
+def test_reload_lets_units_see_what_changed(daemon_factory):
+    """Units compare the new config with ctx.config during reload: the shared
+    context must still hold the old one then (it was replaced before, so a
+    reload of signal.model was reported but the stress model stayed)."""
+    d = daemon_factory(config='[signal]\nmodel = "classic"\n')
+    assert wait_for(lambda: d.call("stress.get"), what="a first sample")["model"] == "classic"
+    _write_config(d, '[signal]\nmodel = "fused"\n')
+    assert d.call("system.reload")["changed"] == ["signal.model"]
+    wait_for(lambda: d.call("stress.get")["model"] == "fused", what="samples of the fused model")
+    assert d.call("system.status")["config"]["signal"]["model"] == "fused"
 
 
 def test_a_bad_reload_keeps_the_running_config(daemon_factory):
