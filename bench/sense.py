@@ -25,6 +25,7 @@ from aal_core import kvfile, psi  # noqa: E402
 from aal_core.sources import _ref  # noqa: E402
 from aal_core.sources.cgroup import CgroupReader  # noqa: E402
 from aal_core.sources.meminfo import KEYS as MEMINFO_KEYS, MeminfoReader  # noqa: E402
+from aal_core.sources.vmstat import KEYS as VMSTAT_KEYS  # noqa: E402
 from aal_core.tegrastats import parse_tegrastats  # noqa: E402
 
 FIX = os.path.join(HERE, "..", "tests", "fixtures", "tegrastats")
@@ -68,7 +69,7 @@ def bench_readers():
     if os.path.exists("/proc/pressure/memory"):
         pf = psi.PsiFile("/proc/pressure/memory")
         row("PSI PsiFile.read()", per_call_us(pf.read), per_call_us(floor_reader("/proc/pressure/memory")))
-    vf = kvfile.KeyedFile("/proc/vmstat", (b"oom_kill", b"pgmajfault", b"pswpin", b"pswpout"))
+    vf = kvfile.KeyedFile("/proc/vmstat", VMSTAT_KEYS)
     row("vmstat KeyedFile.read()", per_call_us(vf.read), per_call_us(floor_reader("/proc/vmstat")))
     for cg in ("/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
         try:
