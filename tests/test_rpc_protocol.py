@@ -327,6 +327,15 @@ def test_param_integer_beyond_64_bits_is_invalid_params(disp, reg):
     assert reg[1]["calls"] == []
 
 
+def test_param_integer_beyond_64_bits_in_a_batch_member(disp, reg):
+    r = run(disp, b'[{"jsonrpc":"2.0","id":1,"method":"echo","params":{"text":"a"}},'
+                  b'{"jsonrpc":"2.0","id":2,"method":"echo","params":{"text":"b","n":18446744073709551616}}]')
+    assert r[0]["id"] == 1 and "result" in r[0]
+    assert r[1]["id"] == 2 and err(r[1])["code"] == E.INVALID_PARAMS
+    assert r[1]["error"]["data"]["integer"] == "18446744073709551616"
+    assert len(reg[1]["calls"]) == 1
+
+
 def test_long_digit_runs_inside_strings_are_fine(disp):
     r = run(disp, req("echo", {"text": "1" * 100}))
     assert r["result"] == {"text": "1" * 100}

@@ -251,12 +251,14 @@ class Dispatcher:
         limit = limits.max_depth
         if (frame.count(b"[") + frame.count(b"{")) > limit and _depth_exceeds(msg, limit):
             return self._too_deep()
-        if _has_long_digit_run(frame):
-            # Rare: re-read exactly so out-of-range integers are reported, not rounded.
+        # Rare: re-read exactly so out-of-range integers are reported, not
+        # rounded.  Only such a frame can hold a BigInt.
+        exact = _has_long_digit_run(frame)
+        if exact:
             msg = json.loads(frame, parse_int=_exact_int)
         if type(msg) is list:
-            return self._batch(msg, call)
-        out = self._one(msg, call)
+            return self._batch(msg, call, exact)
+        out = self._one(msg, call, exact)
         if out is None or type(out) is dict:
             return None if out is None else self._encode(out)
         return self._await_one(out)
@@ -270,14 +272,14 @@ class Dispatcher:
         out = await aw
         return None if out is None else self._encode(out)
 
-    def _batch(self, msgs: list, call: Call):
+    def _batch(self, msgs: list, call: Call, exact: bool):
         if not msgs:
             return error_frame(None, E.INVALID_REQUEST, "empty batch", {"size": 0})
         if len(msgs) > self.limits.max_batch:
             return error_frame(None, E.INVALID_REQUEST,
                                f"batch of {len(msgs)} exceeds the limit of {self.limits.max_batch}",
                                {"max_batch": self.limits.max_batch, "size": len(msgs)})
-        outs = [self._one(m, call) for m in msgs]
+        outs = [self._one(m, call, exact) for m in msgs]
         if any(o is not None and type(o) is not dict for o in outs):
             return self._await_batch(outs)
         replies = [o for o in outs if o is not None]
@@ -314,8 +316,9 @@ class Dispatcher:
             return _error(id_, E.INTERNAL_ERROR, "result could not be encoded as JSON",
                           {"reason": str(exc)})
 
-    def _one(self, msg, call: Call):
-        """One request → response dict, None (notification), or an awaitable."""
+    def _one(self, msg, call: Call, exact: bool):
+        """One request → response dict, None (notification), or an awaitable.
+        `exact`: the frame was re-read exactly, so it may hold BigInts."""
         if type(msg) is not dict:
             return _error(None, E.INVALID_REQUEST, "request must be a JSON object",
                           {"got": _kind(msg)})
@@ -358,7 +361,7 @@ class Dispatcher:
                    " (write: members of the socket's group)"),
                 {"method": name, "required": m.access.name.lower(), "granted": call.access.name.lower(),
                  "peer_uid": call.uid})
-        if params is not None:
+        if exact and params is not None:
             big = _has_bigint(params)
             if big is not None:
                 return None if notify else _error(
