@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from ..runes import POLICIES, PURGES, PURGES_ON_EVENT, PURGES_ON_STRESS, resolve
+from ..sources.cgroup import proc_cgroup
 
 __all__ = ["KVCache", "memory_total", "malloc_trim"]
 
@@ -93,26 +94,23 @@ def memory_total(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") 
                 total = int(line.split()[1]) * 1024
                 break
     try:
-        with open(os.path.join(proc_root, "self", "cgroup")) as fh:
-            lines = fh.read().splitlines()
+        where = proc_cgroup("self", proc_root)
     except OSError:
         return total
-    for line in lines:
-        hid, ctrls, path = line.split(":", 2)
-        cand = []
-        if hid == "0":
-            cand += [os.path.join(d, "memory.max") for d in _with_ancestors(cgroup_root, path)]
-        if "memory" in ctrls.split(","):
-            cand += [os.path.join(d, "memory.limit_in_bytes")
-                     for d in _with_ancestors(os.path.join(cgroup_root, "memory"), path)]
-        for c in cand:
-            try:
-                with open(c) as fh:
-                    v = fh.read().strip()
-            except OSError:
-                continue
-            if v.isdigit() and 0 < int(v) < total:
-                total = int(v)
+    cand = []
+    if "v2" in where:
+        cand += [os.path.join(d, "memory.max") for d in _with_ancestors(cgroup_root, where["v2"])]
+    if "v1" in where:
+        cand += [os.path.join(d, "memory.limit_in_bytes")
+                 for d in _with_ancestors(os.path.join(cgroup_root, "memory"), where["v1"])]
+    for c in cand:
+        try:
+            with open(c) as fh:
+                v = fh.read().strip()
+        except OSError:
+            continue
+        if v.isdigit() and 0 < int(v) < total:
+            total = int(v)
     return total
 
 

@@ -15,6 +15,7 @@ import os
 import time
 
 from ..log import get_logger
+from ..sources.cgroup import proc_cgroup
 
 log = get_logger("govern.cgroups")
 
@@ -88,18 +89,12 @@ class CgroupEnforcer:
     def _origin_of(self, pid: int) -> str | None:
         """The cgroup directory (in this hierarchy) the process is in now."""
         try:
-            lines = _read(os.path.join(self.proc_root, str(pid), "cgroup")).splitlines()
+            rel = proc_cgroup(pid, self.proc_root).get(self.mode)
         except OSError:
             return None
-        for line in lines:
-            parts = line.split(":", 2)
-            if len(parts) != 3:
-                continue
-            if self.mode == "v2" and parts[0] == "0":
-                return os.path.join(V2_ROOT, parts[2].lstrip("/"))
-            if self.mode == "v1" and "memory" in parts[1].split(","):
-                return os.path.join(V1_MEMORY, parts[2].lstrip("/"))
-        return None
+        if rel is None:
+            return None
+        return os.path.join(V2_ROOT if self.mode == "v2" else V1_MEMORY, rel.lstrip("/"))
 
     def _ensure_base(self) -> None:
         if self.mode == "v2":

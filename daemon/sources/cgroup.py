@@ -58,6 +58,24 @@ class CgroupMem:
         return d
 
 
+def proc_cgroup(pid: int | str, proc_root: str = "/proc") -> dict[str, str]:
+    """Where a process is, from <proc_root>/<pid>/cgroup: "v2" (the unified
+    hierarchy's "0::" line) and "v1" (the hierarchy holding the memory
+    controller), each a path relative to its mount ("/a/b"), where present.
+    Raises OSError when the file cannot be read (e.g. the process is gone)."""
+    out: dict[str, str] = {}
+    with open(os.path.join(proc_root, str(pid), "cgroup")) as fh:
+        for line in fh:
+            parts = line.rstrip("\n").split(":", 2)
+            if len(parts) != 3:
+                continue
+            if parts[0] == "0":
+                out.setdefault("v2", parts[2])
+            elif "memory" in parts[1].split(","):
+                out.setdefault("v1", parts[2])
+    return out
+
+
 def v2_ancestors(path: str, root: str | None = None) -> list[str]:
     """The v2 cgroups above `path` that have a memory.max, nearest first:
     up while the parent has one (the hierarchy's root has none), and not
