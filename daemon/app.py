@@ -119,6 +119,7 @@ class Runtime:
     def _apply_rpc(self, cfg: Config) -> None:
         rpc = cfg.rpc
         self.dispatcher.limits = _limits(rpc)
+        _raise_fd_limit(rpc.max_connections + FD_RESERVE)
         self.server.max_connections = rpc.max_connections
         self.server.idle_timeout_s = rpc.idle_timeout_s
         self.server.outbox_max = rpc.outbox_max_frames
@@ -141,7 +142,14 @@ def _limits(rpc: config_mod.RpcConfig) -> Limits:
     return Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch)
 
 
+# File descriptors beyond one per connection: the ledger, /proc and cgroup
+# files kept open, tegrastats' pipe, the loop's own.
+FD_RESERVE = 64
+
+
 def _raise_fd_limit(want: int) -> None:
+    """Raise RLIMIT_NOFILE's soft limit to `want` (up to the hard limit), so
+    rpc.max_connections can be reached; never lowers it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = min(hard, max(soft, want)) if hard != resource.RLIM_INFINITY else max(soft, want)
     if target > soft:
@@ -156,7 +164,7 @@ async def serve(rt: Runtime) -> int:
         os.makedirs(cfg.daemon.state_dir, exist_ok=True)
     except OSError as exc:
         raise StateError(f"cannot create the state directory {cfg.daemon.state_dir}: {exc.strerror}") from None
-    _raise_fd_limit(cfg.rpc.max_connections + 64)
+    _raise_fd_limit(cfg.rpc.max_connections + FD_RESERVE)
 
     # Signals first: a SIGTERM during start-up is a graceful stop too.
     def _on_hup():

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import resource
 import signal
 import time
 
@@ -89,6 +90,30 @@ def test_reload_lets_units_see_what_changed(daemon_factory):
     assert d.call("system.reload")["changed"] == ["signal.model"]
     wait_for(lambda: d.call("stress.get")["model"] == "fused", what="samples of the fused model")
     assert d.call("system.status")["config"]["signal"]["model"] == "fused"
+
+
+def _nofile_soft(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as fh:
+        line = next(ln for ln in fh if ln.startswith("Max open files"))
+    return int(line.split()[3])
+
+
+def test_open_file_limit_follows_max_connections_on_reload(daemon_factory):
+    """rpc.max_connections is live: a reload raising it raises the soft
+    RLIMIT_NOFILE too, as start-up does, or accept() would hit EMFILE first."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2000:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} is below what the test raises to")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))   # the daemon inherits it
+    try:
+        d = daemon_factory(config="[rpc]\nmax_connections = 100\n")
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert _nofile_soft(d.proc.pid) == 256          # 100 + 64 fits: left as it was
+    _write_config(d, "[rpc]\nmax_connections = 1500\n")
+    assert d.call("system.reload")["changed"] == ["rpc.max_connections"]
+    assert _nofile_soft(d.proc.pid) == 1500 + 64
+    assert d.stop() == 0
 
 
 def test_a_bad_reload_keeps_the_running_config(daemon_factory):
