@@ -1,6 +1,6 @@
-"""Per-process memory (RSS, and PSS where readable) for registered clients,
-through psutil.  For the governor: what a job costs, not what the machine
-has left (that is the stress signal)."""
+"""Per-process memory (RSS, and PSS where readable) through psutil: what one
+process costs, not what the machine has left (that is the stress signal).
+A library helper; the daemon does not call it (see README, sensing)."""
 from __future__ import annotations
 
 import psutil
