@@ -54,10 +54,7 @@ class GovernorUnit(Unit):
     async def start(self) -> None:
         if self.sensing is not None:
             self.sensing.add_listener(self.on_sample)
-            latest = getattr(self.sensing, "latest", None)
-            sample = latest() if latest else None
-            if sample is not None:
-                self.core.last_sample = sample
+            self.core.last_sample = self.sensing.latest()
         else:
             log.warning("no_sensing", effect="no stress samples: no directives, no refusals")
         self._reaper = asyncio.ensure_future(self._reap())
