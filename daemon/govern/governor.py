@@ -176,7 +176,7 @@ class Governor:
         """A new stress sample: update the level, then each job's steps.
         Returns the directives to push (at most one per job)."""
         self.last_sample = sample
-        now = float(getattr(sample, "monotonic", self.clock.monotonic()))
+        now = float(sample.monotonic)
         stress = float(sample.stress)
         level = self.level.update(stress, now)
         forced = self.level.notches > 0
@@ -195,13 +195,8 @@ class Governor:
         cause = {"reason": reason, "threshold": job.threshold, "level": self.level.value,
                  "stress": 0.0, "sample_timestamp": 0.0, "sample_monotonic": 0.0}
         if sample is not None:
-            cause["stress"] = float(sample.stress)
-            cause["sample_timestamp"] = float(getattr(sample, "timestamp", 0.0))
-            cause["sample_monotonic"] = float(getattr(sample, "monotonic", 0.0))
-            for k in ("band", "model"):
-                v = getattr(sample, k, None)
-                if v is not None:
-                    cause[k] = str(v)
+            cause.update(stress=float(sample.stress), sample_timestamp=float(sample.timestamp),
+                         sample_monotonic=float(sample.monotonic), band=sample.band, model=sample.model)
         return cause
 
     def _directive(self, job: JobState, kind: str, steps, reason: str, sample) -> dict:
