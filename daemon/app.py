@@ -151,7 +151,8 @@ def _raise_fd_limit(want: int) -> None:
     """Raise RLIMIT_NOFILE's soft limit to `want` (up to the hard limit), so
     rpc.max_connections can be reached; never lowers it."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = min(hard, max(soft, want)) if hard != resource.RLIM_INFINITY else max(soft, want)
+    # The kernel keeps this hard limit finite (at most fs.nr_open).
+    target = min(hard, want)
     if target > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
