@@ -30,12 +30,7 @@ def _write_config(d, text):
 
 
 def _wait_log(d, text, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in d.log():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{text!r} not in the log:\n{d.log()}")
+    wait_for(lambda: text in d.log(), timeout, what=f"{text!r} in the daemon's log")
 
 
 def test_sighup_reload_keeps_connections_and_reports_changes(daemon_factory):
