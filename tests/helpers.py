@@ -16,6 +16,13 @@ AAL_CORE = os.path.join(BIN, "aal-core")
 AALCTL = os.path.join(BIN, "aalctl")
 
 
+def without_systemd_env() -> dict:
+    """os.environ without what systemd hands a service (LISTEN_*, NOTIFY_*,
+    WATCHDOG_*): a daemon a test starts must not take the runner's sockets
+    or ping its watchdog."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
+
+
 def wait_for(fn, timeout: float = 10.0, what: str = "condition", every: float = 0.05):
     """Poll fn() until it returns something truthy and return that value.
 
@@ -81,7 +88,7 @@ def start_daemon(*args: str, base: str | None = None, config: str | None = None,
         cmd += ["--config", cfg_path]
     cmd += list(args)
     stderr_path = os.path.join(base, "daemon.stderr")
-    full_env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID")}
+    full_env = without_systemd_env()
     full_env.update(env or {})
     with open(stderr_path, "wb") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=full_env)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from helpers import AAL_CORE, short_tmpdir
+from helpers import AAL_CORE, short_tmpdir, without_systemd_env
 from rpc_fixtures import RawConn
 
 pytestmark = pytest.mark.slow
@@ -20,10 +20,6 @@ pytestmark = pytest.mark.slow
 # LISTEN_FDS=1 and LISTEN_PID set to the service's own pid.  bash gets the
 # socket as stdin, moves it to fd 3, and execs the daemon (same pid as $$).
 LAUNCHER = 'exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_FDNAMES=aal-core.socket LISTEN_PID=$$ exec "$@"'
-
-
-def _env():
-    return {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
 
 
 def _wait_answers(path: str, proc, timeout: float = 20.0):
@@ -57,7 +53,7 @@ def test_serves_on_the_inherited_socket(tmp_path):
     early.send(b'{"jsonrpc":"2.0","id":"early","method":"system.health"}\n')
     proc = subprocess.Popen(["bash", "-c", LAUNCHER, "launcher", AAL_CORE, "run", "--local", base,
                              "--tegrastats", "off"],
-                            stdin=lsock.fileno(), env=_env(), stdout=subprocess.DEVNULL,
+                            stdin=lsock.fileno(), env=without_systemd_env(), stdout=subprocess.DEVNULL,
                             stderr=open(os.path.join(base, "stderr"), "wb"))
     lsock.close()  # only the daemon holds it now
     try:
@@ -84,7 +80,7 @@ def test_listen_pid_of_another_process_is_ignored():
     launcher = 'exec 3<&0 0</dev/null; LISTEN_FDS=1 LISTEN_PID=1 exec "$@"'
     proc = subprocess.Popen(["bash", "-c", launcher, "launcher", AAL_CORE, "run", "--local", base,
                              "--tegrastats", "off"],
-                            stdin=lsock.fileno(), env=_env(), stdout=subprocess.DEVNULL,
+                            stdin=lsock.fileno(), env=without_systemd_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     lsock.close()
     try:
@@ -112,7 +108,7 @@ def test_live_socket_is_never_stolen(daemon_factory):
     first = daemon_factory()
     ino = os.stat(first.socket).st_ino
     proc = subprocess.run([AAL_CORE, "run", "--local", first.base, "--tegrastats", "off"],
-                          env=_env(), capture_output=True, text=True, timeout=30)
+                          env=without_systemd_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3
     assert "event=cannot_listen" in proc.stderr
     assert f"{first.socket} is in use by a running server" in proc.stderr
@@ -127,7 +123,7 @@ def test_a_non_socket_file_is_not_removed(tmp_path):
     with open(path, "w") as fh:
         fh.write("precious")
     proc = subprocess.run([AAL_CORE, "run", "--local", base, "--tegrastats", "off"],
-                          env=_env(), capture_output=True, text=True, timeout=30)
+                          env=without_systemd_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3 and "exists and is not a socket" in proc.stderr
     assert open(path).read() == "precious"
 
@@ -135,7 +131,7 @@ def test_a_non_socket_file_is_not_removed(tmp_path):
 def test_unwritable_socket_directory_is_a_listen_error():
     proc = subprocess.run([AAL_CORE, "run", "--local", short_tmpdir(), "--tegrastats", "off",
                            "--socket", "/proc/aal-core/x.sock"],
-                          env=_env(), capture_output=True, text=True, timeout=30)
+                          env=without_systemd_env(), capture_output=True, text=True, timeout=30)
     assert proc.returncode == 3 and "cannot listen on /proc/aal-core/x.sock" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -153,7 +149,7 @@ def test_a_live_socket_it_may_not_probe_is_not_taken_either():
     try:
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--",
                                AAL_CORE, "run", "--local", base, "--tegrastats", "off"],
-                              env=_env(), capture_output=True, text=True, timeout=30)
+                              env=without_systemd_env(), capture_output=True, text=True, timeout=30)
         assert proc.returncode == 3, proc.stderr
         assert "event=cannot_listen" in proc.stderr and "Permission denied" in proc.stderr
         assert os.stat(path).st_ino == ino

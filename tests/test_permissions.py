@@ -18,7 +18,7 @@ import pytest
 
 from aal_core import errors as E
 
-from helpers import AAL_CORE, AALCTL, short_tmpdir
+from helpers import AAL_CORE, AALCTL, short_tmpdir, without_systemd_env
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -52,7 +52,7 @@ def _start(base: str, *, user: str | None = None) -> subprocess.Popen:
     cmd = [AAL_CORE, "run", "--local", base, "--tegrastats", "off"]
     if user:
         cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "--"] + cmd
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
+    env = without_systemd_env()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(os.path.join(base, "err"), "wb"))
     sock = os.path.join(base, "aal-core.sock")
     deadline = time.monotonic() + 20

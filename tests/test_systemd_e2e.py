@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from aal_core.config import DaemonConfig, LedgerConfig
-from helpers import wait_for
+from helpers import wait_for, without_systemd_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -147,8 +147,7 @@ class Container:
                "--console=pipe", "-M", self.name, *binds,
                # Kernel-command-line style arguments for the container's systemd:
                "--", "systemd.firstboot=off", "systemd.log_level=debug", "systemd.show_status=0"]
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")}
+        env = without_systemd_env()
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True)
