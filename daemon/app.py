@@ -175,14 +175,16 @@ async def serve(rt: Runtime) -> int:
     loop.add_signal_handler(signal.SIGINT, rt.stop_event.set)
     loop.add_signal_handler(signal.SIGHUP, _on_hup)
 
+    # Bind first (a socket in use fails fast), start the units, then serve:
+    # a client that connects meanwhile waits in the kernel's backlog and is
+    # answered by started units, never by half-started ones.
     sock = rt.listen()
+    for u in rt.units:
+        await u.start()
     await rt.server.start(sock)
     log.info("listening", socket=rt.socket_path, activated=rt.socket_activated,
              state_dir=cfg.daemon.state_dir, config=rt.config_file or "-",
              hardware=rt.hardware.kind, loop=rt.event_loop_name, json=rt.json_name)
-
-    for u in rt.units:
-        await u.start()
     deadline = time.monotonic() + cfg.daemon.ready_timeout_s
     while not all(u.ready() for u in rt.units) and time.monotonic() < deadline \
             and not rt.stop_event.is_set():
