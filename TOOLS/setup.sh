@@ -21,8 +21,6 @@ if [ "$want_test" = 1 ]; then
     command -v systemd-nspawn >/dev/null || apt_pkgs+=(systemd-container)
     command -v socat >/dev/null || apt_pkgs+=(socat)
     command -v shellcheck >/dev/null || apt_pkgs+=(shellcheck)
-    command -v redis-server >/dev/null || apt_pkgs+=(redis-server)
-    command -v sudo >/dev/null || apt_pkgs+=(sudo)
     command -v setpriv >/dev/null || apt_pkgs+=(util-linux)
     # test_systemd_e2e: the nspawn container shares only /usr with the host,
     # so the service's venv there is made from /usr/bin/python3.
