@@ -23,7 +23,7 @@ import socket
 import threading
 import time
 
-from . import ConnectError, RpcCallError, _connect_error, default_socket
+from . import ConnectError, RpcCallError, _connect_error, _frame, _is_notification, _request, _result, default_socket
 
 __all__ = ["GovernedJob"]
 
@@ -65,10 +65,7 @@ class GovernedJob:
         slot: list = []
         ev = threading.Event()
         self._waiting[id_] = [ev, slot]
-        req = {"jsonrpc": "2.0", "id": id_, "method": method}
-        if params is not None:
-            req["params"] = params
-        data = json.dumps(req, separators=(",", ":")).encode() + b"\n"
+        data = _frame(_request(method, params, id_))
         with self._lock:
             self._sock.sendall(data)
         if not ev.wait(self.timeout):
@@ -77,10 +74,7 @@ class GovernedJob:
         msg = slot[0]
         if msg is None:
             raise ConnectError(f"aal-core closed the connection on {self.path}")
-        if "error" in msg:
-            e = msg["error"]
-            raise RpcCallError(e.get("code", 0), e.get("message", ""), e.get("data"))
-        return msg.get("result")
+        return _result(msg)
 
     def _read_loop(self):
         buf = b""
@@ -104,7 +98,7 @@ class GovernedJob:
             self._waiting.clear()
 
     def _dispatch(self, msg):
-        if isinstance(msg, dict) and msg.get("method") == "job.directive" and "id" not in msg:
+        if _is_notification(msg) and msg["method"] == "job.directive":
             d = msg["params"]["data"]
             if d.get("job_id") == self.job_id and d.get("version", 0) >= self.version:
                 self.version = d["version"]
