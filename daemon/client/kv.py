@@ -164,6 +164,10 @@ class KVCache:
         self.min_blocks_per_seq = min_blocks_per_seq
         self.window_tokens = window_tokens
         self.seqs: dict[str, _Seq] = {}
+        # Running totals, kept where blocks are made, freed or change tier,
+        # so the per-token accounting is O(1), not a walk over every block.
+        self._local = 0                 # LOCAL blocks
+        self._ext_bytes = 0             # bytes of the EXTENDED (int8) pool
         self._clock = 0
         self._cold_dir = cold_dir
         self._cold: np.memmap | None = None
@@ -186,14 +190,14 @@ class KVCache:
     # ------------------------------------------------------------ accounting
 
     def local_blocks(self) -> int:
-        return sum(1 for s in self.seqs.values() for b in s.blocks if b.tier == "LOCAL")
+        return self._local
 
     def used_bytes(self) -> int:
         """Bytes held in RAM by the main pool."""
         return self.local_blocks() * self.block_bytes
 
     def extended_bytes(self) -> int:
-        return sum(b.ext[0].numel() for s in self.seqs.values() for b in s.blocks if b.tier == "EXTENDED")
+        return self._ext_bytes
 
     def tokens(self, seq_id: str) -> int:
         s = self.seqs.get(seq_id)
@@ -213,6 +217,7 @@ class KVCache:
                 self._restore(s.blocks[-1])
             if not s.blocks or s.blocks[-1].tokens == self.block_tokens:
                 s.blocks.append(_Block(torch.empty(self.shape, dtype=self.dtype)))
+                self._local += 1
         b = s.blocks[-1]
         b.data[:, :, :, b.tokens, :] = kv
         b.tokens += 1
@@ -222,13 +227,13 @@ class KVCache:
         """TASK_BOUND: the task ended; free its sequences.  Returns blocks freed."""
         n = 0
         for sid in [k for k, s in self.seqs.items() if s.task_id == task_id]:
-            n += len(self.seqs.pop(sid).blocks)
+            n += self._free_seq(self.seqs.pop(sid))
         self._after_free(n)
         return n
 
     def drop(self, seq_id: str) -> int:
         s = self.seqs.pop(seq_id, None)
-        n = 0 if s is None else len(s.blocks)
+        n = 0 if s is None else self._free_seq(s)
         self._after_free(n)
         return n
 
@@ -304,7 +309,7 @@ class KVCache:
         keep = max(self.seqs.values(), key=lambda s: s.last_used).seq_id
         n = 0
         for sid in [k for k in self.seqs if k != keep]:
-            n += len(self.seqs.pop(sid).blocks)
+            n += self._free_seq(self.seqs.pop(sid))
         s = self.seqs[keep]
         for b in s.blocks:
             if b.tier == "EXTENDED":
@@ -451,6 +456,7 @@ class KVCache:
             x = b.data.float()
             scale = float(x.abs().max()) / 127.0 or 1.0
             b.ext = ((x / scale).round().clamp(-127, 127).to(torch.int8), scale)
+            self._ext_bytes += b.ext[0].numel()
         else:
             store = self._cold_store()
             slot = self._cold_free.pop()
@@ -458,6 +464,7 @@ class KVCache:
             b.cold_slot = slot
         b.data = None
         b.tier = tier
+        self._local -= 1
         self.stats["offloaded_blocks"] += 1
 
     def _restore(self, b: _Block) -> None:
@@ -465,19 +472,33 @@ class KVCache:
             q, scale = b.ext
             b.data = (q.float() * scale).to(self.dtype)
             b.ext = None
+            self._ext_bytes -= q.numel()
         elif b.tier == "COLD":
             raw = torch.from_numpy(np.array(self._cold[b.cold_slot]))
             b.data = raw.view(self.dtype).reshape(self.shape).clone()
             self._cold_free.append(b.cold_slot)
             b.cold_slot = None
         b.tier = "LOCAL"
+        self._local += 1
         self.stats["restored_blocks"] += 1
 
     def _free_block(self, b: _Block) -> None:
-        if b.tier == "COLD" and b.cold_slot is not None:
+        if b.tier == "LOCAL":
+            self._local -= 1
+        elif b.tier == "EXTENDED" and b.ext is not None:
+            self._ext_bytes -= b.ext[0].numel()
+        elif b.tier == "COLD" and b.cold_slot is not None:
             self._cold_free.append(b.cold_slot)
         b.data = None
         b.ext = None
+        b.cold_slot = None
+        b.tier = "FREED"               # freeing twice must not count twice
+
+    def _free_seq(self, s: _Seq) -> int:
+        """Free a sequence already taken out of `seqs`.  Returns its block count."""
+        for b in s.blocks:
+            self._free_block(b)
+        return len(s.blocks)
 
     def _after_free(self, n: int) -> None:
         if n:
@@ -485,6 +506,7 @@ class KVCache:
 
     def close(self) -> None:
         self.seqs.clear()
+        self._local = self._ext_bytes = 0
         self._cold = None
         if self._cold_path:
             try:
