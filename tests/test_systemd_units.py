@@ -184,7 +184,7 @@ def test_example_config_is_valid_and_documents_the_defaults(tmp_path):
 
 def test_exit_codes_are_documented():
     readme = (REPO / "README.md").read_text()
-    section = readme.split("<!-- SECTION:systemd -->", 1)[1].split("<!-- SECTION:", 1)[0]
+    section = readme.split("\n## systemd\n", 1)[1].split("\n## ", 1)[0]
     for name in ("EXIT_OK", "EXIT_FAIL", "EXIT_CONFIG", "EXIT_LISTEN", "EXIT_STATE"):
         code = getattr(cli, name)
         assert re.search(rf"^\|\s*{code}\s*\|", section, re.M), f"exit code {code} ({name}) not in README"
