@@ -164,4 +164,4 @@ class FusedModel:
                             components={k: (round(v, 6) if isinstance(v, float) else v) for k, v in comp.items()},
                             trend_per_s=round(slope_frac, 6),
                             seconds_to_exhaustion=None if tte is None else round(tte, 3),
-                            timestamp=r.wall, monotonic=r.t)
+                            timestamp=r.wall, monotonic=r.t, view="host" if cg is None else "cgroup")
