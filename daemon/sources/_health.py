@@ -132,7 +132,11 @@ class Health:
         return self.state == ABSENT and self.next_retry is not None and self.clock.monotonic() >= self.next_retry
 
     def set_max(self, max_s: float) -> None:
+        """A new cap (reload): a retry planned further away than it comes sooner."""
         self.backoff.max_s = max(self.backoff.initial_s, max_s)
+        self.backoff._next = min(self.backoff._next, self.backoff.max_s)
+        if self.next_retry is not None:
+            self.next_retry = min(self.next_retry, self.clock.monotonic() + self.backoff.max_s)
 
     def to_dict(self) -> dict:
         """The fields SenseSource and SourceState share."""
