@@ -21,6 +21,7 @@
     gpu_mem     a discrete GPU's memory (NVML), through the same curve
 
 stress = the largest component; every sample carries them all.
+view = "cgroup" when the watched cgroup was read for the sample, else "host".
 """
 from __future__ import annotations
 
