@@ -8,6 +8,7 @@ SIGTERM graceful stop.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import resource
 import signal
@@ -105,7 +106,9 @@ class Runtime:
             # what changed; it is replaced once, after all of them.
             for u in self.units:
                 try:
-                    u.reload(live)
+                    pending = u.reload(live)
+                    if inspect.isawaitable(pending):    # sensing restarts its sources
+                        await pending
                 except Exception as exc:  # noqa: BLE001 - one unit must not stop the others
                     log.error("unit_reload_failed", unit=u.name, error=repr(exc))
             self.ctx.config = live

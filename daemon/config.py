@@ -68,6 +68,9 @@ class SenseConfig:
     sample_hz_max: float = 50.0
     # Samples kept for stress.history.
     history_size: int = 600
+    # Cap of the backoff (0.5 s doubling) at which a source that went away
+    # (a removed cgroup, a dead tegrastats, NVML, a /proc file) is reopened.
+    retry_max_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ RANGES = {
     ("sense", "sample_hz"): (0.1, 1000.0),
     ("sense", "sample_hz_max"): (0.1, 1000.0),
     ("sense", "history_size"): (1, 1000000),
+    ("sense", "retry_max_s"): (0.5, 3600.0),
     ("signal", "trend_window_s"): (0.2, 600.0),
     ("signal", "trend_min_used"): (0.0, 1.0),
     ("signal", "throttle_c"): (-40.0, 200.0),

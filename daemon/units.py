@@ -9,7 +9,8 @@ others it needs explicitly, and drives them through this interface:
     ready()              True once its first readings are in (gates READY=1)
     reload(config)       apply a new Config on SIGHUP; ctx.config is still
                          the old one, for comparison (app.py replaces it
-                         after every unit has reloaded)
+                         after every unit has reloaded); may be a coroutine
+                         (awaited before the reload is answered)
     status()             fields merged into system.status (SystemStatus)
     summary()            a few words for the one-line STATUS=
 """

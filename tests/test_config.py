@@ -86,6 +86,7 @@ def test_wrong_types(tmp_path, text, fragment):
     ("[rpc]\nmax_depth = 513\n", "rpc.max_depth must be between 2 and 512, got 513"),
     # READY must come before the unit's TimeoutStartSec=30s.
     ("[daemon]\nready_timeout_s = 30\n", "daemon.ready_timeout_s must be between 0.0 and 25.0"),
+    ("[sense]\nretry_max_s = 0.1\n", "sense.retry_max_s must be between 0.5 and 3600.0, got 0.1"),
 ])
 def test_out_of_range_values(tmp_path, text, fragment):
     assert fragment in _err(tmp_path, text)

@@ -437,9 +437,10 @@ def test_tegrastats_dying_is_counted_as_source_failures(daemon_factory):
     t = wait_for(lambda: (s := {s["name"]: s for s in d.call("sense.sources")["sources"]}["tegrastats"])
                  ["restarts"] >= 2 and s)
     assert t["unparseable"] >= 2 and t["parsed"] >= 2
-    assert "exited with status 3" in t["reason"] and "lost /dev/nvhost-ctrl" in t["reason"]
+    assert "exited with status 3" in t["last_error"] and "lost /dev/nvhost-ctrl" in t["last_error"]
     sense, loop = stable_counts(d, keys=("source_failures",))
-    assert sense["source_failures"] >= 4
+    # one failure episode per death (each run parsed a line first); junk lines are no failures
+    assert sense["source_failures"] >= 2
     assert loop["source_failures"] == sense["source_failures"]
     assert "event=tegrastats_exited" in d.log() and "event=tegrastats_unparseable" in d.log()
     assert recorded_anomalies(offline_ledger(d))["source_failures"] == loop["source_failures"]

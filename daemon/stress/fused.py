@@ -21,6 +21,7 @@
     gpu_mem     a discrete GPU's memory (NVML), through the same curve
 
 stress = the largest component; every sample carries them all.
+view = "cgroup" when the watched cgroup was read for the sample, else "host".
 """
 from __future__ import annotations
 
@@ -164,4 +165,4 @@ class FusedModel:
                             components={k: (round(v, 6) if isinstance(v, float) else v) for k, v in comp.items()},
                             trend_per_s=round(slope_frac, 6),
                             seconds_to_exhaustion=None if tte is None else round(tte, 3),
-                            timestamp=r.wall, monotonic=r.t)
+                            timestamp=r.wall, monotonic=r.t, view="host" if cg is None else "cgroup")

@@ -35,11 +35,14 @@ class StressSample:
     thermal_sensor: str | None = None
     thermal_margin_c: float | None = None
     power_mw: float | None = None
+    # The memory view it was computed from: "cgroup" when the watched
+    # cgroup was read for it, "host" (/proc/meminfo only) otherwise.
+    view: str = "host"
 
     def to_dict(self) -> dict:
         d = {"stress": self.stress, "band": self.band, "model": self.model,
              "components": dict(self.components), "trend_per_s": self.trend_per_s,
-             "timestamp": self.timestamp, "seq": self.seq}
+             "timestamp": self.timestamp, "seq": self.seq, "view": self.view}
         if self.seconds_to_exhaustion is not None:
             d["seconds_to_exhaustion"] = self.seconds_to_exhaustion
         for k in ("temp_c", "thermal_sensor", "thermal_margin_c", "power_mw"):

@@ -21,6 +21,7 @@ from .. import errors as E
 from ..errors import RpcError, SourceError, invalid_params
 from ..log import get_logger
 from ..rpc import codec
+from ..sources import _health
 from ..sources.cgroup import CgroupReader
 from ..sources.meminfo import MeminfoReader
 from ..sources.nvml import NvmlReader
@@ -42,43 +43,67 @@ FAST_TTE_S = 60.0
 
 
 class _Source:
-    """A reader plus its bookkeeping for sense.sources."""
+    """A reader, how to (re)open it, and its bookkeeping for sense.sources.
 
-    def __init__(self, name: str, path: str, reader=None, reason: str | None = None, clock=None):
-        self.name, self.path, self.reader, self.reason, self.clock = name, path, reader, reason, clock
+    A read that fails closes the reader (a removed cgroup's kept-open files
+    answer ENODEV forever, even once one of the same name is created again)
+    and the source is absent; `read()` reopens it through `factory` when
+    the backoff allows (sources._health), so it comes back by itself."""
+
+    def __init__(self, name: str, path: str, factory, clock, expected: bool = True,
+                 retry_max_s: float = _health.MAX_S):
+        self.name, self.path, self.factory, self.clock = name, path, factory, clock
+        self.reader = None
         self.reads = self.errors = 0
         self.last_read: float | None = None
         self.last_read_wall: float | None = None
-        self._logged = False
+        self.health = _health.Health(name, clock, expected=expected, max_s=retry_max_s)
 
     @property
     def present(self) -> bool:
         return self.reader is not None
 
+    @property
+    def reason(self) -> str | None:
+        return self.health.reason
+
+    def open(self) -> bool:
+        """One attempt to open; False (absent, retry planned) when it fails."""
+        try:
+            self.reader = self.factory()
+        except SourceError as exc:
+            self.errors += 1
+            self.health.down(str(exc))
+            return False
+        self.health.starting()
+        return True
+
+    def close(self) -> None:
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
+
     def read(self):
         if self.reader is None:
-            return None
+            if not self.health.retry_due() or not self.open():
+                return None
         try:
             v = self.reader.read()
         except SourceError as exc:
             self.errors += 1
-            self.reason = str(exc)
-            if not self._logged:
-                log.warning("source_read_failed", source=self.name, error=str(exc))
-                self._logged = True
+            self.close()
+            self.health.down(str(exc))
             return None
         self.reads += 1
         self.last_read = self.clock.monotonic()
         self.last_read_wall = self.clock.wall()
-        if self._logged:
-            log.info("source_recovered", source=self.name)
-            self._logged = False
-            self.reason = None
+        self.health.up()
         return v
 
     def state(self) -> dict:
         d = {"name": self.name, "present": self.present, "mode": "live", "path": self.path,
              "reads": self.reads, "errors": self.errors}
+        d.update(self.health.to_dict())
         if self.reason:
             d["reason"] = self.reason
         if self.last_read is not None:
@@ -87,11 +112,11 @@ class _Source:
         return d
 
 
-def _open(name: str, path: str, factory, clock) -> _Source:
-    try:
-        return _Source(name, path, factory(), clock=clock)
-    except SourceError as exc:
-        return _Source(name, path, None, reason=str(exc), clock=clock)
+def _open(name: str, path: str, factory, clock, expected: bool = True,
+          retry_max_s: float = _health.MAX_S) -> _Source:
+    s = _Source(name, path, factory, clock, expected=expected, retry_max_s=retry_max_s)
+    s.open()
+    return s
 
 
 class SensingUnit(Unit):
@@ -110,14 +135,18 @@ class SensingUnit(Unit):
         self._counters = {"critical_samples": 0, "oom_kills": 0, "thermal_breaches": 0,
                           "throttle_events": 0, "source_failures": 0}
         self._oom_base: dict[str, int] = {}
+        self._oom_carry: dict[str, int] = {}
+        self._oom_last: dict[str, int] = {}
         self._last_margin: float | None = None
         self._thermal: dict = {}
         self._interval = 1.0 / cfg.sense.sample_hz
         self._task: asyncio.Task | None = None
-        self.sources: list[_Source] = []
         self.meminfo = self.psi = self.vmstat = self.cgroup = self.nvml = None
+        # Failure episodes of sources replaced by a reload: source_failures
+        # is monotonic, so they stay counted.
+        self._retired_episodes = 0
         self.tegra = TegrastatsSource(cfg.sense.tegrastats_command, cfg.sense.tegrastats_interval_ms,
-                                      self.clock, on_sample=self._on_tegra)
+                                      self.clock, on_sample=self._on_tegra, backoff_max_s=cfg.sense.retry_max_s)
 
     # ------------------------------------------------------------ public API
     def latest(self) -> StressSample | None:
@@ -127,34 +156,61 @@ class SensingUnit(Unit):
         """fn(sample) is called in the event loop on every new sample."""
         self._listeners.append(fn)
 
+    @property
+    def sources(self) -> list[_Source]:
+        return [s for s in (self.meminfo, self.psi, self.vmstat, self.nvml, self.cgroup) if s is not None]
+
     def anomaly_counters(self) -> dict:
+        """source_failures counts failure episodes (a source going absent), not
+        failed reads: a cgroup gone for a minute is one anomaly, not 600."""
         c = dict(self._counters)
-        c["source_failures"] += sum(s.errors for s in self.sources) + self.tegra.errors
+        c["source_failures"] += sum(s.health.episodes for s in self.sources) + self.tegra.health.episodes \
+            + self._retired_episodes
         return c
 
+    def view(self) -> str:
+        """Which memory budget the stress is computed from now: "cgroup" while
+        the watched cgroup is read, else "host"."""
+        s = self._latest
+        return s.view if s is not None else "host"
+
     # ------------------------------------------------------------ lifecycle
+    def _retire(self, src: _Source | None) -> None:
+        if src is not None:
+            self._retired_episodes += src.health.episodes
+            src.close()
+
+    def _open_proc(self, root: str) -> None:
+        """meminfo, PSI and vmstat under proc_root (start, or a reload that changed it)."""
+        clock, cap = self.clock, self.ctx.config.sense.retry_max_s
+        for src in (self.meminfo, self.psi, self.vmstat):
+            self._retire(src)
+        self._oom_reset("vmstat")
+        self.meminfo = _open("meminfo", os.path.join(root, "meminfo"), lambda: MeminfoReader(root), clock,
+                             retry_max_s=cap)
+        psi_path = os.path.join(root, "pressure", "memory")
+        self.psi = _open("psi", psi_path, lambda: PsiReader(psi_path), clock, expected=False, retry_max_s=cap)
+        self.vmstat = _open("vmstat", os.path.join(root, "vmstat"), lambda: VmstatReader(root), clock,
+                            expected=False, retry_max_s=cap)
+
+    def _open_cgroup(self, path: str) -> None:
+        """The watched cgroup (start, or a reload that changed sense.cgroup); "" = none."""
+        self._retire(self.cgroup)
+        self.cgroup = None
+        self._oom_reset("cgroup")
+        if path:
+            self.cgroup = _open("cgroup", path, lambda: CgroupReader(path), self.clock,
+                                retry_max_s=self.ctx.config.sense.retry_max_s)
+
     def open_sources(self) -> None:
         sense = self.ctx.config.sense
-        root = sense.proc_root
-        clock = self.clock
-        self.meminfo = _open("meminfo", os.path.join(root, "meminfo"), lambda: MeminfoReader(root), clock)
+        self._open_proc(sense.proc_root)
         if not self.meminfo.present:
             raise SourceError(f"cannot sense memory: {self.meminfo.reason}")
-        psi_path = os.path.join(root, "pressure", "memory")
-        self.psi = _open("psi", psi_path, lambda: PsiReader(psi_path), clock)
-        self.vmstat = _open("vmstat", os.path.join(root, "vmstat"), lambda: VmstatReader(root), clock)
-        self.sources = [self.meminfo, self.psi, self.vmstat]
-        self.nvml = _open("nvml", "nvml", NvmlReader, clock)
-        if self.nvml.present:
-            self.sources.append(self.nvml)
-        if sense.cgroup:
-            self.cgroup = _open("cgroup", sense.cgroup, lambda: CgroupReader(sense.cgroup), clock)
-            if not self.cgroup.present:
-                log.warning("source_absent", source="cgroup", reason=self.cgroup.reason)
-            self.sources.append(self.cgroup)
-        for s in self.sources:
-            if not s.present and s.name != "cgroup":
-                log.info("source_absent", source=s.name, reason=s.reason)
+        # NVML is optional (no discrete GPU is the normal case on a Jetson),
+        # but retried: a driver may load after the daemon.
+        self.nvml = _open("nvml", "nvml", NvmlReader, self.clock, expected=False, retry_max_s=sense.retry_max_s)
+        self._open_cgroup(sense.cgroup)
 
     async def start(self) -> None:
         self.open_sources()
@@ -167,13 +223,15 @@ class SensingUnit(Unit):
         await cancel_task(task)
         await self.tegra.stop()
         for s in self.sources:
-            if s.reader is not None:
-                s.reader.close()
+            s.close()
 
     def ready(self) -> bool:
         return self._latest is not None
 
-    def reload(self, config) -> None:
+    async def reload(self, config) -> None:
+        """Every sense.* key is applied here: sources whose setting changed are
+        reopened (proc_root, cgroup) or restarted (tegrastats), so what
+        system.reload reports as changed is what runs."""
         old = self.ctx.config
         super().reload(config)
         if config.signal.model != old.signal.model:
@@ -182,16 +240,36 @@ class SensingUnit(Unit):
             self.model.configure(config)
         if config.sense.history_size != self.history.maxlen:
             self.history = collections.deque(self.history, maxlen=config.sense.history_size)
+        new, was = config.sense, old.sense
+        if new.sample_hz != was.sample_hz or new.sample_hz_max != was.sample_hz_max:
+            fast = self._interval < 1.0 / was.sample_hz
+            self._interval = 1.0 / (max(new.sample_hz_max, new.sample_hz) if fast else new.sample_hz)
+        if new.retry_max_s != was.retry_max_s:
+            for src in self.sources:
+                src.health.set_max(new.retry_max_s)
+        if new.proc_root != was.proc_root:
+            log.info("source_reopen", source="proc", proc_root=new.proc_root)
+            self._open_proc(new.proc_root)
+            if not self.meminfo.present:
+                log.error("source_absent", source="meminfo", reason=self.meminfo.reason, key="sense.proc_root")
+        if new.cgroup != was.cgroup:
+            log.info("source_reopen", source="cgroup", cgroup=new.cgroup or "-")
+            self._open_cgroup(new.cgroup)
+        if (new.tegrastats_command, new.tegrastats_interval_ms, new.retry_max_s) != \
+                (was.tegrastats_command, was.tegrastats_interval_ms, was.retry_max_s):
+            await self.tegra.reconfigure(new.tegrastats_command, new.tegrastats_interval_ms,
+                                         backoff_max_s=new.retry_max_s)
 
     def status(self) -> dict:
         out = []
         for s in self.sources + [self.tegra]:
             st = s.state()
-            d = {"name": st["name"], "present": st["present"], "mode": st["mode"]}
-            if st.get("reason"):
-                d["reason"] = st["reason"]
+            d = {k: st[k] for k in ("name", "present", "mode", "state", "since", "attempts") if k in st}
+            for k in ("reason", "last_error"):
+                if st.get(k):
+                    d[k] = st[k]
             out.append(d)
-        return {"sources": out}
+        return {"sources": out, "stress_view": self.view()}
 
     def summary(self) -> str:
         s = self._latest
@@ -215,10 +293,20 @@ class SensingUnit(Unit):
             await asyncio.sleep(max(0.0, self._interval - (clock.monotonic() - t0)))
 
     def _oom(self, key: str, value: int | None) -> int:
+        """OOM kills seen by `key` since start: the counter's rise since it was
+        opened, plus what earlier openings of it had counted."""
+        carry = self._oom_carry.get(key, 0)
         if value is None:
-            return 0
+            return carry
         base = self._oom_base.setdefault(key, value)
-        return max(0, value - base)
+        self._oom_last[key] = max(0, value - base)
+        return carry + self._oom_last[key]
+
+    def _oom_reset(self, key: str) -> None:
+        """The counter is read from a new file (a recreated cgroup starts at 0):
+        keep what was counted, take a new base."""
+        self._oom_carry[key] = self._oom_carry.get(key, 0) + self._oom_last.pop(key, 0)
+        self._oom_base.pop(key, None)
 
     def read(self) -> Reading | None:
         m = self.meminfo.read()
@@ -226,14 +314,19 @@ class SensingUnit(Unit):
             return None
         psi = self.psi.read()
         vm = self.vmstat.read()
-        cg = self.cgroup.read() if self.cgroup is not None else None
+        cg = None
+        if self.cgroup is not None:
+            was_open = self.cgroup.present
+            cg = self.cgroup.read()
+            if not was_open and cg is not None:     # reopened: a new cgroup's counters
+                self._oom_reset("cgroup")
         kills = max(self._oom("vmstat", vm.oom_kill if vm else None),
                     self._oom("cgroup", cg.oom_kill if cg else None))
         self._counters["oom_kills"] = max(self._counters["oom_kills"], kills)
         # A replay's RAM/lfb describe the recorded Jetson, not this machine:
         # they must not push this host's stress (tegrastats.latest shows them).
         tegra = self._fresh_tegra() if self.tegra.mode == "live" else None
-        gpu = self.nvml.read() if self.nvml is not None and self.nvml.present else None
+        gpu = self.nvml.read() if self.nvml is not None else None
         return Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi,
                        tegra=tegra, gpu_mem=gpu)
 
@@ -261,6 +354,11 @@ class SensingUnit(Unit):
         return sample
 
     def publish(self, sample: StressSample) -> None:
+        prev = self._latest
+        if prev is not None and prev.view != sample.view:
+            # Said once per change, never silently: the budget the guard watches moved.
+            why = self.cgroup.reason if self.cgroup is not None else None
+            log.warning("stress_view", view=sample.view, was=prev.view, reason=why or "-")
         if sample.band == "CRITICAL":
             self._counters["critical_samples"] += 1
         d = sample.to_dict()
@@ -340,7 +438,8 @@ class SensingUnit(Unit):
         def sense_sources(p, call):
             """Each source: present, mode, last read, error counts; the sampling rate; anomaly counters."""
             return {"sources": [s.state() for s in self.sources] + [self.tegra.state()],
-                    "sample_hz": round(1.0 / self._interval, 3), "anomalies": self.anomaly_counters()}
+                    "sample_hz": round(1.0 / self._interval, 3), "anomalies": self.anomaly_counters(),
+                    "view": self.view()}
 
         registry.add("stress.get", stress_get, result="StressSample")
         registry.add("stress.history", stress_history, params="StressHistoryParams", result="StressHistoryResult")

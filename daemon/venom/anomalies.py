@@ -1,7 +1,9 @@
 """Anomalies per beat, from what the daemon observes.
 
 Sensing keeps monotonically increasing counters (CRITICAL samples, OOM kills,
-thermal breaches, throttle events, source failures); so does the governor,
+thermal breaches, throttle events, source failures: failure *episodes*, one
+per source going absent until it reads again, never one per failed sample,
+so a cgroup gone for a minute is one anomaly, not one every beat); so does the governor,
 for directives a job left unacknowledged past `govern.ack_timeout_s` (each
 directive counted once, when it becomes overdue: one acked in time is never
 an anomaly, one acked late or never is exactly one); the beat timer says how
