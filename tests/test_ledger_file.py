@@ -135,7 +135,13 @@ def test_a_flipped_byte_anywhere_is_found_at_its_index(tmp_path):
 
 
 def test_torn_tails_are_cut_off_and_logged(tmp_path, caplog):
-    led, path, acks = make(tmp_path, n=5)
+    led, path, acks = make(tmp_path, n=4)
+    led.close()
+    # The mark before the last append: the state of a crash after the last
+    # record's write began and before its mark was written (never acknowledged).
+    mark_before = open(path + ".mark", "rb").read()
+    led = Ledger.open(path)
+    led.append({"seq": 4, "note": "", "ok": True, "n": None})
     led.close()
     blob, spans = _record_spans(path)
     last_start = spans[-1][0]
@@ -146,6 +152,8 @@ def test_torn_tails_are_cut_off_and_logged(tmp_path, caplog):
     for case in cases:
         with open(torn_path, "wb") as fh:
             fh.write(case)
+        with open(torn_path + ".mark", "wb") as fh:
+            fh.write(mark_before)
         full = len(case) >= len(blob) and case[:len(blob)] == blob
         caplog.clear()
         led = Ledger.open(torn_path)

@@ -2,7 +2,8 @@
 
 Appends queue up while a batch is being made durable; when its fsync
 returns, everything queued meanwhile goes out as the next batch.  An append
-resolves only after its bytes are fsync'd.  The fsync runs in a dedicated
+resolves only after its bytes are fsync'd and the high-water mark covering
+them is fdatasync'd (chain.Ledger.write_mark).  The fsync runs in a dedicated
 worker thread, so the event loop keeps serving while the disk works.
 
 With `group=False` every append gets its own write and fsync (the baseline
@@ -60,6 +61,17 @@ class GroupCommitter:
                         f.set_exception(err)
                 continue
             self.ledger.commit(batch)
+            if self.ledger.mark is not None:
+                try:   # the high-water mark, before any of the batch is acknowledged
+                    await loop.run_in_executor(self._pool, self.ledger.write_mark, self.ledger.mark_point())
+                except LedgerError as err:
+                    self.failures += 1
+                    log.error("ledger_append_failed", entries=len(items), reason=str(err),
+                              chain_length=self.ledger.count)
+                    for _, _, f in items:
+                        if not f.done():
+                            f.set_exception(err)
+                    continue
             self.batches += 1
             for i, (_, _, f) in enumerate(items):
                 if not f.done():
