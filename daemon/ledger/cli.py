@@ -124,9 +124,9 @@ def cmd_verify(args) -> int:
               f"written and never acknowledged: aal-core cuts it off at start). The "
               f"{out['chain_length']} entries before it verify, merkle root {out['merkle_root']}{under}")
     else:
-        where = (f"entry {out['first_bad_index']} (byte {out['byte_offset']})"
-                 if out.get("first_bad_index") is not None else "the ledger")
-        print(f"DAMAGED at or below the high-water mark: {where}: {out['reason']}. "
+        where = (f" at or below the high-water mark: entry {out['first_bad_index']} (byte "
+                 f"{out['byte_offset']})" if out.get("first_bad_index") is not None else "")
+        print(f"DAMAGED{where}: {out['reason']}. "
               f"aal-core refuses to start on it (exit 4). {out['chain_length']} entries verify{under}.")
     return {"ok": EXIT_OK, "torn": EXIT_TORN}.get(out["verdict"], EXIT_INVALID)
 

@@ -199,7 +199,7 @@ def judge(res, root_at, offset_at, mark: Mark | None, declares_mark: bool) -> Ve
     if res.count < mark.entries:
         what = res.reason if res.status == "corrupt" else (
             "the file ends there" if res.status == "ok" else
-            f"{res.torn_bytes} bytes after it do not frame a record (cut or zeroed)")
+            f"the {res.torn_bytes} bytes from there do not frame a record (cut or zeroed)")
         return Verdict("damaged", res.count, res.end,
                        f"{what}, but the high-water mark says {mark.entries} entries ({mark.bytes} bytes) "
                        f"were acknowledged", res.count if res.end else None, res.end)
