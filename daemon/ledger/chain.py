@@ -5,15 +5,18 @@
 daemon can group-commit (commit.py) without holding the event loop during
 fsync:
 
-    batch = ledger.prepare(items)   pure: indices, preimages, hashes
-    ledger.write(batch)             blocking: one write + one fsync
-    ledger.commit(batch)            in memory: chain tail, Merkle tree
-    ledger.write_mark(point)        blocking: the high-water mark (mark.py)
+    batch = ledger.prepare(items)   indices, preimages, hashes; the leaves are
+                                    staged in the Merkle tree (unseen: readers
+                                    ask for at most `count` leaves) for the root
+    ledger.write(batch)             blocking: one write + fsync of the records,
+                                    then the high-water mark (mark.py) + fdatasync
+    ledger.commit(batch)            in memory: chain tail and length
+    ledger.abort()                  instead of commit when write failed
 
-Only `commit` changes state, and only after the bytes are durable, so a
-failed write leaves the chain exactly as it was.  An append is acknowledged
-only after `write_mark` returned: whatever was acknowledged is at or below
-the mark on disk, which is how the start tells a torn write from a loss.
+Only `commit` changes the visible state, and only after the bytes and the
+mark covering them are durable, so a failed write leaves the chain exactly
+as it was; whatever was acknowledged is at or below the mark on disk, which
+is how the start tells a torn write from a loss.
 """
 from __future__ import annotations
 
@@ -54,6 +57,7 @@ class Batch:
     blob: bytes             # framed records, concatenated
     hashes: tuple           # raw 32-byte hashes, one per record
     sizes: tuple            # framed size of each record
+    root: bytes = b""       # Merkle root of the chain with these records (the mark they make)
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,9 @@ class Ledger:
         return c
 
     def prepare(self, items) -> Batch:
-        """Frame `items` ((canonical_data, timestamp) pairs) as the next records."""
+        """Frame `items` ((canonical_data, timestamp) pairs) as the next records
+        and stage their leaves in the tree (for the root the mark records)."""
+        self.abort()   # a batch prepared before and never committed
         prev, idx = self.latest_hash, self.count
         frames, hashes, sizes = [], [], []
         for data_c, ts in items:
@@ -271,21 +277,32 @@ class Ledger:
             sizes.append(len(f))
             prev = h
             idx += 1
-        return Batch(self.count, self.store.size, b"".join(frames), tuple(hashes), tuple(sizes))
+        self.tree.extend(b"".join(hashes))
+        return Batch(self.count, self.store.size, b"".join(frames), tuple(hashes), tuple(sizes),
+                     self.tree.root(idx))
 
     def write(self, batch: Batch) -> None:
-        """Make `batch` durable (blocking; safe to run in a worker thread)."""
+        """Make `batch` durable, then the mark that covers it (blocking; safe
+        to run in a worker thread: it touches neither the tree nor the chain)."""
         self.store.write(batch.blob, batch.offset)
+        self.write_mark((batch.start + len(batch.hashes), batch.offset + len(batch.blob), batch.root),
+                        undo_size=batch.offset)
+
+    def abort(self) -> None:
+        """Drop the leaves a prepared batch staged (its write failed)."""
+        if len(self.tree) > self.count:
+            self.tree.truncate(self.count)
 
     def mark_point(self) -> tuple[int, int, bytes]:
         """(entries, bytes, Merkle root) committed now: what write_mark records."""
         return self.count, self.store.size, self.root()
 
-    def write_mark(self, point: tuple[int, int, bytes]) -> None:
-        """Record `point` as the high-water mark (blocking; after write and
-        commit, before any of the batch is acknowledged).  A failure stops
-        appends until a restart: the entries are on disk, but not under the
-        mark, and a restart takes them in."""
+    def write_mark(self, point: tuple[int, int, bytes], undo_size: int | None = None) -> None:
+        """Record `point` (entries, bytes, root) as the high-water mark
+        (blocking; after the records' fsync, before any of them is
+        acknowledged).  A failure stops appends until a restart: the records
+        are on disk but not under the mark (a restart takes them in); the
+        chain in memory ends at `undo_size` as before."""
         if self.mark is None:
             return
         try:
@@ -293,16 +310,19 @@ class Ledger:
         except LedgerError as exc:
             self.store.broken = (f"{exc}; entries up to {point[0] - 1} are on disk but not under the "
                                  f"mark: appends are refused until a restart")
+            if undo_size is not None:
+                self.store.size = undo_size
             raise LedgerError(self.store.broken) from None
 
     def commit(self, batch: Batch) -> None:
         """Take a durable batch into the chain state."""
         if batch.start != self.count:
             raise LedgerError(f"batch starts at {batch.start}, but the chain has {self.count} entries")
+        if len(self.tree) < batch.start + len(batch.hashes):
+            raise LedgerError("commit of a batch that was not prepared last")
         off = batch.offset
-        for h, n in zip(batch.hashes, batch.sizes):
+        for n in batch.sizes:
             self.offsets.append(off)
-            self.tree.append(h)
             off += n
         if batch.start == 0:
             self.genesis_hash = batch.hashes[0]
@@ -313,9 +333,12 @@ class Ledger:
         """Append several entries with one write and one fsync."""
         now = self._now()
         batch = self.prepare([(self.encode(d), now) for d in datas])
-        self.write(batch)
+        try:
+            self.write(batch)
+        except BaseException:
+            self.abort()
+            raise
         self.commit(batch)
-        self.write_mark(self.mark_point())
         return [(batch.start + i, h.hex()) for i, h in enumerate(batch.hashes)]
 
     def append(self, data) -> tuple[int, str]:
@@ -325,7 +348,8 @@ class Ledger:
     # -- reading ---------------------------------------------------------
 
     def root(self, size: int | None = None) -> bytes:
-        return self.tree.root(size)
+        """Merkle root of the first `size` entries (default: the committed chain)."""
+        return self.tree.root(self.count if size is None else size)
 
     def _record_span(self, start: int, end: int) -> tuple[int, int]:
         a = self.offsets[start]

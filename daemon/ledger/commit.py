@@ -52,6 +52,7 @@ class GroupCommitter:
                 batch = self.ledger.prepare([(c, t) for c, t, _ in items])
                 await loop.run_in_executor(self._pool, self.ledger.write, batch)
             except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+                self.ledger.abort()
                 self.failures += 1
                 err = exc if isinstance(exc, LedgerError) else LedgerError(f"append failed: {exc!r}")
                 log.error("ledger_append_failed", entries=len(items), reason=str(err),
@@ -61,17 +62,6 @@ class GroupCommitter:
                         f.set_exception(err)
                 continue
             self.ledger.commit(batch)
-            if self.ledger.mark is not None:
-                try:   # the high-water mark, before any of the batch is acknowledged
-                    await loop.run_in_executor(self._pool, self.ledger.write_mark, self.ledger.mark_point())
-                except LedgerError as err:
-                    self.failures += 1
-                    log.error("ledger_append_failed", entries=len(items), reason=str(err),
-                              chain_length=self.ledger.count)
-                    for _, _, f in items:
-                        if not f.done():
-                            f.set_exception(err)
-                    continue
             self.batches += 1
             for i, (_, _, f) in enumerate(items):
                 if not f.done():
