@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 
 import pytest
 
@@ -66,10 +67,20 @@ def spans(path: str) -> list[tuple[int, int]]:
     return out
 
 
+VERIFY_TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "TOOLS",
+                           "verify_ledger.py")
+
+
 def offline(path: str) -> tuple[int, dict]:
+    """`aalctl ledger verify --json` (and TOOLS/verify_ledger.py, which must agree)."""
     out = subprocess.run([AALCTL, "ledger", "verify", "--json", path], capture_output=True, text=True)
     assert out.returncode in (0, 1, 3), out.stderr
-    return out.returncode, json.loads(out.stdout)
+    res = json.loads(out.stdout)
+    tool = subprocess.run([sys.executable, VERIFY_TOOL, path, "--json"], capture_output=True, text=True)
+    assert tool.returncode == out.returncode, tool.stderr
+    assert {k: v for k, v in json.loads(tool.stdout).items() if k != "seconds"} == \
+           {k: v for k, v in res.items() if k != "seconds"}
+    return out.returncode, res
 
 
 def start_refused(base: str) -> str:
