@@ -20,6 +20,7 @@ python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(
 if [ "$want_test" = 1 ]; then
     command -v systemd-nspawn >/dev/null || apt_pkgs+=(systemd-container)
     command -v socat >/dev/null || apt_pkgs+=(socat)
+    command -v strace >/dev/null || apt_pkgs+=(strace)
     command -v shellcheck >/dev/null || apt_pkgs+=(shellcheck)
     command -v setpriv >/dev/null || apt_pkgs+=(util-linux)
     # test_systemd_e2e: the nspawn container shares only /usr with the host,

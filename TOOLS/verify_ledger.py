@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Verify an aal-core ledger file offline (same code as `aalctl ledger verify`).
 
-    TOOLS/verify_ledger.py FILE [--json]     exit 0 valid, 1 not valid, 2 unreadable
+    TOOLS/verify_ledger.py FILE [--json] [--mark M]
+        exit 0 ok, 1 damaged at or below the high-water mark, 2 unreadable,
+        3 torn tail beyond the mark (cut off at start)
 """
 import argparse
 import sys

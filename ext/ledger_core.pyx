@@ -360,6 +360,16 @@ cdef class MerkleTree:
         self._pushed(rc)
         return self.n
 
+    def truncate(self, size_t size) -> int:
+        """Drop the leaves from `size` on (a batch staged by prepare whose
+        write failed).  Only n moves: every stored node of a perfect subtree
+        below `size` is still right, and push rewrites the rest as leaves
+        come back."""
+        if size > self.n:
+            raise ValueError(f"tree size {size} out of range 0..{self.n}")
+        self.n = size
+        return self.n
+
     def leaf(self, size_t index) -> bytes:
         """The stored leaf hash H(0x00 || entry_hash) at index."""
         if index >= self.n:

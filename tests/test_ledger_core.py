@@ -365,3 +365,30 @@ def test_forged_records_with_valid_hashes(kind, which, threads, block):
     want = {"link": "previous_hash does not match", "index": "index out of sequence"}.get(
         kind, "not in the canonical record layout")
     assert want in a[4]
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 200), data=st.data())
+def test_truncate_then_regrow_is_the_same_tree(n, data):
+    """A staged batch whose write failed is dropped with truncate; the tree
+    then grows as if it never had those leaves (compiled and reference)."""
+    d = leaves(n, seed=n)
+    other = leaves(n, seed=n + 1000)
+    cut = data.draw(st.integers(0, n), label="cut")
+    fast, slow = core.MerkleTree(), _ref.MerkleTree()
+    for t in (fast, slow):
+        t.extend(b"".join(d))
+        t.extend(b"".join(other[:data.draw(st.integers(0, n), label="staged")]))
+        t.truncate(n)
+        t.truncate(cut)
+        t.extend(b"".join(other[cut:]))
+    ref = core.MerkleTree()
+    ref.extend(b"".join(d[:cut] + other[cut:]))
+    assert len(fast) == len(slow) == len(ref) == n
+    for size in sorted({1, cut or 1, n, data.draw(st.integers(1, n), label="size")}):
+        assert fast.root(size) == slow.root(size) == ref.root(size)
+        i = data.draw(st.integers(0, size - 1), label="index")
+        assert fast.inclusion_proof(i, size) == slow.inclusion_proof(i, size) == ref.inclusion_proof(i, size)
+        assert fast.consistency_proof(1, size) == ref.consistency_proof(1, size)
+    with pytest.raises(ValueError):
+        fast.truncate(n + 1)

@@ -135,7 +135,13 @@ def test_a_flipped_byte_anywhere_is_found_at_its_index(tmp_path):
 
 
 def test_torn_tails_are_cut_off_and_logged(tmp_path, caplog):
-    led, path, acks = make(tmp_path, n=5)
+    led, path, acks = make(tmp_path, n=4)
+    led.close()
+    # The mark before the last append: the state of a crash after the last
+    # record's write began and before its mark was written (never acknowledged).
+    mark_before = open(path + ".mark", "rb").read()
+    led = Ledger.open(path)
+    led.append({"seq": 4, "note": "", "ok": True, "n": None})
     led.close()
     blob, spans = _record_spans(path)
     last_start = spans[-1][0]
@@ -146,6 +152,8 @@ def test_torn_tails_are_cut_off_and_logged(tmp_path, caplog):
     for case in cases:
         with open(torn_path, "wb") as fh:
             fh.write(case)
+        with open(torn_path + ".mark", "wb") as fh:
+            fh.write(mark_before)
         full = len(case) >= len(blob) and case[:len(blob)] == blob
         caplog.clear()
         led = Ledger.open(torn_path)
@@ -335,3 +343,29 @@ def test_memory_ledger_same_hashes_as_file(tmp_path):
     assert mem.manifest() == fil.manifest()
     assert mem.verify()["valid"]
     fil.close()
+
+
+def test_a_failed_mark_write_stops_appends_and_the_restart_takes_the_records_in(tmp_path, caplog):
+    """The records were fsync'd, the mark could not be written: the caller
+    gets the error (not acknowledged), appends are refused until a restart,
+    and the restart keeps the records and advances the mark over them."""
+    led, path, _ = make(tmp_path, n=2)
+    real_fd = led.mark._fd
+    led.mark._fd = os.open(path + ".mark", os.O_RDONLY)   # the mark's pwrite fails (EBADF)
+    try:
+        with pytest.raises(LedgerError, match="cannot write the high-water mark"):
+            led.append({"x": 1})
+    finally:
+        os.close(led.mark._fd)
+        led.mark._fd = real_fd
+    assert led.count == 3 and led.verify()["valid"]
+    with pytest.raises(LedgerError, match="refused until a restart"):
+        led.append({"x": 2})
+    led.close()
+    caplog.clear()
+    caplog.set_level("INFO")
+    again = Ledger.open(path)
+    assert again.count == 4 and again.entry(3)["data"] == {"x": 1}
+    assert any(r.msg == "ledger_mark_advanced" for r in caplog.records)
+    assert again.append({"x": 3})[0] == 4
+    again.close()

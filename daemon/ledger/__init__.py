@@ -2,7 +2,8 @@
 
 A SHA3-256 hash chain of entries {index, timestamp, data, previous_hash,
 hash}, with an RFC 9162 Merkle tree over the entry hashes for inclusion and
-consistency proofs.  Hashing, the tree and the start-up scan are compiled
+consistency proofs, and a high-water mark file (mark.py) of what was
+acknowledged.  Hashing, the tree and the start-up scan are compiled
 (aal_core.ledger_core); the format is in README "Ledger".
 
     Ledger.open(path)      the file, usable without the daemon

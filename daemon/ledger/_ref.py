@@ -78,6 +78,12 @@ class MerkleTree:
             self.append(hashes[k:k + HASH_LEN])
         return self.size
 
+    def truncate(self, size: int) -> int:
+        self._check_size(size)
+        for l, lv in enumerate(self.levels):
+            del lv[size >> l:]
+        return self.size
+
     def leaf(self, index: int) -> bytes:
         if not 0 <= index < self.size:
             raise IndexError(f"leaf {index} out of range (size {self.size})")

@@ -5,15 +5,22 @@
 daemon can group-commit (commit.py) without holding the event loop during
 fsync:
 
-    batch = ledger.prepare(items)   pure: indices, preimages, hashes
-    ledger.write(batch)             blocking: one write + one fsync
-    ledger.commit(batch)            in memory: chain tail, Merkle tree
+    batch = ledger.prepare(items)   indices, preimages, hashes; the leaves are
+                                    staged in the Merkle tree (unseen: readers
+                                    ask for at most `count` leaves) for the root
+    ledger.write(batch)             blocking: one write + fsync of the records,
+                                    then the high-water mark (mark.py) + fdatasync
+    ledger.commit(batch)            in memory: chain tail and length
+    ledger.abort()                  instead of commit when write failed
 
-Only `commit` changes state, and only after the bytes are durable, so a
-failed write leaves the chain exactly as it was.
+Only `commit` changes the visible state, and only after the bytes and the
+mark covering them are durable, so a failed write leaves the chain exactly
+as it was; whatever was acknowledged is at or below the mark on disk, which
+is how the start tells a torn write from a loss.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from array import array
@@ -27,14 +34,17 @@ from ..clock import SYSTEM, Clock
 from ..errors import LedgerError
 from ..log import get_logger
 from .canonical import EntryError, canonical_data, preimage
+from .mark import Mark, MarkFile, Verdict, genesis_declares_mark, judge, mark_path, read_mark
 from .store import HASH_LEN, HEADER_LEN, MAGIC, FileStore, MemoryStore
 
 log = get_logger("ledger")
 
 ZERO_HASH = b"\x00" * HASH_LEN
 FORMAT = "aal-core-ledger/1"
+# "high_water_mark": a ledger created with this genesis always has a mark
+# file; one whose genesis lacks it predates the mark and is adopted.
 GENESIS_DATA = {"genesis": True, "format": FORMAT, "hash": "sha3-256",
-                "canonical_json": "rfc8785", "merkle": "rfc9162"}
+                "canonical_json": "rfc8785", "merkle": "rfc9162", "high_water_mark": True}
 MAX_GET = 1000
 
 
@@ -47,6 +57,7 @@ class Batch:
     blob: bytes             # framed records, concatenated
     hashes: tuple           # raw 32-byte hashes, one per record
     sizes: tuple            # framed size of each record
+    root: bytes = b""       # Merkle root of the chain with these records (the mark they make)
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,29 @@ def verify_bytes(buf) -> tuple[ScanResult, dict]:
     return res, out
 
 
+def examine(buf, tree, mark: Mark | None, *, use_mark: bool = True) -> tuple[ScanResult, array, Verdict]:
+    """Scan a ledger image into `tree` and judge it against its mark: the
+    one decision shared by the daemon's start and `aalctl ledger verify`."""
+    res, raw = scan_bytes(buf, tree)
+    offsets = array("Q")
+    offsets.frombytes(raw)
+    declares = use_mark and res.count > 0 and genesis_declares_mark(buf, offsets)
+
+    def offset_at(n: int) -> int:
+        return offsets[n] if n < res.count else res.end
+
+    verdict = judge(res, tree.root, offset_at, mark, declares)
+    return res, offsets, verdict
+
+
+def damage_message(path: str, v: Verdict) -> str:
+    where = (f" at entry {v.index} (byte {v.byte})" if v.index is not None and v.byte is not None
+             else f" at entry {v.index}" if v.index is not None
+             else " at header" if v.byte == 0 else "")
+    return (f"ledger {path} is damaged{where}: {v.reason}. Refusing to start; nothing was changed. "
+            f"Inspect it with `aalctl ledger verify {path}`")
+
+
 def decode_record(rec: bytes) -> dict:
     """A framed record → the entry {index, timestamp, data, previous_hash, hash}."""
     n = int.from_bytes(rec[:4], "little")
@@ -116,30 +150,45 @@ class Ledger:
         self.genesis_hash = ZERO_HASH
         self.verified = False
         self.torn: ScanResult | None = None
+        self.mark: MarkFile | None = None     # None: in memory, or opened read-only
 
     # -- opening ---------------------------------------------------------
 
     @classmethod
     def open(cls, path: str, *, clock: Clock = SYSTEM, create: bool = True,
-             repair_torn_tail: bool = True, max_entry_bytes: int = 65536) -> "Ledger":
-        """Open (creating with a genesis entry if absent) and verify a ledger
-        file.  A torn last record is cut off with a log line; any other damage
-        raises LedgerError naming the first bad index.  With
-        repair_torn_tail=False the file is opened read-only and left as is
-        (a torn tail is then just not read; see `torn`)."""
+             repair_torn_tail: bool = True, max_entry_bytes: int = 65536,
+             use_mark: bool = True) -> "Ledger":
+        """Open (creating with a genesis entry and its high-water mark if
+        absent) and verify a ledger file against its mark (mark.judge).  A
+        torn write beyond the mark is cut off with a log line; anything
+        missing or bad at or below it raises LedgerError naming the first bad
+        index.  With repair_torn_tail=False the file is opened read-only and
+        nothing is written (a torn tail is then just not read; see `torn`);
+        use_mark=False ignores the mark file (read-only tools)."""
+        mpath = mark_path(path)
+        mark = read_mark(mpath) if use_mark else None
         if not os.path.exists(path):
+            if mark is not None:
+                raise LedgerError(
+                    f"ledger {path} is damaged at entry 0: the file is missing, but its high-water mark "
+                    f"{mpath} says {mark.entries} entries ({mark.bytes} bytes) were acknowledged. "
+                    f"Refusing to start; nothing was changed", index=0)
             if not create:
                 raise LedgerError(f"no ledger at {path}")
-            ledger = cls(MemoryStore(), clock=clock)
+            ledger = cls(MemoryStore(MAGIC), clock=clock)
             genesis = ledger.prepare([(canonical_data(GENESIS_DATA), ledger._now())])
+            ledger.commit(genesis)
             FileStore.create(path, genesis.blob)
+            if use_mark:   # after the ledger: a crash in between leaves a genesis-only ledger, adopted
+                MarkFile.create(mpath, 1, ledger.store.size + len(genesis.blob), ledger.root()).close()
+                mark = read_mark(mpath)
             log.info("ledger_created", path=path, genesis_hash=genesis.hashes[0].hex())
-        store = FileStore.open(path, writable=repair_torn_tail)
+        ledger = cls(FileStore.open(path, writable=repair_torn_tail), clock=clock,
+                     max_entry_bytes=max_entry_bytes)
         try:
-            ledger = cls(store, clock=clock, max_entry_bytes=max_entry_bytes)
-            ledger._load(repair_torn_tail)
+            ledger._load(repair_torn_tail, mark, mpath if use_mark else None)
         except BaseException:
-            store.close()
+            ledger.close()
             raise
         return ledger
 
@@ -151,36 +200,51 @@ class Ledger:
         ledger.verified = True
         return ledger
 
-    def _load(self, repair: bool) -> None:
+    def _load(self, repair: bool, mark: Mark | None, mpath: str | None) -> None:
         store = self.store
         size = store.file_size()
         store.size = size
         mm = store.map(size)
         try:
-            res, offsets = scan_bytes(mm, self.tree)
+            res, offsets, verdict = examine(mm if mm is not None else b"", self.tree, mark,
+                                            use_mark=mpath is not None)
         finally:
             if mm is not None:
                 mm.close()
-        if res.status == "corrupt":
-            where = f"entry {res.count}" if res.count or res.end else "header"
-            raise LedgerError(f"ledger {store.path} is damaged at {where} (byte {res.end}): {res.reason}. "
-                              f"Refusing to start; nothing was changed. Inspect it with "
-                              f"`aalctl ledger verify {store.path}`",
-                              index=res.count if res.end else None)
-        self.offsets.frombytes(offsets)
+        if verdict.kind == "damaged":
+            raise LedgerError(damage_message(store.path, verdict), index=verdict.index)
+        self.offsets = offsets
         self.count = res.count
         self.latest_hash = res.last_hash
         self.genesis_hash = self._stored_hash(0)
-        if res.status == "torn":
-            self.torn = res
-        if res.status == "torn" and repair:
+        if verdict.kind == "torn":
+            self.torn = dataclasses.replace(res, status="torn", torn_bytes=size - res.end)
+        if verdict.kind == "torn" and repair:
             store.truncate(res.end)
-            log.warning("ledger_torn_tail", path=store.path, bytes=res.torn_bytes, index=res.count,
-                        kept=res.count)
+            log.warning("ledger_torn_tail", path=store.path, bytes=size - res.end, index=res.count,
+                        kept=res.count, mark=mark.entries if mark is not None else None,
+                        reason=res.reason)
         store.size = res.end
+        if repair and mpath is not None:
+            self._take_mark(mark, mpath, verdict)
         self.verified = True
         log.info("ledger_verified", path=store.path, entries=self.count, seconds=f"{res.seconds:.3f}",
                  merkle_root=self.root().hex())
+
+    def _take_mark(self, mark: Mark | None, mpath: str, verdict: Verdict) -> None:
+        """Open the mark for writing; create it for a ledger without one
+        (verdict.adopt), advance it over good records beyond it (fsync'd, never
+        acknowledged: a crash between the data's fsync and the mark's)."""
+        if mark is None:
+            self.mark = MarkFile.create(mpath, self.count, self.store.size, self.root())
+            log.warning("ledger_mark_adopted", path=mpath, entries=self.count, bytes=self.store.size,
+                        why=("the ledger predates the high-water mark" if verdict.adopt == "legacy"
+                             else "the ledger holds only its genesis entry (created, mark not yet written)"))
+            return
+        self.mark = MarkFile.open(mpath, mark)
+        if self.count > mark.entries:
+            self.write_mark(self.mark_point())
+            log.info("ledger_mark_advanced", path=mpath, entries=self.count, was=mark.entries)
 
     # -- appending -------------------------------------------------------
 
@@ -199,7 +263,9 @@ class Ledger:
         return c
 
     def prepare(self, items) -> Batch:
-        """Frame `items` ((canonical_data, timestamp) pairs) as the next records."""
+        """Frame `items` ((canonical_data, timestamp) pairs) as the next records
+        and stage their leaves in the tree (for the root the mark records)."""
+        self.abort()   # a batch prepared before and never committed
         prev, idx = self.latest_hash, self.count
         frames, hashes, sizes = [], [], []
         for data_c, ts in items:
@@ -211,20 +277,52 @@ class Ledger:
             sizes.append(len(f))
             prev = h
             idx += 1
-        return Batch(self.count, self.store.size, b"".join(frames), tuple(hashes), tuple(sizes))
+        self.tree.extend(b"".join(hashes))
+        return Batch(self.count, self.store.size, b"".join(frames), tuple(hashes), tuple(sizes),
+                     self.tree.root(idx))
 
     def write(self, batch: Batch) -> None:
-        """Make `batch` durable (blocking; safe to run in a worker thread)."""
+        """Make `batch` durable, then the mark that covers it (blocking; safe
+        to run in a worker thread: it touches neither the tree nor the chain)."""
         self.store.write(batch.blob, batch.offset)
+        self.write_mark((batch.start + len(batch.hashes), batch.offset + len(batch.blob), batch.root),
+                        undo_size=batch.offset)
+
+    def abort(self) -> None:
+        """Drop the leaves a prepared batch staged (its write failed)."""
+        if len(self.tree) > self.count:
+            self.tree.truncate(self.count)
+
+    def mark_point(self) -> tuple[int, int, bytes]:
+        """(entries, bytes, Merkle root) committed now: what write_mark records."""
+        return self.count, self.store.size, self.root()
+
+    def write_mark(self, point: tuple[int, int, bytes], undo_size: int | None = None) -> None:
+        """Record `point` (entries, bytes, root) as the high-water mark
+        (blocking; after the records' fsync, before any of them is
+        acknowledged).  A failure stops appends until a restart: the records
+        are on disk but not under the mark (a restart takes them in); the
+        chain in memory ends at `undo_size` as before."""
+        if self.mark is None:
+            return
+        try:
+            self.mark.write(*point)
+        except LedgerError as exc:
+            self.store.broken = (f"{exc}; entries up to {point[0] - 1} are on disk but not under the "
+                                 f"mark: appends are refused until a restart")
+            if undo_size is not None:
+                self.store.size = undo_size
+            raise LedgerError(self.store.broken) from None
 
     def commit(self, batch: Batch) -> None:
         """Take a durable batch into the chain state."""
         if batch.start != self.count:
             raise LedgerError(f"batch starts at {batch.start}, but the chain has {self.count} entries")
+        if len(self.tree) < batch.start + len(batch.hashes):
+            raise LedgerError("commit of a batch that was not prepared last")
         off = batch.offset
-        for h, n in zip(batch.hashes, batch.sizes):
+        for n in batch.sizes:
             self.offsets.append(off)
-            self.tree.append(h)
             off += n
         if batch.start == 0:
             self.genesis_hash = batch.hashes[0]
@@ -235,7 +333,11 @@ class Ledger:
         """Append several entries with one write and one fsync."""
         now = self._now()
         batch = self.prepare([(self.encode(d), now) for d in datas])
-        self.write(batch)
+        try:
+            self.write(batch)
+        except BaseException:
+            self.abort()
+            raise
         self.commit(batch)
         return [(batch.start + i, h.hex()) for i, h in enumerate(batch.hashes)]
 
@@ -246,7 +348,8 @@ class Ledger:
     # -- reading ---------------------------------------------------------
 
     def root(self, size: int | None = None) -> bytes:
-        return self.tree.root(size)
+        """Merkle root of the first `size` entries (default: the committed chain)."""
+        return self.tree.root(self.count if size is None else size)
 
     def _record_span(self, start: int, end: int) -> tuple[int, int]:
         a = self.offsets[start]
@@ -342,3 +445,5 @@ class Ledger:
 
     def close(self) -> None:
         self.store.close()
+        if self.mark is not None:
+            self.mark.close()

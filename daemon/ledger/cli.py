@@ -1,6 +1,7 @@
 """`aalctl ledger ...`: work on a ledger file offline, without the daemon.
 
-    aalctl ledger verify FILE [--json]               every hash, link and the Merkle root
+    aalctl ledger verify FILE [--json] [--mark M]    every hash, link and the Merkle root,
+                                                     against the high-water mark (FILE.mark)
     aalctl ledger prove FILE INDEX [--tree-size N]   inclusion proof (JSON, as ledger.proof)
     aalctl ledger prove FILE --consistency FIRST [--tree-size N]
                                                      consistency proof (JSON, as ledger.consistency)
@@ -10,7 +11,10 @@
 
 The file is only read (never locked, never repaired), so it is safe to run
 against the live daemon's ledger.  Exit codes: 0 valid / done, 1 the ledger
-or proof is not valid, 2 usage error or unreadable file.
+or proof is not valid (verify: damaged at or below the high-water mark, the
+daemon refuses to start on it), 2 usage error or unreadable file, 3 (verify)
+a torn write beyond the mark: the daemon cuts it off at start, nothing
+acknowledged is lost.
 """
 from __future__ import annotations
 
@@ -20,10 +24,12 @@ import os
 import sys
 
 from ..errors import LedgerError
-from .chain import Ledger, verify_bytes
+from .. import ledger_core as _core
+from .chain import Ledger, examine
+from .mark import mark_path, read_mark
 from .proofs import check_consistency, check_proof
 
-EXIT_OK, EXIT_INVALID, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_TORN = 0, 1, 2, 3
 
 
 def add_parser(sub) -> None:
@@ -33,6 +39,7 @@ def add_parser(sub) -> None:
     v = lsub.add_parser("verify", help="recompute every hash, link and the Merkle root of FILE")
     v.add_argument("file")
     v.add_argument("--json", action="store_true", help="print the result as JSON (as ledger.verify)")
+    v.add_argument("--mark", help="the high-water mark file (default: FILE.mark)")
     pr = lsub.add_parser("prove", help="inclusion proof of entry INDEX, or a consistency proof")
     pr.add_argument("file")
     pr.add_argument("index", nargs="?", type=int)
@@ -50,21 +57,49 @@ def add_parser(sub) -> None:
     s.add_argument("--end", type=int, help="exclusive (default: the end)")
 
 
-def verify_file(path: str) -> dict:
-    """ledger.verify's result for a file, plus the torn-tail size if any."""
-    with open(path, "rb") as fh:
+def verify_file(path: str, mark_file: str | None = None) -> dict:
+    """ledger.verify's result for a file, judged against its high-water mark
+    as the daemon's start judges it: `verdict` "ok", "torn" (beyond the mark:
+    the start cuts `torn_bytes` off) or "damaged" (the start refuses)."""
+    mpath = mark_file or mark_path(path)
+    mark_error = ""
+    try:   # the mark first: it only moves after the data it covers is durable
+        mark = read_mark(mpath)
+    except LedgerError as exc:
+        mark, mark_error = None, str(exc)
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
+        if mark is None and not mark_error:
+            raise
+        return {"valid": False, "verdict": "damaged", "chain_length": 0, "bytes": 0, "seconds": 0.0,
+                "merkle_root": _core.MerkleTree().root().hex(), "first_bad_index": 0, "mark_file": mpath,
+                "mark": mark.as_dict() if mark else None,
+                "reason": mark_error or f"the ledger file is missing, but its high-water mark says "
+                                        f"{mark.entries} entries were acknowledged"}
+    with fh:
         size = os.fstat(fh.fileno()).st_size
         mm = mmap.mmap(fh.fileno(), size, prot=mmap.PROT_READ) if size else None
+        tree = _core.MerkleTree()
         try:
-            res, out = verify_bytes(mm if mm is not None else b"")
+            res, _, v = examine(mm if mm is not None else b"", tree, mark)
         finally:
             if mm is not None:
                 mm.close()
-    out["bytes"] = size
-    if res.status != "ok":
+    out = {"valid": v.kind == "ok" and not mark_error, "verdict": "damaged" if mark_error else v.kind,
+           "chain_length": res.count, "seconds": round(res.seconds, 6), "merkle_root": tree.root().hex(),
+           "bytes": size, "mark_file": mpath, "mark": mark.as_dict() if mark else None}
+    if mark_error:
+        out["first_bad_index"], out["reason"] = None, mark_error
+    elif v.kind == "damaged":
+        out["first_bad_index"], out["reason"] = v.index, v.reason
+        out["byte_offset"] = v.byte if v.byte is not None else res.end
+    elif v.kind == "torn":
+        out["first_bad_index"], out["reason"] = res.count, v.reason
         out["byte_offset"] = res.end
-    if res.status == "torn":
-        out["torn_bytes"] = res.torn_bytes
+        out["torn_bytes"] = size - res.end
+    if v.adopt and not mark_error:
+        out["mark_adopt"] = v.adopt
     return out
 
 
@@ -73,26 +108,32 @@ def _print_json(obj) -> None:
 
 
 def cmd_verify(args) -> int:
-    out = verify_file(args.file)
+    out = verify_file(args.file, args.mark)
+    mark = out["mark"]
+    under = (f"; high-water mark {mark['entries']} entries, {mark['bytes']} bytes" if mark
+             else "; no high-water mark yet (the ledger predates it, or holds only its genesis entry): "
+                  "the daemon writes one at start" if out.get("mark_adopt") else "")
     if args.json:
         _print_json(out)
-    elif out["valid"]:
-        print(f"ok: {out['chain_length']} entries, merkle root {out['merkle_root']} "
+    elif out["verdict"] == "ok":
+        print(f"ok: {out['chain_length']} entries, merkle root {out['merkle_root']}{under} "
               f"({out['seconds']:.3f}s)")
-    elif "torn_bytes" in out:
-        print(f"NOT VALID: torn last record: {out['torn_bytes']} bytes after entry "
-              f"{out['chain_length'] - 1} (entry {out['first_bad_index']} was being written; "
-              f"aal-core cuts it off at start). The {out['chain_length']} entries before it verify, "
-              f"merkle root {out['merkle_root']}")
+    elif out["verdict"] == "torn":
+        print(f"TORN TAIL beyond the high-water mark: {out['torn_bytes']} bytes after entry "
+              f"{out['chain_length'] - 1} ({out['reason']}; entry {out['first_bad_index']} was being "
+              f"written and never acknowledged: aal-core cuts it off at start). The "
+              f"{out['chain_length']} entries before it verify, merkle root {out['merkle_root']}{under}")
     else:
-        print(f"NOT VALID: entry {out['first_bad_index']} (byte {out['byte_offset']}): {out['reason']}. "
-              f"Entries 0..{out['chain_length'] - 1} verify.")
-    return EXIT_OK if out["valid"] else EXIT_INVALID
+        where = (f" at or below the high-water mark: entry {out['first_bad_index']} (byte "
+                 f"{out['byte_offset']})" if out.get("first_bad_index") is not None else "")
+        print(f"DAMAGED{where}: {out['reason']}. "
+              f"aal-core refuses to start on it (exit 4). {out['chain_length']} entries verify{under}.")
+    return {"ok": EXIT_OK, "torn": EXIT_TORN}.get(out["verdict"], EXIT_INVALID)
 
 
 def cmd_prove(args) -> int:
     os.stat(args.file)
-    led = Ledger.open(args.file, create=False, repair_torn_tail=False)
+    led = Ledger.open(args.file, create=False, repair_torn_tail=False, use_mark=False)
     try:
         if args.consistency is not None:
             out = led.consistency(args.consistency, args.tree_size)
@@ -133,7 +174,7 @@ def cmd_check(args) -> int:
 
 def cmd_show(args) -> int:
     os.stat(args.file)
-    led = Ledger.open(args.file, create=False, repair_torn_tail=False)
+    led = Ledger.open(args.file, create=False, repair_torn_tail=False, use_mark=False)
     try:
         end = led.count if args.end is None else min(args.end, led.count)
         for a in range(args.start, end, 1000):

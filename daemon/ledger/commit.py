@@ -2,7 +2,8 @@
 
 Appends queue up while a batch is being made durable; when its fsync
 returns, everything queued meanwhile goes out as the next batch.  An append
-resolves only after its bytes are fsync'd.  The fsync runs in a dedicated
+resolves only after its bytes are fsync'd and the high-water mark covering
+them is fdatasync'd (chain.Ledger.write_mark).  The fsync runs in a dedicated
 worker thread, so the event loop keeps serving while the disk works.
 
 With `group=False` every append gets its own write and fsync (the baseline
@@ -51,6 +52,7 @@ class GroupCommitter:
                 batch = self.ledger.prepare([(c, t) for c, t, _ in items])
                 await loop.run_in_executor(self._pool, self.ledger.write, batch)
             except Exception as exc:  # noqa: BLE001 - every waiter gets the error
+                self.ledger.abort()
                 self.failures += 1
                 err = exc if isinstance(exc, LedgerError) else LedgerError(f"append failed: {exc!r}")
                 log.error("ledger_append_failed", entries=len(items), reason=str(err),

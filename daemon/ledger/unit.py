@@ -1,8 +1,9 @@
 """LedgerUnit: the daemon's ledger, its group committer and the ledger.* RPC.
 
-At start the file in the state directory is opened and verified (in a
-worker thread; the compiled scanner releases the GIL).  Damage other than a
-torn last record raises LedgerError, which stops the daemon with exit code 4.
+At start the file in the state directory is opened and verified against
+its high-water mark (in a worker thread; the compiled scanner releases the
+GIL).  Anything missing or bad at or below the mark raises LedgerError,
+which stops the daemon with exit code 4; a torn write beyond it is cut off.
 
 Interface for other units: `append(data) -> Awaitable[(index, hash)]`,
 `manifest() -> dict`, `verified: bool`.
