@@ -51,8 +51,10 @@ class LedgerUnit(Unit):
         """Append `data`; resolves to (index, hash hex) after fsync."""
         if self.committer is None:
             raise LedgerError("the ledger is not open (daemon starting or stopping)")
-        fut = self.committer.submit(data)
         charge = CHARGE.get()
+        if charge is not None:
+            charge.check()   # raises BUDGET_EXCEEDED once the caller's bytes are used up
+        fut = self.committer.submit(data)
         if charge is not None:
             self._charge(charge, fut)
         return fut

@@ -80,6 +80,13 @@ class Charge:
         """Charge (or, negative, refund) `nbytes` in the current hour."""
         self._budgets._add_bytes(self.uid, nbytes)
 
+    def check(self) -> None:
+        """Raise BUDGET_EXCEEDED if the uid's bytes are used up now.  The
+        ledger calls it before each append: the calls of one batch (or
+        pipelined async calls) all pass the dispatcher's check before the
+        first of them has appended anything."""
+        self._budgets._check_bytes(self.uid, self._budgets.clock.monotonic())
+
 
 class Budgets:
     def __init__(self, cfg, clock, daemon_uid: int | None = None):
@@ -201,16 +208,21 @@ class Budgets:
                 raise self._refuse(p, "ledger_calls_per_s", uid, "uid", rate, int(burst - p.tokens),
                                    f"uid {uid} made more than {burst:g} ledger-writing calls "
                                    f"at over {rate:g}/s", (1.0 - p.tokens) / rate)
-            hour = int(now // HOUR_S)
-            used = self._window(p, hour)
-            limit = cfg.ledger_bytes_per_day
-            if used >= limit:
-                raise self._refuse(p, "ledger_bytes_per_day", uid, "uid", limit, used,
-                                   f"uid {uid} appended {used} ledger bytes in 24 h",
-                                   self._bytes_retry(p, now, used - limit + 1))
+            self._check_bytes(uid, now)
         p.tokens = max(0.0, p.tokens - 1.0)
         p.ledger_calls += 1
         return Charge(self, uid)
+
+    def _check_bytes(self, uid: int, now: float) -> None:
+        if uid in self.exempt:
+            return
+        p = self._peer(uid)
+        used = self._window(p, int(now // HOUR_S))
+        limit = self.cfg.ledger_bytes_per_day
+        if used >= limit:
+            raise self._refuse(p, "ledger_bytes_per_day", uid, "uid", limit, used,
+                               f"uid {uid} appended {used} ledger bytes in 24 h",
+                               self._bytes_retry(p, now, used - limit + 1))
 
     def _bytes_retry(self, p: _Peer, now: float, excess: int) -> float:
         """Seconds until enough old hourly slots leave the window to free `excess` bytes."""
