@@ -348,3 +348,46 @@ def test_a_flooding_peer_is_refused_while_another_is_served():
         other.close()
     finally:
         cleanup(d)
+
+
+def test_only_the_ledger_writers_append_for_their_caller():
+    """Every method's example call (as tests/test_contracts.py makes them):
+    the chain grows only for LEDGER_WRITERS, and those are charged."""
+    d = _daemon()
+    try:
+        c = RawConn(d.socket)
+        doc = c.call("rpc.discover")["result"]
+
+        def length():
+            return c.call("ledger.manifest")["result"]["chain_length"]
+
+        def settled():
+            # The governor writes its records after replying: wait until the chain stops growing.
+            last = length()
+            while True:
+                time.sleep(0.1)
+                now = length()
+                if now == last:
+                    return now
+                last = now
+
+        writers_seen = set()
+        for i, m in enumerate(sorted(doc["methods"], key=lambda m: m["name"])):
+            name = m["name"]
+            assert m.get("x-writes-ledger", False) == (name in LEDGER_WRITERS), name
+            before = settled()
+            reply = c.call(name, m.get("x-example-params"), id_=i)
+            after = settled()
+            if name in LEDGER_WRITERS:
+                if after > before:
+                    writers_seen.add(name)
+                if name == "job.submit" and "result" in reply:   # no directives for it later
+                    c.call("job.release", {"job_id": reply["result"]["job_id"]})
+                    settled()
+            else:
+                assert after == before, f"{name} appended {after - before} ledger entries but is not in LEDGER_WRITERS"
+        # venom is off here (venom.* record only through the running loop).
+        assert writers_seen >= {"job.submit", "ledger.append"}
+        c.close()
+    finally:
+        cleanup(d)
