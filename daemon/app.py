@@ -22,6 +22,7 @@ from .errors import AalError
 from .listener import bind_socket, inherited_socket
 from .notify import Notifier, watchdog_interval, watchdog_loop
 from .rpc import codec
+from .rpc.budget import Budgets
 from .rpc.protocol import Dispatcher, Limits
 from .rpc.registry import Registry
 from .rpc.server import Hub, RpcServer
@@ -64,14 +65,15 @@ class Runtime:
         self.hardware = hardware.detect()
         self.hub = Hub()
         self.registry = Registry()
+        self.budgets = Budgets(config.budget, SYSTEM_CLOCK)
         self.ctx = Context(config=config, clock=SYSTEM_CLOCK, hub=self.hub,
-                           state_dir=config.daemon.state_dir)
+                           state_dir=config.daemon.state_dir, budgets=self.budgets)
         self.units = build_units(self.ctx)
         system.register(self.registry, self)
         for u in self.units:
             u.register(self.registry)
         rpc = config.rpc
-        self.dispatcher = Dispatcher(self.registry, _limits(rpc))
+        self.dispatcher = Dispatcher(self.registry, _limits(rpc), self.budgets)
         self.server = RpcServer(self.dispatcher, self.hub, max_connections=rpc.max_connections,
                                 idle_timeout_s=rpc.idle_timeout_s, outbox_max_frames=rpc.outbox_max_frames,
                                 group=rpc.group)
@@ -126,6 +128,7 @@ class Runtime:
         self.server.max_connections = rpc.max_connections
         self.server.idle_timeout_s = rpc.idle_timeout_s
         self.server.outbox_max = rpc.outbox_max_frames
+        self.budgets.configure(cfg.budget)
 
     def listen(self):
         sock = inherited_socket()

@@ -157,6 +157,25 @@ class VenomConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """Per-peer budgets (README, "Budgets"): past one, a call gets BUDGET_EXCEEDED."""
+    # Uids never refused (still counted): integers, "root" (0) and "daemon"
+    # (the daemon's own user), comma-separated; "" budgets everyone.
+    exempt: str = "root,daemon"
+    # Jobs held in the governor at once.
+    jobs_per_uid: int = 256
+    jobs_per_connection: int = 128
+    # Push subscriptions held at once.
+    subscriptions_per_uid: int = 1024
+    subscriptions_per_connection: int = 256
+    # Ledger-writing calls: a token bucket of this rate and size, per uid.
+    ledger_calls_per_s: float = 10.0
+    ledger_calls_burst: int = 100
+    # Ledger record bytes appended for a uid's calls in a rolling 24 h.
+    ledger_bytes_per_day: int = 128 << 20
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
@@ -165,6 +184,7 @@ class Config:
     govern: GovernConfig = field(default_factory=GovernConfig)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     venom: VenomConfig = field(default_factory=VenomConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -231,6 +251,13 @@ RANGES = {
     ("venom", "weight_o"): (0.0, 1000.0),
     ("venom", "summary_interval_s"): (1.0, 86400.0),
     ("venom", "late_fraction"): (0.01, 100.0),
+    ("budget", "jobs_per_uid"): (1, 1 << 20),
+    ("budget", "jobs_per_connection"): (1, 1 << 20),
+    ("budget", "subscriptions_per_uid"): (1, 1 << 20),
+    ("budget", "subscriptions_per_connection"): (1, 1 << 20),
+    ("budget", "ledger_calls_per_s"): (0.001, 1e6),
+    ("budget", "ledger_calls_burst"): (1, 1 << 20),
+    ("budget", "ledger_bytes_per_day"): (1, 1 << 40),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.
@@ -286,10 +313,20 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
                 if (lo is not None and value < lo) or (hi is not None and value > hi):
                     rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
                     raise ConfigError(f"{source}: {sname}.{key} must be {rng}, got {value!r}")
+            if (sname, key) == ("budget", "exempt"):
+                _check_exempt(value, source)
             if hints[key] is float:
                 value = float(value)
             overrides.setdefault(sname, {})[key] = value
     return base.with_overrides(overrides)
+
+
+def _check_exempt(value: str, source: str) -> None:
+    for item in value.split(","):
+        item = item.strip()
+        if item and item not in ("root", "daemon") and not item.isdigit():
+            raise ConfigError(f"{source}: budget.exempt: {item!r} is not a uid, 'root' or 'daemon' "
+                              f"(a comma-separated list, e.g. \"root,daemon\")")
 
 
 def load(path: str | None, base: Config | None = None) -> Config:

@@ -36,6 +36,7 @@ def register(registry: Registry, runtime) -> None:
             "event_loop": runtime.event_loop_name,
             "json_library": runtime.json_name,
             "socket_activated": runtime.socket_activated,
+            "budgets": runtime.budgets.status(),
         }
         if runtime.config_file:
             out["config_file"] = runtime.config_file

@@ -31,6 +31,7 @@ class Context:
     clock: Clock
     hub: object           # rpc.server.Hub
     state_dir: str
+    budgets: object = None  # rpc.budget.Budgets (per-peer budgets), None in bare tests
 
 
 class Unit:

@@ -48,6 +48,8 @@ class GovernorUnit(Unit):
         self.enforcer = enforcer or CgroupEnforcer(ctx.config.govern.cgroup_root)
         self._reaper: asyncio.Task | None = None
         self._ledger_tasks: set = set()
+        # job_id -> (uid, connection key) of the jobs-held budget it took.
+        self._held: dict[str, tuple] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -153,6 +155,7 @@ class GovernorUnit(Unit):
 
     def _release(self, job_id: str, why: str) -> dict:
         job = self.core.release(job_id)
+        self._drop_held(job_id)
         out = {"job_id": job_id, "released": True}
         if job.enforcement.get("enforced"):
             out["cgroup_removed"] = self.enforcer.remove(job_id)
@@ -160,6 +163,11 @@ class GovernorUnit(Unit):
                  unacked=len(job.pending))
         self._record({"type": "govern.release", "job_id": job_id, "why": why})
         return out
+
+    def _drop_held(self, job_id: str) -> None:
+        held = self._held.pop(job_id, None)
+        if held is not None and self.ctx.budgets is not None:
+            self.ctx.budgets.drop("jobs", *held)
 
     def _on_close(self, job_id: str, token: int) -> None:
         job = self.core.jobs.get(job_id)
@@ -223,8 +231,20 @@ class GovernorUnit(Unit):
                 raise RpcError(E.PERMISSION_DENIED,
                                f"pid {pid} belongs to uid {uid}, not to the caller (uid {call.uid})",
                                {"pid": pid, "owner_uid": uid, "peer_uid": call.uid})
-        job = self.core.submit(p["job_id"], p["profile"], p.get("metadata"), pid=pid,
-                               owner_pid=call.pid, owner_uid=call.uid)
+        budgets = self.ctx.budgets
+        if budgets is not None and p["job_id"] not in self.core.jobs:
+            # Raises BUDGET_EXCEEDED past jobs_per_uid / jobs_per_connection.
+            budgets.hold("jobs", call.uid, call)
+            try:
+                job = self.core.submit(p["job_id"], p["profile"], p.get("metadata"), pid=pid,
+                                       owner_pid=call.pid, owner_uid=call.uid)
+            except BaseException:
+                budgets.drop("jobs", call.uid, call)
+                raise
+            self._held[job.job_id] = (call.uid, call)
+        else:
+            job = self.core.submit(p["job_id"], p["profile"], p.get("metadata"), pid=pid,
+                                   owner_pid=call.pid, owner_uid=call.uid)
         if pid is not None:
             job.enforcement = self.enforcer.place(job.job_id, pid, job.profile.mem.soft_mb * MB,
                                                   job.profile.mem.hard_mb * MB)

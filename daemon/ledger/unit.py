@@ -15,9 +15,10 @@ import os
 
 from ..errors import LedgerError, RpcError, NOT_FOUND, invalid_params
 from ..log import get_logger
+from ..rpc.budget import CHARGE
 from ..rpc.registry import Access
 from ..units import Context, Unit
-from .canonical import EntryError
+from .canonical import EntryError, format_number
 from .chain import MAX_GET, Ledger
 from .commit import GroupCommitter
 
@@ -51,7 +52,35 @@ class LedgerUnit(Unit):
         """Append `data`; resolves to (index, hash hex) after fsync."""
         if self.committer is None:
             raise LedgerError("the ledger is not open (daemon starting or stopping)")
-        return self.committer.submit(data)
+        charge = CHARGE.get()
+        if charge is not None:
+            charge.check()   # raises BUDGET_EXCEEDED once the caller's bytes are used up
+        fut = self.committer.submit(data)
+        if charge is not None:
+            self._charge(charge, fut)
+        return fut
+
+    # Bytes of a record beyond its canonical data, index and timestamp: frame
+    # header (8), hash (32), the preimage's member names and previous hash.
+    RECORD_FIXED = 8 + 32 + len(b'{"data":,"index":,"previous_hash":"","timestamp":}') + 64
+
+    def _charge(self, charge, fut) -> None:
+        """Charge the calling uid's byte budget with the record's size now
+        (so its next call sees it); refund it if the append fails."""
+        canon, ts, _ = self.committer._queue[-1]
+        base = len(canon) + len(format_number(ts)) + self.RECORD_FIXED
+        # The index is known once written; until then, the chain's length.
+        estimate = base + len(str(self.ledger.count))
+        charge.add(estimate)
+
+        def done(f):
+            if f.cancelled() or f.exception() is not None:
+                charge.add(-estimate)
+                return
+            real = base + len(str(f.result()[0]))
+            if real != estimate:
+                charge.add(real - estimate)
+        fut.add_done_callback(done)
 
     def manifest(self) -> dict:
         if self.ledger is None:

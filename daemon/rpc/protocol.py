@@ -16,6 +16,7 @@ from .. import errors as E
 from ..errors import AalError, ConfigError, ParseError, RpcError, LedgerError, SourceError
 from ..log import get_logger
 from . import codec
+from .budget import CHARGE
 from .registry import Access, Registry
 
 log = get_logger("rpc")
@@ -230,9 +231,11 @@ def map_exception(exc: BaseException, method: str) -> dict:
 class Dispatcher:
     """Frame in, reply bytes out.  Never raises for anything a peer sends."""
 
-    def __init__(self, registry: Registry, limits: Limits = Limits()):
+    def __init__(self, registry: Registry, limits: Limits = Limits(), budgets=None):
         self.registry = registry
         self.limits = limits
+        # budget.Budgets, or None (no budgets: tests of the protocol alone).
+        self.budgets = budgets
 
     # Result of handle_frame: bytes (reply), None (nothing to send), or an
     # awaitable giving bytes/None (some handler was async).
@@ -367,22 +370,36 @@ class Dispatcher:
                 return None if notify else _error(
                     id_, E.INVALID_PARAMS, f"params contain an integer outside the 64-bit range: {big!r}",
                     {"integer": repr(big), "min": INT_MIN, "max": INT_MAX})
+        charge = None
         try:
             bound = m.params.bind(params)
-            result = m.handler(bound, call)
+            if m.writes_ledger and self.budgets is not None:
+                # The rate and byte budgets, for every ledger-writing method
+                # here; the ledger charges the bytes through CHARGE.
+                charge = self.budgets.ledger_call(call.uid)
+                token = CHARGE.set(charge)
+                try:
+                    result = m.handler(bound, call)
+                finally:
+                    CHARGE.reset(token)
+            else:
+                result = m.handler(bound, call)
         except Exception as exc:  # noqa: BLE001 - every error becomes a reply
             return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
         if type(result) is not dict and inspect.isawaitable(result):
-            return self._finish_async(result, id_, notify, name)
+            return self._finish_async(result, id_, notify, name, charge)
         return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
 
-    async def _finish_async(self, aw, id_, notify: bool, name: str):
+    async def _finish_async(self, aw, id_, notify: bool, name: str, charge=None):
+        token = CHARGE.set(charge) if charge is not None else None
         try:
             result = await aw
         except Exception as exc:  # noqa: BLE001 - not CancelledError (a BaseException): cancellation propagates
             return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
+        finally:
+            if token is not None:
+                CHARGE.reset(token)
         return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
-
 
 def _kind(value) -> str:
     """The JSON type of a value, for error data."""

@@ -29,6 +29,19 @@ class Access(enum.IntEnum):
     ADMIN = 2  # root or the daemon's own user only
 
 
+# The methods whose handling appends ledger entries for the caller, in one
+# place: the dispatcher checks the rate and byte budgets (budget.py) for
+# these and charges the bytes they append.  A method added to a unit that
+# appends must be named here (tests/test_budget_daemon.py calls every
+# method's example and fails if one outside this set grows the chain).
+LEDGER_WRITERS = frozenset({
+    "job.submit",       # govern.submit
+    "job.release",      # govern.release
+    "ledger.append",    # the caller's entry
+    "venom.set_model",  # venom.model
+    "venom.release",    # venom.release and the lifted quarantine's govern.directive
+})
+
 _loaded = False
 
 
@@ -70,6 +83,8 @@ class Method:
     # An application error code the example is documented to get (e.g. a
     # NOT_FOUND for a call naming an object that does not exist yet).
     example_error: int | None = None
+    # Its handling appends ledger entries (LEDGER_WRITERS): rate and byte budgets apply.
+    writes_ledger: bool = False
 
 
 @dataclass
@@ -106,7 +121,8 @@ class Registry:
         m = Method(name=name, handler=handler, params=spec,
                    result=message(result), access=access,
                    summary=summary or (inspect.getdoc(handler) or "").split("\n")[0],
-                   example=example, example_error=example_error)
+                   example=example, example_error=example_error,
+                   writes_ledger=name in LEDGER_WRITERS)
         self._methods[name] = m
         return m
 
@@ -162,6 +178,8 @@ class Registry:
                            "schema": {"$ref": "#/components/schemas/" + json_schema(m.result, schemas)}},
                 "x-access": m.access.name.lower(),
             })
+            if m.writes_ledger:
+                methods[-1]["x-writes-ledger"] = True
             if m.example is not None:
                 methods[-1]["x-example-params"] = m.example
             if m.example_error is not None:

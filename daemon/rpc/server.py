@@ -261,6 +261,7 @@ class Connection(asyncio.Protocol):
         self.closing = True
         for sub in self.subs.values():
             self.server.hub.remove(sub)
+            self._drop_budget()
         self.subs.clear()
         self.outbox.clear()
         self.backlog.clear()
@@ -278,6 +279,9 @@ class Connection(asyncio.Protocol):
 
     # -- used by handlers through Call
     def subscribe(self, topic, accept) -> str:
+        budgets = self.server.dispatcher.budgets
+        if budgets is not None:   # raises BUDGET_EXCEEDED past subscriptions_per_*
+            budgets.hold("subscriptions", self.call.uid, self.call)
         sub = self.server.hub.add(self, topic, accept)
         self.subs[sub.id] = sub
         return sub.id
@@ -287,7 +291,13 @@ class Connection(asyncio.Protocol):
         if sub is None:
             return False
         self.server.hub.remove(sub)
+        self._drop_budget()
         return True
+
+    def _drop_budget(self) -> None:
+        budgets = self.server.dispatcher.budgets
+        if budgets is not None:
+            budgets.drop("subscriptions", self.call.uid, self.call)
 
     def on_close(self, fn) -> None:
         self._close_hooks.append(fn)
