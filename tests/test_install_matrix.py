@@ -126,8 +126,7 @@ def pure_wheel_from_sdist(spec: str, work: Path) -> Path:
     sdists = work / "sdist"
     r = pip("download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(sdists), spec)
     assert r.returncode == 0, f"pip download {spec}:\n{r.stderr}"
-    (archive,) = [p for p in sdists.iterdir() if p.name.lower().startswith(spec.split("==")[0].lower().replace("-", "_"))
-                  or p.name.lower().startswith(spec.split("==")[0].lower())]
+    (archive,) = sdists.iterdir()      # a fresh folder per pin
     if archive.suffix == ".zip":
         names = zipfile.ZipFile(archive).namelist()
     else:
