@@ -88,7 +88,6 @@ def check_libcrypto():
 
 def extensions():
     from Cython.Build import cythonize
-    import numpy
 
     debug = os.environ.get("AAL_CYTHON_DEBUG") == "1"
     mods = []
@@ -101,10 +100,9 @@ def extensions():
             Extension(
                 f"aal_core.{name}",
                 [pyx],
-                include_dirs=["ext", "ext/includes", numpy.get_include()],
+                include_dirs=["ext", "ext/includes"],
                 extra_compile_args=["-O2"],
                 libraries=LIBRARIES.get(name, []),
-                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             )
         )
     return cythonize(

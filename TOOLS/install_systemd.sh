@@ -81,7 +81,7 @@ if [ "$do_venv" = 1 ]; then
         trap 'rm -rf "$wheels"' EXIT
         "$python" -m venv "$wheels/venv"
         "$wheels/venv/bin/python" -m pip install -q --disable-pip-version-check \
-            -c "$here/TOOLS/constraints.txt" setuptools wheel Cython grpcio-tools numpy
+            -c "$here/TOOLS/constraints.txt" setuptools wheel Cython grpcio-tools
         "$wheels/venv/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps \
             --no-build-isolation -c "$here/TOOLS/constraints.txt" -w "$wheels" "$from"
         wheel="$(ls "$wheels"/aal_core-*.whl)"

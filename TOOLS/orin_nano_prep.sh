@@ -12,7 +12,8 @@
 #   --prefix DIR        venv location (default /opt/aal-core)
 #   --from PATH         source tree (default: this checkout) or a built .whl
 #   --python PY         interpreter (default python3; JetPack 5 ships 3.8, so
-#                       there install python3.10 and pass --python python3.10)
+#                       there install python3.10 and pass --python python3.10;
+#                       its -dev and -venv packages are then the ones installed)
 #   --no-apt            do not apt-get install the build dependencies
 #   --no-venv           only units, snippets and config
 #   --no-enable         do not start anything
@@ -48,7 +49,7 @@ max_perf=0
 
 say() { echo "orin_nano_prep: $*" >&2; }
 die() { echo "orin_nano_prep: $*" >&2; exit 1; }
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -78,7 +79,7 @@ if [ -r "$release_file" ]; then
     say "Jetson: ${model:-unknown model}, L4T ${l4t:-unknown}"
     case "$l4t" in
         32.*) say "warning: JetPack 4 (L4T 32) ships Python 3.6 and cgroup v1 only; aal-core needs Python >= 3.10 (--python)" ;;
-        35.*) say "note: JetPack 5 (L4T 35) ships Python 3.8; aal-core needs Python >= 3.10 (--python python3.10)" ;;
+        35.*) say "note: JetPack 5 (L4T 35) ships Python 3.8 and OpenSSL 1.1.1; aal-core needs Python >= 3.10 (--python python3.10)" ;;
     esac
 else
     say "warning: not a Jetson (no $release_file); installing anyway, the daemon runs without tegrastats"
@@ -93,7 +94,14 @@ if [ "$do_apt" = 1 ]; then
     # A C compiler and the Python headers build the Cython extensions;
     # python3-venv holds ensurepip.
     # libssl-dev: the ledger extension hashes with OpenSSL's libcrypto.
-    want=(build-essential python3-dev python3-venv libssl-dev)
+    # The headers and venv module of the Python that builds: python3.X-dev
+    # and python3.X-venv for a distribution python3.X (--python python3.10
+    # on JetPack 5), python3-dev/-venv for the default one.
+    pyver=3
+    case "$python" in
+        python3.*|/usr/bin/python3.*) pyver="${python##*python}" ;;
+    esac
+    want=(build-essential "python$pyver-dev" "python$pyver-venv" libssl-dev)
     missing=()
     for p in "${want[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -40,11 +40,14 @@ fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c TOOLS/constraints.txt)
-"${PIP[@]}" setuptools wheel Cython grpcio-tools numpy
+"${PIP[@]}" setuptools wheel Cython grpcio-tools
 if [ "$want_test" = 1 ]; then
     "${PIP[@]}" pytest pytest-timeout hypothesis jsonschema simple-pid jetson-stats torch
 fi
 # Build the extensions and bindings and install the package (not editable:
 # what is tested is what a user gets).
 "${PIP[@]}" --no-build-isolation .
+# tests/test_ledger_openssl111.py: a real OpenSSL 1.1.1 (JetPack 5's) to
+# compile the ledger against, unpacked under .venv, not installed.
+[ "$want_test" = 0 ] || TOOLS/fetch_openssl111.sh .venv/openssl-1.1.1
 echo "setup: ready ($(.venv/bin/aal-core --version))" >&2
