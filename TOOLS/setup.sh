@@ -26,6 +26,13 @@ if [ "$want_test" = 1 ]; then
     # test_systemd_e2e: the nspawn container shares only /usr with the host,
     # so the service's venv there is made from /usr/bin/python3.
     /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3 python3-venv)
+    # test_cgroup_v2_guest (x86_64): a QEMU guest booted by virtme-ng.
+    if [ "$(uname -m)" = x86_64 ]; then
+        command -v qemu-system-x86_64 >/dev/null || apt_pkgs+=(qemu-system-x86)
+        command -v modprobe >/dev/null || apt_pkgs+=(kmod)
+        [ -x /bin/busybox ] || apt_pkgs+=(busybox-static)
+        command -v udevadm >/dev/null || apt_pkgs+=(udev)
+    fi
 fi
 if [ "${#apt_pkgs[@]}" -gt 0 ]; then
     if [ "$(id -u)" != 0 ]; then
@@ -43,6 +50,10 @@ PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c TOOLS/con
 "${PIP[@]}" setuptools wheel Cython grpcio-tools
 if [ "$want_test" = 1 ]; then
     "${PIP[@]}" pytest pytest-timeout hypothesis jsonschema simple-pid jetson-stats torch
+    if [ "$(uname -m)" = x86_64 ]; then
+        "${PIP[@]}" virtme-ng
+        TOOLS/guest_kernel.sh >/dev/null    # the guest's kernel, fetched once into ~/.cache/aal-core
+    fi
 fi
 # Build the extensions and bindings and install the package (not editable:
 # what is tested is what a user gets).

@@ -2,7 +2,8 @@
 
 The profile's SOFT cap becomes the soft limit (v2 `memory.high`, v1
 `memory.soft_limit_in_bytes`) and HARD the hard limit (`memory.max` /
-`memory.limit_in_bytes`).  The job's process is moved in on submit and back
+`memory.limit_in_bytes`); on v2 `memory.swap.max` is 0, so HARD holds RAM
+and swap (zram on a Jetson) together.  The job's process is moved in on submit and back
 to where it came from on release, and the cgroup is removed.
 
 Where this is not permitted (not root, no delegated cgroup, no memory
@@ -126,6 +127,9 @@ class CgroupEnforcer:
             if self.mode == "v2":
                 _write(os.path.join(path, "memory.max"), str(hard_bytes))
                 _write(os.path.join(path, "memory.high"), str(soft_bytes))
+                swap_max = os.path.join(path, "memory.swap.max")
+                if os.path.exists(swap_max):    # else a job past memory.max swaps instead of being held at HARD
+                    _write(swap_max, "0")
             else:
                 _write(os.path.join(path, "memory.limit_in_bytes"), str(hard_bytes))
                 _write(os.path.join(path, "memory.soft_limit_in_bytes"), str(soft_bytes))
