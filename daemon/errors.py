@@ -24,6 +24,7 @@ CONFLICT = -32007               # object already exists / state does not allow t
 OVERLOADED = -32008             # too many connections / server shutting down
 QUARANTINED = -32009            # admissions at this priority are quarantined
 CONFIG_INVALID = -32010         # system.reload: the config file is wrong (names key and file); old config kept
+REPLY_TOO_LARGE = -32012        # a result over rpc.max_reply_bytes: the call ran, its result is not sent
 
 APP_CODES = {
     PERMISSION_DENIED: "permission denied",
@@ -36,6 +37,7 @@ APP_CODES = {
     OVERLOADED: "overloaded",
     QUARANTINED: "quarantined",
     CONFIG_INVALID: "config invalid",
+    REPLY_TOO_LARGE: "reply too large",
 }
 
 
