@@ -213,3 +213,28 @@ def test_100_clients_that_never_read_keep_the_daemon_bounded_and_others_served(d
     log = d.log()
     assert 0 < survivors < 100, survivors
     assert "event=reply_backlog_shed" in log and f"pid={os.getpid()}" in log and f"uid={os.getuid()}" in log
+
+
+def test_reply_limits_reload_live_and_are_checked_in_order(daemon_factory):
+    d = daemon_factory(config="[rpc]\n")
+    cfg = os.path.join(d.base, "aal-core.toml")
+    with d.client() as c:
+        assert c.call("rpc.discover")["openrpc"]
+        with open(cfg, "w") as fh:
+            fh.write("[rpc]\nmax_reply_bytes = 4096\nunsent_soft_bytes = 8192\n"
+                     "unsent_hard_bytes = 16384\nunsent_total_bytes = 65536\n")
+        r = c.call("system.reload")
+        assert {"rpc.max_reply_bytes", "rpc.unsent_soft_bytes", "rpc.unsent_hard_bytes",
+                "rpc.unsent_total_bytes"} <= set(r["changed"])
+        # The same, open connection now gets the precise error for a big reply.
+        from aal_core.client import RpcCallError
+        with pytest.raises(RpcCallError) as ei:
+            c.call("rpc.discover")
+        assert ei.value.code == E.REPLY_TOO_LARGE and ei.value.data["limit"] == 4096
+        with open(cfg, "w") as fh:
+            fh.write("[rpc]\nunsent_hard_bytes = 300000\n")      # < soft + max_reply
+        with pytest.raises(RpcCallError) as ei:
+            c.call("system.reload")
+        assert ei.value.code == E.CONFIG_INVALID and "rpc.unsent_hard_bytes must be at least" in ei.value.message
+        with pytest.raises(RpcCallError):
+            c.call("rpc.discover")                               # old (reloaded) limits kept
