@@ -27,7 +27,8 @@ class Limits:
     max_depth: int = 64
     max_batch: int = 100
     # Largest reply (a batch's whole reply counts as one) the server will
-    # buffer; a bigger result becomes a REPLY_TOO_LARGE error for its id.
+    # buffer; a bigger result becomes a REPLY_TOO_LARGE error for its id
+    # (errors are not replaced: they are bounded by the request's size).
     max_reply_bytes: int = 1 << 20
 
 
@@ -290,7 +291,7 @@ class Dispatcher:
         for m in msgs:
             o = self._one(m, call, exact)
             if o is not None and type(o) is dict:
-                o = budget.take(o.get("id"), self._encode_member(o))
+                o = budget.take(o, self._encode_member(o))
             elif o is not None:
                 is_async = True
             outs.append(o)
@@ -303,7 +304,7 @@ class Dispatcher:
         pending = [(i, o) for i, o in enumerate(outs) if o is not None and type(o) is not bytes]
         results = await asyncio.gather(*(o for _, o in pending))
         for (i, _), r in zip(pending, results):
-            outs[i] = None if r is None else budget.take(r.get("id"), self._encode_member(r))
+            outs[i] = None if r is None else budget.take(r, self._encode_member(r))
         return budget.frame(outs)
 
     def _encode(self, obj: dict) -> bytes:
@@ -314,7 +315,7 @@ class Dispatcher:
             log.error("encode_failed", error=repr(exc))
             out = codec.dumps(self._encode_fallback(obj))
         limit = self.limits.max_reply_bytes
-        if len(out) > limit:
+        if len(out) > limit and "result" in obj:
             return codec.dumps(_reply_too_large(obj.get("id"), len(out), limit))
         return out
 
@@ -428,10 +429,12 @@ class _ReplyBudget:
     def __init__(self, limit: int):
         self.limit, self.used = limit, 2       # the brackets
 
-    def take(self, id_, member: bytes) -> bytes:
+    def take(self, reply: dict, member: bytes) -> bytes:
+        """`member` (the encoded `reply`), or the error that replaces it.
+        Errors are never replaced: their size is bounded by the request's."""
         size = len(member) + 1                 # its comma
-        if self.used + size > self.limit:
-            return codec.dumps_value(_reply_too_large(id_, len(member), self.limit, self.used - 2))
+        if self.used + size > self.limit and "result" in reply:
+            return codec.dumps_value(_reply_too_large(reply.get("id"), len(member), self.limit, self.used - 2))
         self.used += size
         return member
 
