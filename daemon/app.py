@@ -76,7 +76,8 @@ class Runtime:
         self.dispatcher = Dispatcher(self.registry, _limits(rpc), self.budgets)
         self.server = RpcServer(self.dispatcher, self.hub, max_connections=rpc.max_connections,
                                 idle_timeout_s=rpc.idle_timeout_s, outbox_max_frames=rpc.outbox_max_frames,
-                                group=rpc.group)
+                                group=rpc.group, unsent_soft_bytes=rpc.unsent_soft_bytes,
+                                unsent_hard_bytes=rpc.unsent_hard_bytes, unsent_total_bytes=rpc.unsent_total_bytes)
         self.socket_path = config.daemon.socket
         self.socket_activated = False
         self.bound_path: str | None = None
@@ -129,6 +130,7 @@ class Runtime:
         self.server.idle_timeout_s = rpc.idle_timeout_s
         self.server.outbox_max = rpc.outbox_max_frames
         self.budgets.configure(cfg.budget)
+        self.server.set_unsent_limits(rpc.unsent_soft_bytes, rpc.unsent_hard_bytes, rpc.unsent_total_bytes)
 
     def listen(self):
         sock = inherited_socket()
@@ -145,7 +147,7 @@ class Runtime:
 
 
 def _limits(rpc: config_mod.RpcConfig) -> Limits:
-    return Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch)
+    return Limits(rpc.max_frame_bytes, rpc.max_depth, rpc.max_batch, rpc.max_reply_bytes)
 
 
 # File descriptors beyond one per connection: the ledger, /proc and cgroup

@@ -50,6 +50,16 @@ class RpcConfig:
     group: str = "aal"
     # Seconds between system.heartbeat pushes (only while someone subscribes).
     heartbeat_interval_s: float = 1.0
+    # Largest reply sent (a batch's whole reply counts as one); a bigger
+    # result is error -32012 for its id.
+    max_reply_bytes: int = 1 << 20
+    # Bytes of replies and pushes a client has not taken yet ("unsent"):
+    # reading from it pauses at soft; a write past hard closes it (hard >=
+    # soft + max_reply_bytes); past total, summed over all connections, the
+    # stalled ones holding the most are closed (total >= hard).
+    unsent_soft_bytes: int = 256 * 1024
+    unsent_hard_bytes: int = 2 << 20
+    unsent_total_bytes: int = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -221,6 +231,10 @@ RANGES = {
     ("rpc", "idle_timeout_s"): (0.1, None),
     ("rpc", "outbox_max_frames"): (1, None),
     ("rpc", "heartbeat_interval_s"): (0.001, 3600.0),
+    ("rpc", "max_reply_bytes"): (1024, 1 << 30),
+    ("rpc", "unsent_soft_bytes"): (4096, 1 << 30),
+    ("rpc", "unsent_hard_bytes"): (8192, 1 << 31),
+    ("rpc", "unsent_total_bytes"): (8192, 1 << 40),
     ("govern", "setpoint"): (0.0, 1.0),
     ("govern", "kp"): (0.0, 100.0),
     ("govern", "ki"): (0.0, 100.0),
@@ -318,7 +332,22 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
             if hints[key] is float:
                 value = float(value)
             overrides.setdefault(sname, {})[key] = value
-    return base.with_overrides(overrides)
+    cfg = base.with_overrides(overrides)
+    _check_rpc_unsent(cfg.rpc, source)
+    return cfg
+
+
+def _check_rpc_unsent(rpc: RpcConfig, source: str) -> None:
+    """The unsent-bytes limits only make sense in order: a reading client's
+    reply (up to max_reply_bytes past the soft limit) must not hit the hard
+    limit, and one connection must be able to reach its hard limit."""
+    if rpc.unsent_hard_bytes < rpc.unsent_soft_bytes + rpc.max_reply_bytes:
+        raise ConfigError(f"{source}: rpc.unsent_hard_bytes must be at least rpc.unsent_soft_bytes + "
+                          f"rpc.max_reply_bytes = {rpc.unsent_soft_bytes + rpc.max_reply_bytes}, "
+                          f"got {rpc.unsent_hard_bytes}")
+    if rpc.unsent_total_bytes < rpc.unsent_hard_bytes:
+        raise ConfigError(f"{source}: rpc.unsent_total_bytes must be at least rpc.unsent_hard_bytes = "
+                          f"{rpc.unsent_hard_bytes}, got {rpc.unsent_total_bytes}")
 
 
 def _check_exempt(value: str, source: str) -> None:

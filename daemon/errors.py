@@ -25,6 +25,7 @@ OVERLOADED = -32008             # too many connections / server shutting down
 QUARANTINED = -32009            # admissions at this priority are quarantined
 CONFIG_INVALID = -32010         # system.reload: the config file is wrong (names key and file); old config kept
 BUDGET_EXCEEDED = -32011        # a per-peer budget ([budget]) is used up; data names it, the limit and the use
+REPLY_TOO_LARGE = -32012        # a result over rpc.max_reply_bytes: the call ran, its result is not sent
 
 APP_CODES = {
     PERMISSION_DENIED: "permission denied",
@@ -38,6 +39,7 @@ APP_CODES = {
     QUARANTINED: "quarantined",
     CONFIG_INVALID: "config invalid",
     BUDGET_EXCEEDED: "budget exceeded",
+    REPLY_TOO_LARGE: "reply too large",
 }
 
 

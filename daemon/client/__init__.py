@@ -11,6 +11,7 @@ JSON-RPC code, message and data; a missing or refused socket raises
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import itertools
 import json
@@ -71,14 +72,25 @@ def _result(msg: dict):
     return msg.get("result")
 
 
+# Unread notifications a Client keeps (the oldest are dropped past it).
+MAX_NOTIFICATIONS = 1024
+
+
 class Client:
     """Blocking client.  Notifications that arrive while waiting for a reply
-    are kept in `self.notifications` until read by `notifications_iter()`."""
+    are kept in `self.notifications` until read by `notifications_iter()`,
+    at most `max_notifications` of them: past it the oldest are dropped and
+    counted in `notifications_dropped`, so a caller that never reads them
+    cannot grow without bound."""
 
-    def __init__(self, path: str | None = None, timeout: float | None = 30.0):
+    def __init__(self, path: str | None = None, timeout: float | None = 30.0,
+                 max_notifications: int = MAX_NOTIFICATIONS):
+        if max_notifications < 1:
+            raise ValueError("max_notifications must be >= 1")
         self.path = path or default_socket()
         self._ids = itertools.count(1)
-        self.notifications: list[dict] = []
+        self.notifications: collections.deque = collections.deque(maxlen=max_notifications)
+        self.notifications_dropped = 0
         self._buf = b""
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
@@ -122,10 +134,15 @@ class Client:
         while True:
             msg = self._read_msg()
             if _is_notification(msg):
-                self.notifications.append(msg)
+                self._keep(msg)
                 continue
             if isinstance(msg, list) or msg.get("id") == id_ or msg.get("id") is None:
                 return msg
+
+    def _keep(self, note: dict) -> None:
+        if len(self.notifications) == self.notifications.maxlen:
+            self.notifications_dropped += 1
+        self.notifications.append(note)
 
     def call(self, method: str, params=None):
         id_ = next(self._ids)
@@ -155,20 +172,26 @@ class Client:
     def notifications_iter(self, subscription: str | None = None):
         while True:
             while self.notifications:
-                n = self.notifications.pop(0)
+                n = self.notifications.popleft()
                 if subscription is None or n.get("params", {}).get("subscription") == subscription:
                     yield n["params"]
             msg = self._read_msg()
             if _is_notification(msg):
-                self.notifications.append(msg)
+                self._keep(msg)
 
 
 class AsyncClient:
     """asyncio client.  Many calls may be outstanding at once (replies are
     matched by id); pushed notifications go to an asyncio.Queue per
-    subscription, which gets None when the connection ends."""
+    subscription, which gets None when the connection ends.  Each queue keeps
+    at most `max_notifications`; past it the oldest are dropped and counted
+    in `notifications_dropped`."""
 
-    def __init__(self, path: str | None = None):
+    def __init__(self, path: str | None = None, max_notifications: int = MAX_NOTIFICATIONS):
+        if max_notifications < 1:
+            raise ValueError("max_notifications must be >= 1")
+        self.max_notifications = max_notifications
+        self.notifications_dropped = 0
         self.path = path or default_socket()
         self._ids = itertools.count(1)
         self._pending: dict = {}          # id, or frozenset of a batch's ids → future
@@ -227,7 +250,7 @@ class AsyncClient:
                     sub = params.get("subscription")
                     q = self._subs.get(sub)
                     if q is not None:
-                        q.put_nowait(params)
+                        self._put(q, params)
                     else:
                         early = self._early.setdefault(sub, [])
                         if len(early) < 1024:
@@ -251,7 +274,13 @@ class AsyncClient:
                     fut.set_exception(err)
             self._pending.clear()
             for q in self._subs.values():
-                q.put_nowait(None)
+                self._put(q, None)
+
+    def _put(self, q: asyncio.Queue, item) -> None:
+        if q.full():
+            q.get_nowait()
+            self.notifications_dropped += 1
+        q.put_nowait(item)
 
     async def _send(self, key, obj):
         if self._closed is not None:
@@ -289,11 +318,11 @@ class AsyncClient:
     async def subscribe(self, topic: str, params=None) -> tuple[str, asyncio.Queue]:
         """Returns (subscription id, queue of notification params; None when the connection ends)."""
         res = await self.call(f"{topic}.subscribe", params)
-        q: asyncio.Queue = asyncio.Queue()
+        q: asyncio.Queue = asyncio.Queue(self.max_notifications)
         sub = res["subscription"]
         self._subs[sub] = q
         for p in self._early.pop(sub, []):
-            q.put_nowait(p)
+            self._put(q, p)
         return sub, q
 
     async def unsubscribe(self, topic: str, subscription: str) -> None:

@@ -27,6 +27,10 @@ class Limits:
     max_frame_bytes: int = 1 << 20
     max_depth: int = 64
     max_batch: int = 100
+    # Largest reply (a batch's whole reply counts as one) the server will
+    # buffer; a bigger result becomes a REPLY_TOO_LARGE error for its id
+    # (errors are not replaced: they are bounded by the request's size).
+    max_reply_bytes: int = 1 << 20
 
 
 # --------------------------------------------------------------------- framing
@@ -282,29 +286,49 @@ class Dispatcher:
             return error_frame(None, E.INVALID_REQUEST,
                                f"batch of {len(msgs)} exceeds the limit of {self.limits.max_batch}",
                                {"max_batch": self.limits.max_batch, "size": len(msgs)})
-        outs = [self._one(m, call, exact) for m in msgs]
-        if any(o is not None and type(o) is not dict for o in outs):
-            return self._await_batch(outs)
-        replies = [o for o in outs if o is not None]
-        return self._encode(replies) if replies else None
+        # Each synchronous member is encoded as soon as it returns, so the
+        # batch never holds more than max_reply_bytes of results at once.
+        budget = _ReplyBudget(self.limits.max_reply_bytes)
+        outs = []
+        is_async = False
+        for m in msgs:
+            o = self._one(m, call, exact)
+            if o is not None and type(o) is dict:
+                o = budget.take(o, self._encode_member(o))
+            elif o is not None:
+                is_async = True
+            outs.append(o)
+        if is_async:
+            return self._await_batch(outs, budget)
+        return budget.frame(outs)
 
-    async def _await_batch(self, outs):
+    async def _await_batch(self, outs, budget: "_ReplyBudget"):
         # The async members run concurrently; replies keep the batch order.
-        pending = [(i, o) for i, o in enumerate(outs) if o is not None and type(o) is not dict]
+        pending = [(i, o) for i, o in enumerate(outs) if o is not None and type(o) is not bytes]
         results = await asyncio.gather(*(o for _, o in pending))
         for (i, _), r in zip(pending, results):
-            outs[i] = r
-        done = [o for o in outs if o is not None]
-        return self._encode(done) if done else None
+            outs[i] = None if r is None else budget.take(r, self._encode_member(r))
+        return budget.frame(outs)
 
-    def _encode(self, obj) -> bytes:
+    def _encode(self, obj: dict) -> bytes:
+        """One reply's frame, or REPLY_TOO_LARGE for its id past max_reply_bytes."""
         try:
-            return codec.dumps(obj)
+            out = codec.dumps(obj)
         except TypeError as exc:
             log.error("encode_failed", error=repr(exc))
-            if type(obj) is list:
-                return codec.dumps([self._encode_fallback(o) for o in obj])
-            return codec.dumps(self._encode_fallback(obj))
+            out = codec.dumps(self._encode_fallback(obj))
+        limit = self.limits.max_reply_bytes
+        if len(out) > limit and "result" in obj:
+            return codec.dumps(_reply_too_large(obj.get("id"), len(out), limit))
+        return out
+
+    def _encode_member(self, obj: dict) -> bytes:
+        """One batch member's JSON (no newline)."""
+        try:
+            return codec.dumps_value(obj)
+        except TypeError as exc:
+            log.error("encode_failed", error=repr(exc))
+            return codec.dumps_value(self._encode_fallback(obj))
 
     def _encode_fallback(self, o: dict) -> dict:
         try:
@@ -400,6 +424,43 @@ class Dispatcher:
             if token is not None:
                 CHARGE.reset(token)
         return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
+
+
+def _reply_too_large(id_, size: int, limit: int, batch_bytes: int | None = None) -> dict:
+    data = {"limit": limit, "size": size}
+    where = ""
+    if batch_bytes is not None:
+        data["batch_bytes"] = batch_bytes
+        where = f" with the {batch_bytes} bytes of the batch's earlier replies"
+    return _error(id_, E.REPLY_TOO_LARGE,
+                  f"reply of {size} bytes{where} exceeds the limit of {limit} bytes (rpc.max_reply_bytes); "
+                  "the call was made, its result is not sent: ask for less or split the batch", data)
+
+
+class _ReplyBudget:
+    """The bytes a batch's reply may still take.  A member that does not fit
+    is replaced by a (small) REPLY_TOO_LARGE error naming its size, so the
+    whole reply stays within max_reply_bytes plus one short error per member."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int):
+        self.limit, self.used = limit, 2       # the brackets
+
+    def take(self, reply: dict, member: bytes) -> bytes:
+        """`member` (the encoded `reply`), or the error that replaces it.
+        Errors are never replaced: their size is bounded by the request's."""
+        size = len(member) + 1                 # its comma
+        if self.used + size > self.limit and "result" in reply:
+            return codec.dumps_value(_reply_too_large(reply.get("id"), len(member), self.limit, self.used - 2))
+        self.used += size
+        return member
+
+    @staticmethod
+    def frame(outs: list) -> bytes | None:
+        parts = [o for o in outs if o is not None]
+        return b"[" + b",".join(parts) + b"]\n" if parts else None
+
 
 def _kind(value) -> str:
     """The JSON type of a value, for error data."""

@@ -1,12 +1,15 @@
 """The Unix-socket server: a thin asyncio shell around the pure protocol.
 
 One `Connection` per client.  Bytes go through `LineFramer` and `Dispatcher`;
-replies are written in order of completion.  Flow control: when the kernel
-buffer towards a client is full (it does not read), reading from that client
-pauses, so it cannot make the daemon queue replies without bound; pushed
-notifications wait in a bounded per-connection queue where the oldest are
-dropped and counted, and the count is reported to the client in the next
-notification it does get.
+replies are written in order of completion.  Flow control, in bytes of
+output not yet taken by the client ("unsent"): past `unsent_soft_bytes`
+reading from that client pauses (no frame is parsed or dispatched until it
+drains); a write that would take it past `unsent_hard_bytes` closes it; and
+when the sum over all connections passes `unsent_total_bytes`, the stalled
+connections holding the most are closed until it is back under (README,
+"Slow readers").  Pushed notifications wait in a bounded per-connection
+queue where the oldest are dropped and counted, and the count is reported
+to the client in the next notification it does get.
 """
 from __future__ import annotations
 
@@ -114,10 +117,12 @@ class Hub:
 
 
 # Per-connection flow control.  Replies and pushes go to the transport; once
-# its buffer passes WRITE_HIGH the client is not reading, so we stop reading
-# its requests (it cannot make us queue replies without bound) and hold its
-# notifications in the bounded outbox (oldest dropped and counted).
-WRITE_HIGH = 256 * 1024
+# its buffer reaches the soft limit the client is not keeping up, so we stop
+# reading its requests and hold its notifications in the bounded outbox
+# (oldest dropped and counted).  Defaults of RpcConfig's unsent_* keys.
+UNSENT_SOFT = 256 * 1024
+UNSENT_HARD = 2 << 20
+UNSENT_TOTAL = 8 << 20
 # Async requests of one connection running at once; beyond it, reading pauses.
 MAX_INFLIGHT = 128
 # Seconds a closing connection may take to flush before it is aborted.
@@ -136,6 +141,8 @@ class Connection(asyncio.Protocol):
         self.dropped_total = 0
         self.inflight: set[asyncio.Future] = set()
         self.paused = False           # the transport asked us to stop writing
+        self.stalled_since: float | None = None   # when it last paused (None: writing)
+        self.unsent = 0               # transport bytes as last counted in server.unsent_total
         self.reading = True
         self.closing = False
         self.last_activity = time.monotonic()
@@ -151,7 +158,8 @@ class Connection(asyncio.Protocol):
         except OSError:
             pid, uid, gid = 0, -1, -1
         self.call = Call(pid, uid, gid, self.server.policy.level(pid, uid, gid), self)
-        transport.set_write_buffer_limits(high=WRITE_HIGH)
+        # The transport pauses us once unsent > high, i.e. at the soft limit.
+        transport.set_write_buffer_limits(high=self.server.unsent_soft - 1)
         if not self.server.admit(self):
             if self.server.stopping:
                 msg = "server is shutting down"
@@ -175,8 +183,11 @@ class Connection(asyncio.Protocol):
         backlog = self.backlog
         out_buf: list[bytes] = []
         queued = 0
+        # Replies of this pass may fill what is left below the soft limit
+        # (the last one may cross it, by at most rpc.max_reply_bytes).
+        room = server.unsent_soft - self.transport.get_write_buffer_size() if not self.closing else 0
         while backlog and not self.paused and not self.closing and len(self.inflight) < MAX_INFLIGHT \
-                and queued < WRITE_HIGH:
+                and queued < room:
             ev = backlog.popleft()
             if type(ev) is FrameTooLarge:
                 backlog.clear()
@@ -202,8 +213,10 @@ class Connection(asyncio.Protocol):
                 server.inflight.add(fut)
                 fut.add_done_callback(self._async_done)
         if out_buf:
-            self._write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf))
-        if backlog and queued >= WRITE_HIGH and not self.paused and not self.closing:
+            # Bounded by construction (soft limit + one reply), so not held
+            # to the hard limit: that one catches what comes without reading.
+            self._write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf), bounded=True)
+        if backlog and queued and queued >= room and not self.paused and not self.closing:
             # A long run of pipelined frames: yield to other clients, then go on.
             asyncio.get_running_loop().call_soon(self._process)
         self._set_reading(not backlog and not self.paused)
@@ -249,16 +262,22 @@ class Connection(asyncio.Protocol):
 
     def pause_writing(self):
         self.paused = True
+        self.stalled_since = time.monotonic()
         self._set_reading(False)
+        log.debug("reply_backpressure", pid=self.call.pid, uid=self.call.uid,
+                  unsent=self.transport.get_write_buffer_size(), soft_limit=self.server.unsent_soft)
 
     def resume_writing(self):
         self.paused = False
+        self.stalled_since = None
+        self._count_unsent()
         self._flush_outbox()
         if not self.paused:
             self._process()
 
     def connection_lost(self, exc):
         self.closing = True
+        self._count_unsent()
         for sub in self.subs.values():
             self.server.hub.remove(sub)
             self._drop_budget()
@@ -303,9 +322,40 @@ class Connection(asyncio.Protocol):
         self._close_hooks.append(fn)
 
     # -- output
-    def _write(self, data: bytes):
-        if not self.closing:
-            self.transport.write(data)
+    def _write(self, data: bytes, bounded: bool = False) -> None:
+        """Hand `data` to the transport within the per-connection and total
+        bounds: past the hard limit the connection is closed instead."""
+        if self.closing:
+            return
+        server = self.server
+        unsent = self.transport.get_write_buffer_size() + len(data)
+        if unsent > server.unsent_hard and not bounded:
+            self.drop("reply_backlog_closed", unsent, limit=server.unsent_hard)
+            return
+        self.transport.write(data)
+        self._count_unsent()
+        if server.unsent_total > server.unsent_total_max:
+            server.shed()
+
+    def _count_unsent(self) -> None:
+        """Bring this connection's share of server.unsent_total up to date."""
+        now = 0 if self.closing else self.transport.get_write_buffer_size()
+        self.server.unsent_total += now - self.unsent
+        self.unsent = now
+
+    def drop(self, event: str, unsent: int, **why) -> None:
+        """Abort a connection that holds too many unsent bytes (its buffer is
+        freed now; it was not reading them) and say who it was."""
+        if self.closing:
+            return
+        stalled = None if self.stalled_since is None else round(time.monotonic() - self.stalled_since, 3)
+        log.warning(event, pid=self.call.pid, uid=self.call.uid, unsent=unsent, stalled_s=stalled, **why)
+        self.server.backlog_closed_total += 1
+        self.closing = True
+        self._count_unsent()
+        self.backlog.clear()
+        self.outbox.clear()
+        self.transport.abort()
 
     def push(self, sub: Subscription, frag) -> None:
         """Queue a notification; drop the oldest queued one when full."""
@@ -328,7 +378,7 @@ class Connection(asyncio.Protocol):
             frame = codec.dumps({"jsonrpc": "2.0", "method": sub.topic.notify_method,
                                  "params": {"subscription": sub.id, "dropped": sub.dropped, "data": frag}})
             sub.dropped = 0
-            self.transport.write(frame)
+            self._write(frame)
 
     def close(self, flush_s: float = CLOSE_FLUSH_S):
         """Close after flushing what is buffered; abort if the peer does not
@@ -349,7 +399,9 @@ class Connection(asyncio.Protocol):
 
 class RpcServer:
     def __init__(self, dispatcher: Dispatcher, hub: Hub, *, max_connections: int,
-                 idle_timeout_s: float, outbox_max_frames: int, group: str):
+                 idle_timeout_s: float, outbox_max_frames: int, group: str,
+                 unsent_soft_bytes: int = UNSENT_SOFT, unsent_hard_bytes: int = UNSENT_HARD,
+                 unsent_total_bytes: int = UNSENT_TOTAL):
         self.dispatcher = dispatcher
         self.hub = hub
         self.max_connections = max_connections
@@ -361,6 +413,10 @@ class RpcServer:
         self.accepted_total = 0
         self.refused_total = 0
         self.dropped_total = 0
+        self.unsent_soft, self.unsent_hard, self.unsent_total_max = \
+            unsent_soft_bytes, unsent_hard_bytes, unsent_total_bytes
+        self.unsent_total = 0         # sum of Connection.unsent (exact after shed())
+        self.backlog_closed_total = 0
         self.stopping = False
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
@@ -377,6 +433,29 @@ class RpcServer:
 
     def forget(self, conn: Connection) -> None:
         self.conns.discard(conn)
+
+    def set_unsent_limits(self, soft: int, hard: int, total: int) -> None:
+        """Apply new limits (a reload) to every connection, open ones too."""
+        self.unsent_soft, self.unsent_hard, self.unsent_total_max = soft, hard, total
+        for c in list(self.conns):
+            if not c.closing:
+                c.transport.set_write_buffer_limits(high=soft - 1)
+
+    def shed(self) -> None:
+        """The total is over its limit: count it exactly (drained buffers are
+        only seen on the next write), then close connections until it is under,
+        the stalled ones (not reading) first, the biggest holders first, so
+        that clients which read are served on."""
+        for c in self.conns:
+            c._count_unsent()
+        if self.unsent_total <= self.unsent_total_max:
+            return
+        holders = sorted((c for c in self.conns if c.unsent and not c.closing),
+                         key=lambda c: (c.stalled_since is None, -c.unsent))
+        for c in holders:
+            if self.unsent_total <= self.unsent_total_max:
+                break
+            c.drop("reply_backlog_shed", c.unsent, total=self.unsent_total, limit=self.unsent_total_max)
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
