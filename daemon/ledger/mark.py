@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from .. import ledger_core as _core
 from ..errors import LedgerError
-from .store import _fsync_dir, _oserror
+from .store import _oserror, create_atomic
 
 MARK_MAGIC = b"AALMARK\x01"
 SLOT_LEN = 96
@@ -100,24 +100,7 @@ class MarkFile:
         mark = Mark(1, entries, size, root)
         blob = bytearray(MARK_FILE_LEN)
         blob[SLOT_STRIDE:SLOT_STRIDE + SLOT_LEN] = mark.pack()   # slot 1 % 2
-        tmp = path + ".tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            try:
-                view = memoryview(bytes(blob))
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(path)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise LedgerError(_oserror("cannot create the high-water mark", path, exc)) from None
+        create_atomic(path, bytes(blob), "cannot create the high-water mark")
         return cls.open(path, mark)
 
     @classmethod

@@ -44,6 +44,30 @@ def _oserror(action: str, path: str, exc: OSError) -> str:
     return f"{action} {path}: {why}"
 
 
+def create_atomic(path: str, data: bytes, what: str) -> None:
+    """Write data to path.tmp, fsync, rename over path, fsync the directory:
+    after a crash path either does not exist or holds all of data.  A
+    failure removes the temporary file and raises LedgerError(what ...)."""
+    tmp = path + ".tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise LedgerError(_oserror(what, path, exc)) from None
+
+
 class MemoryStore:
     """Records in memory: the same interface, no durability (bench, tests)."""
 
@@ -82,28 +106,13 @@ class FileStore:
 
     @classmethod
     def create(cls, path: str, first_records: bytes) -> None:
-        """Write magic + the first records to a temporary file, fsync, rename:
-        a ledger file either does not exist or starts complete."""
-        tmp = path + ".tmp"
+        """Magic + the first records, written atomically: a ledger file either
+        does not exist or starts complete."""
         try:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            try:
-                data = MAGIC + first_records
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(path)
         except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
             raise LedgerError(_oserror("cannot create ledger", path, exc)) from None
+        create_atomic(path, MAGIC + first_records, "cannot create ledger")
 
     @classmethod
     def open(cls, path: str, *, writable: bool = True) -> "FileStore":
