@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from .. import ledger_core as _core
 from ..errors import LedgerError
-from .store import _oserror, create_atomic
+from .store import _oserror, create_atomic, pwrite_all
 
 MARK_MAGIC = b"AALMARK\x01"
 SLOT_LEN = 96
@@ -118,11 +118,7 @@ class MarkFile:
         slot = mark.pack()
         pos = (mark.generation % 2) * SLOT_STRIDE
         try:
-            view = memoryview(slot)
-            while view:
-                n = os.pwrite(self._fd, view, pos)
-                view = view[n:]
-                pos += n
+            pwrite_all(self._fd, slot, pos)
             os.fdatasync(self._fd)
         except OSError as exc:
             raise LedgerError(_oserror("cannot write the high-water mark", self.path, exc)) from None

@@ -44,6 +44,15 @@ def _oserror(action: str, path: str, exc: OSError) -> str:
     return f"{action} {path}: {why}"
 
 
+def pwrite_all(fd: int, data: bytes, pos: int) -> None:
+    """os.pwrite until all of data is at pos (a short write is not an error)."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
+
+
 def create_atomic(path: str, data: bytes, what: str) -> None:
     """Write data to path.tmp, fsync, rename over path, fsync the directory:
     after a crash path either does not exist or holds all of data.  A
@@ -156,13 +165,8 @@ class FileStore:
             raise LedgerError(self.broken)
         if offset != self.size:
             raise LedgerError(f"write at {offset}, but the ledger ends at {self.size}")
-        view = memoryview(blob)
-        pos = offset
         try:
-            while view:
-                n = os.pwrite(self._fd, view, pos)
-                view = view[n:]
-                pos += n
+            pwrite_all(self._fd, blob, offset)
             os.fsync(self._fd)
         except OSError as exc:
             msg = _oserror("cannot append to ledger", self.path, exc)
@@ -174,7 +178,7 @@ class FileStore:
                                f"({exc2.strerror}): appends are refused until a restart")
                 raise LedgerError(self.broken) from None
             raise LedgerError(msg) from None
-        self.size = pos
+        self.size = offset + len(blob)
 
     def read(self, offset: int, n: int) -> bytes:
         try:
