@@ -34,3 +34,24 @@ def test_concurrent_verifies_share_one_scan(tmp_path):
         await unit.stop()
 
     asyncio.run(main())
+
+
+def test_verify_and_reads_while_a_batch_is_being_written(tmp_path):
+    """The group committer writes a batch (data fsync, then the mark) in a
+    worker thread before it commits it: in that window the store's size has
+    grown but the chain has not.  A verify or a read then must see the
+    committed chain only (found as a spurious 'stored chain differs' in CI)."""
+    from aal_core.ledger.chain import Ledger
+    led = Ledger.open(str(tmp_path / "l.aal"))
+    for i in range(5):
+        led.append({"i": i})
+    batch = led.prepare([(led.encode({"i": 99}), led._now())])
+    led.write(batch)                      # durable, not yet committed
+    assert led.store.size > led.end
+    out = led.check(led.snapshot())
+    assert out["valid"] is True and out["chain_length"] == 6, out
+    assert led.entries(5, 6)[0]["data"] == {"i": 4}
+    assert led.entry(5)["data"] == {"i": 4}
+    led.commit(batch)
+    assert led.entries(6, 7)[0]["data"] == {"i": 99} and led.verify()["valid"] is True
+    led.close()

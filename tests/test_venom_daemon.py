@@ -109,7 +109,7 @@ def test_model_drives_quarantine_of_a_real_job_and_admin_release(daemon_factory,
     assert kinds.count("venom.model") == 2 and "venom.release" in kinds
     q = [x for x in data if x.get("type") == "venom.decision" and x["action"] == "QUARANTINE"]
     assert q[0]["effect"]["job_id"] == "hog" and set(q[0]["genome"]) == {"r", "b", "e", "o"}
-    assert d.call("ledger.verify")["valid"] is True
+    v = d.call("ledger.verify"); assert v["valid"] is True, json.dumps(v)
 
 
 def test_apply_balance_raises_the_governor_level(daemon_factory):

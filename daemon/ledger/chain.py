@@ -146,6 +146,8 @@ class Ledger:
         self.tree = _core.MerkleTree()
         self.offsets = array("Q")
         self.count = 0
+        self.end = 0               # bytes of the committed records (the store's
+        #                            size runs ahead while a batch is written)
         self.latest_hash = ZERO_HASH
         self.genesis_hash = ZERO_HASH
         self.verified = False
@@ -215,6 +217,7 @@ class Ledger:
             raise LedgerError(damage_message(store.path, verdict), index=verdict.index)
         self.offsets = offsets
         self.count = res.count
+        self.end = res.end
         self.latest_hash = res.last_hash
         self.genesis_hash = self._stored_hash(0)
         if verdict.kind == "torn":
@@ -295,7 +298,7 @@ class Ledger:
 
     def mark_point(self) -> tuple[int, int, bytes]:
         """(entries, bytes, Merkle root) committed now: what write_mark records."""
-        return self.count, self.store.size, self.root()
+        return self.count, self.end, self.root()
 
     def write_mark(self, point: tuple[int, int, bytes], undo_size: int | None = None) -> None:
         """Record `point` (entries, bytes, root) as the high-water mark
@@ -324,6 +327,7 @@ class Ledger:
         for n in batch.sizes:
             self.offsets.append(off)
             off += n
+        self.end = off
         if batch.start == 0:
             self.genesis_hash = batch.hashes[0]
         self.count += len(batch.hashes)
@@ -353,7 +357,7 @@ class Ledger:
 
     def _record_span(self, start: int, end: int) -> tuple[int, int]:
         a = self.offsets[start]
-        b = self.offsets[end] if end < self.count else self.store.size
+        b = self.offsets[end] if end < self.count else self.end
         return a, b
 
     def _stored_hash(self, index: int) -> bytes:
@@ -414,7 +418,7 @@ class Ledger:
 
     def snapshot(self) -> tuple[int, int, bytes]:
         """(bytes, entries, Merkle root) committed now: what check() compares."""
-        return self.store.size, self.count, self.root()
+        return self.end, self.count, self.root()
 
     def check(self, snap: tuple[int, int, bytes]) -> dict:
         """Recompute every hash, link and the Merkle root from the stored
