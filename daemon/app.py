@@ -38,15 +38,17 @@ class StateError(AalError):
 def build_units(ctx: Context) -> list[Unit]:
     """Every capability, in dependency order; each gets what it needs by name."""
     from .govern import GovernorUnit
+    from .keys.unit import KeyUnit
     from .ledger.unit import LedgerUnit
     from .stress.unit import SensingUnit
     from .venom.unit import VenomUnit
 
     sensing = SensingUnit(ctx)
     ledger = LedgerUnit(ctx)
+    keys = KeyUnit(ctx, ledger=ledger)
     governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
-    return [sensing, ledger, governor, venom]
+    return [sensing, ledger, keys, governor, venom]
 
 
 class Runtime:

@@ -109,6 +109,11 @@ def test_group_member_reads_but_is_refused_admin(root_daemon):
     assert err["data"]["required"] == "admin" and err["data"]["granted"] == "write"
     assert err["data"]["peer_uid"] == pwd.getpwnam(MEMBER).pw_uid
     assert "root or the daemon's user only" in err["message"]
+    # the signing key: anyone may read the public half, only an admin rotates it
+    r = _call(MEMBER, root_daemon, "system.public_key")
+    assert r.returncode == 0 and len(json.loads(r.stdout)["public_key"]) == 64, r.stderr
+    r = _call(MEMBER, root_daemon, "system.rotate_key")
+    assert r.returncode == 1 and json.loads(r.stderr.split("error: ", 1)[1])["code"] == E.PERMISSION_DENIED
 
 
 def test_root_may_reload(root_daemon):

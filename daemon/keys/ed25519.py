@@ -1,0 +1,133 @@
+"""One Ed25519 key in one file: created 0600 at first start, never logged.
+
+The file is PKCS#8 PEM (unencrypted), so `openssl pkey -in FILE -pubout`
+reads it.  Verification needs the raw 32-byte public key only: a client
+holds that, never the private key.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import AalError
+
+ALGORITHM = "ed25519"
+KEY_FILE = "signing.key"
+
+
+class KeyError_(AalError):
+    """The key file cannot be created, read or replaced (names path and cause)."""
+
+
+def _write_private(path: str, key: Ed25519PrivateKey) -> None:
+    """key to path: a 0600 temporary file, fsync, rename, directory fsync."""
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    tmp = path + ".tmp"
+    try:
+        try:
+            os.unlink(tmp)          # a leftover of a crash: never reuse its mode
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)    # whatever the umask
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise KeyError_(f"cannot write signing key {path}: {exc.strerror}") from None
+
+
+class SigningKey:
+    """The private key and its raw public bytes."""
+
+    def __init__(self, path: str, private: Ed25519PrivateKey, created: bool = False):
+        self.path = path
+        self._private = private
+        self.public_bytes = private.public_key().public_bytes(serialization.Encoding.Raw,
+                                                              serialization.PublicFormat.Raw)
+        self.created = created      # True when this start generated it
+        self.mode_fixed = False     # True when a looser mode was tightened to 0600
+
+    @property
+    def public_hex(self) -> str:
+        return self.public_bytes.hex()
+
+    def __repr__(self) -> str:      # never the private half, not even in a traceback
+        return f"SigningKey(path={self.path!r}, public={self.public_hex})"
+
+    @classmethod
+    def load_or_create(cls, state_dir: str) -> "SigningKey":
+        """The key in state_dir/signing.key, generated there if absent."""
+        path = os.path.join(state_dir, KEY_FILE)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            key = Ed25519PrivateKey.generate()
+            _write_private(path, key)
+            return cls(path, key, created=True)
+        except OSError as exc:
+            raise KeyError_(f"cannot open signing key {path}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise KeyError_(f"signing key {path} is not a regular file")
+            loose = st.st_mode & 0o077
+            if loose:
+                os.fchmod(fd, 0o600)
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                pem = fh.read(1 << 16)
+        except OSError as exc:
+            raise KeyError_(f"cannot read signing key {path}: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            raise KeyError_(f"signing key {path} is not an unencrypted PKCS#8 PEM key; move it away "
+                            f"to have a new one generated (commands and heads signed by it then no "
+                            f"longer verify against the new public key)") from None
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyError_(f"signing key {path} is not an Ed25519 key")
+        out = cls(path, key)
+        out.mode_fixed = bool(loose)
+        return out
+
+    def sign(self, data: bytes) -> bytes:
+        """The raw 64-byte Ed25519 signature of data."""
+        return self._private.sign(data)
+
+    def rotated(self) -> "SigningKey":
+        """A new key written over this one's file (atomic): the old one is gone."""
+        key = Ed25519PrivateKey.generate()
+        _write_private(self.path, key)
+        return SigningKey(self.path, key, created=True)
+
+
+def verify(public_key: bytes | str, signature: bytes | str, data: bytes) -> bool:
+    """True when signature (raw 64 bytes or hex) is public_key's (raw 32 or hex) over data."""
+    try:
+        pub = bytes.fromhex(public_key) if isinstance(public_key, str) else public_key
+        sig = bytes.fromhex(signature) if isinstance(signature, str) else signature
+        Ed25519PublicKey.from_public_bytes(pub).verify(sig, data)
+        return True
+    except (InvalidSignature, ValueError):
+        return False
