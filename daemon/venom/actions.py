@@ -55,6 +55,7 @@ class Actuator:
         self.memory = memory or JobMemory(window_s)
         self.jobs: list[dict] = []
         self.calm_since: float | None = None
+        self._no_target: str | None = None
 
     async def observe(self, now: float) -> None:
         """Once per beat, before the decision is carried out: the governor's
@@ -112,6 +113,8 @@ class Actuator:
     async def apply(self, r: BeatResult, now: float = 0.0) -> dict:
         """Carry out r.action; return what was done, for the ledger entry."""
         a = r.action
+        if a is not Action.QUARANTINE:
+            self._no_target = None
         if a is Action.NOOP:
             return {}
         if a is Action.ALERT:
@@ -139,8 +142,11 @@ class Actuator:
                     already = sorted(self.quarantined)
                     if already and why == "no job to quarantine":
                         why = "every candidate already quarantined"
-                    log.warning("quarantine_no_target", beat=r.beat, why=why, already=",".join(already) or "-")
+                    if why != self._no_target:           # once per run of them, not once a beat
+                        log.warning("quarantine_no_target", beat=r.beat, why=why, already=",".join(already) or "-")
+                    self._no_target = why
                     return {"applied": False, "why": why, "quarantined": already}
+                self._no_target = None
                 job_id = job["job_id"]
                 res = await maybe_await(self.governor.quarantine(job_id, f"{reason}; {why}"))
                 self.quarantined[job_id] = {"reason": reason, "since": now,

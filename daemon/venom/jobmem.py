@@ -2,9 +2,9 @@
 
 A job the daemon placed in a cgroup (`job.submit` with `pid`, enforced) is
 read from that cgroup (v2 `memory.current`, v1 `memory.usage_in_bytes`):
-every process in it counts.  A job that gave a pid but has no cgroup is read
-from /proc/<pid> with psutil: the RSS of the process and its children.  A
-job with neither has no memory reading, and so is never the culprit on
+every process in it counts.  A job that gave a pid is also read from
+/proc/<pid> with psutil (the RSS of the process and its children), and the
+larger of the two is its memory.  A job with neither has no memory reading, and so is never the culprit on
 memory evidence.  Growth is the change over the evidence window, per job
 submission (a job released and submitted again under the same id starts
 over).
@@ -53,18 +53,22 @@ class JobMemory:
         self._hist: dict[tuple, collections.deque] = {}
 
     def read(self, job: dict) -> tuple[int, str] | None:
-        """(bytes, source) for a job dict from the governor, or None."""
+        """(bytes, source) for a job dict from the governor, or None.  With
+        both a cgroup and a pid, the larger of the two: a v1 memory cgroup
+        charges only what was allocated after the move (the pages the
+        process already had stay charged where they were)."""
+        best = None
         cg = job.get("cgroup") if job.get("enforced") else None
         if cg:
             b = self.read_cgroup(cg)
             if b is not None:
-                return b, "cgroup"
+                best = (b, "cgroup")
         pid = job.get("pid")
         if pid:
             b = self.read_pid(int(pid))
-            if b is not None:
-                return b, "proc"
-        return None
+            if b is not None and (best is None or b > best[0]):
+                best = (b, "proc")
+        return best
 
     def observe(self, jobs: list[dict], now: float) -> list[dict]:
         """The jobs with a "memory" entry added where it is known:
