@@ -136,7 +136,7 @@ def test_evidence_no_job_causes_quarantines_nobody():
 
 def test_job_memory_reads_cgroup_then_pid_and_forgets_ended_jobs():
     reads = {"cg": [100 * MB, 160 * MB], "pid": [50 * MB, 50 * MB, 10 * MB]}
-    jm = JobMemory(10.0, read_cgroup=lambda p: reads["cg"].pop(0), read_pid=lambda p: reads["pid"].pop(0))
+    jm = JobMemory(10.0, read_cgroup=lambda p: reads["cg"].pop(0), read_pid=lambda p, children=True: reads["pid"].pop(0))
     prof = {"mem": {"soft_cap_mb": 200}}
     a = {"job_id": "a", "submitted_at": 1.0, "enforced": True, "cgroup": "/x/a", "pid": 7, "profile": prof}
     b = {"job_id": "b", "submitted_at": 1.0, "pid": 9, "enforced": False, "profile": prof}

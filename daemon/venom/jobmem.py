@@ -3,9 +3,11 @@
 A job the daemon placed in a cgroup (`job.submit` with `pid`, enforced) is
 read from that cgroup (v2 `memory.current`, v1 `memory.usage_in_bytes`):
 every process in it counts.  A job that gave a pid is also read from
-/proc/<pid> with psutil (the RSS of the process and its children), and the
-larger of the two is its memory.  A job with neither has no memory reading, and so is never the culprit on
-memory evidence.  Growth is the change over the evidence window, per job
+/proc/<pid> with psutil (its RSS; with no cgroup, plus its descendants'),
+and the larger of the two is its memory (a v1 cgroup charges only pages
+allocated after the move).  A job with neither has no memory reading, and
+so is never the culprit on memory evidence.  Read once a beat, only for
+jobs that gave a pid or have a cgroup.  Growth is the change over the evidence window, per job
 submission (a job released and submitted again under the same id starts
 over).
 """
@@ -29,12 +31,14 @@ def read_cgroup_bytes(path: str) -> int | None:
     return None
 
 
-def read_pid_bytes(pid: int) -> int | None:
-    import psutil          # lazily: only when a job gave a pid and has no cgroup
+def read_pid_bytes(pid: int, children: bool = True) -> int | None:
+    """RSS of the process (and, with `children`, of its descendants: that
+    walks every process's parent, so only for a job without a cgroup)."""
+    import psutil          # lazily: only when some job gave a pid
     try:
         p = psutil.Process(pid)
         total = p.memory_info().rss
-        for c in p.children(recursive=True):
+        for c in (p.children(recursive=True) if children else ()):
             try:
                 total += c.memory_info().rss
             except psutil.Error:
@@ -65,7 +69,8 @@ class JobMemory:
                 best = (b, "cgroup")
         pid = job.get("pid")
         if pid:
-            b = self.read_pid(int(pid))
+            # in a cgroup, its other processes are charged there: the pid's own RSS is enough
+            b = self.read_pid(int(pid), best is None)
             if b is not None and (best is None or b > best[0]):
                 best = (b, "proc")
         return best
