@@ -164,6 +164,14 @@ class VenomConfig:
     late_fraction: float = 0.5
     # How the four cores run each beat: "inline" (fastest here) or "threads".
     runner: str = "inline"
+    # Sustained evidence: anomaly units over the last evidence_window_s seconds
+    # feed the model; one CRITICAL second weighs critical_weight units, every
+    # other anomaly 1 (README, "venom").
+    evidence_window_s: float = 10.0
+    critical_weight: float = 2.0
+    # A quarantine the loop imposed ends by itself once stress stayed below
+    # govern.setpoint (and no beat wanted a QUARANTINE) for this many seconds.
+    release_hold_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -265,6 +273,9 @@ RANGES = {
     ("venom", "weight_o"): (0.0, 1000.0),
     ("venom", "summary_interval_s"): (1.0, 86400.0),
     ("venom", "late_fraction"): (0.01, 100.0),
+    ("venom", "evidence_window_s"): (0.1, 3600.0),
+    ("venom", "critical_weight"): (0.0, 1000.0),
+    ("venom", "release_hold_s"): (0.0, 86400.0),
     ("budget", "jobs_per_uid"): (1, 1 << 20),
     ("budget", "jobs_per_connection"): (1, 1 << 20),
     ("budget", "subscriptions_per_uid"): (1, 1 << 20),

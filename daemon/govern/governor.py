@@ -270,10 +270,16 @@ class Governor:
 
     # ----------------------------------------------- for the control loop
 
-    def raise_level(self, reason: str) -> None:
+    def raise_level(self, reason: str) -> dict:
         """APPLY_BALANCE: the machine-wide level up one notch (taken back one
-        per hold time once stress stays below setpoint - hysteresis)."""
-        self.level.raise_notch()
+        per hold time while stress stays below setpoint - hysteresis).  Not
+        while stress is below the setpoint, nor past a level of 1.0: then
+        `added` is False and `why` says which."""
+        why = self.level.raise_notch()
+        out = {"added": why is None, "notches": self.level.notches, "level": round(self.level.value, 6)}
+        if why is not None:
+            out["why"] = why
+        return out
 
     def allow_early_recovery(self, reason: str) -> None:
         """APPLY_OPTIMIZE: the next lift may skip the rest of its hold time."""

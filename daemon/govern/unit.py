@@ -130,9 +130,11 @@ class GovernorUnit(Unit):
 
     # -------------------------------------------------------- control loop
 
-    def raise_level(self, reason: str) -> None:
-        self.core.raise_level(reason)
-        log.info("level_raised", reason=reason, notches=self.core.level.notches)
+    def raise_level(self, reason: str) -> dict:
+        res = self.core.raise_level(reason)
+        if res["added"]:
+            log.info("level_raised", reason=reason, notches=res["notches"])
+        return res
 
     def allow_early_recovery(self, reason: str) -> None:
         self.core.allow_early_recovery(reason)
@@ -150,6 +152,10 @@ class GovernorUnit(Unit):
 
     def jobs(self) -> list[dict]:
         return self.core.jobs_list()
+
+    def stress_view(self) -> dict:
+        """For the control loop's quarantine release: the latest stress and the setpoint."""
+        return {"stress": self.core.stress, "setpoint": self.core.cfg.setpoint}
 
     # ------------------------------------------------------------ releases
 
