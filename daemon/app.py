@@ -40,6 +40,7 @@ def build_units(ctx: Context) -> list[Unit]:
     from .govern import GovernorUnit
     from .keys.unit import KeyUnit
     from .ledger.unit import LedgerUnit
+    from .overlays.unit import OverlayUnit
     from .stress.unit import SensingUnit
     from .venom.unit import VenomUnit
 
@@ -48,7 +49,8 @@ def build_units(ctx: Context) -> list[Unit]:
     keys = KeyUnit(ctx, ledger=ledger)
     governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
-    return [sensing, ledger, keys, governor, venom]
+    overlays = OverlayUnit(ctx, governor=governor, ledger=ledger, keys=keys)
+    return [sensing, ledger, keys, governor, venom, overlays]
 
 
 class Runtime:

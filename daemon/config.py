@@ -186,6 +186,31 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class OverlaysConfig:
+    """The overlay bus (README, "Overlays")."""
+    # One directory per overlay, each with its manifest.json (--local DIR: DIR/overlays).
+    dir: str = "/etc/aal-core/overlays"
+    # Store each call's full payload in the provenance log (dev mode; also
+    # AAL_DEV_LOG_PAYLOAD=1): needed by replay; off, only its hash is kept.
+    log_payload: bool = False
+    # http overlays: TCP to 127.0.0.1/::1/localhost (else Unix sockets only),
+    # and any host (only where the daemon's unit gives it a network).
+    allow_tcp_loopback: bool = False
+    allow_remote_http: bool = False
+    # Run CLEAR calls unconfined where no kernel mechanism is available
+    # (otherwise they are refused).
+    allow_unconfined_clear: bool = False
+    # Bounds on what an overlay sends back (bytes).
+    max_output_bytes: int = 1 << 20
+    max_stderr_bytes: int = 64 << 10
+    # http overlays: connection retries (connection errors only) and the first backoff.
+    http_retries: int = 3
+    http_backoff_s: float = 0.05
+    # File name of the provenance log inside the state directory.
+    provenance_file: str = "provenance.jsonl"
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
@@ -195,6 +220,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     venom: VenomConfig = field(default_factory=VenomConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -272,18 +298,23 @@ RANGES = {
     ("budget", "ledger_calls_per_s"): (0.001, 1e6),
     ("budget", "ledger_calls_burst"): (1, 1 << 20),
     ("budget", "ledger_bytes_per_day"): (1, 1 << 40),
+    ("overlays", "max_output_bytes"): (1024, 1 << 30),
+    ("overlays", "max_stderr_bytes"): (1024, 1 << 30),
+    ("overlays", "http_retries"): (0, 20),
+    ("overlays", "http_backoff_s"): (0.0, 60.0),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.
 RESTART_KEYS = {("daemon", "socket"), ("daemon", "state_dir"), ("rpc", "group"),
-                ("ledger", "file")}
+                ("ledger", "file"), ("overlays", "provenance_file")}
 
 
 def local_defaults(base: str) -> Config:
     """Defaults for `--local`: socket and state under `base`, no root needed."""
     base = os.path.abspath(base)
     return Config(daemon=DaemonConfig(socket=os.path.join(base, "aal-core.sock"),
-                                      state_dir=os.path.join(base, "state")))
+                                      state_dir=os.path.join(base, "state")),
+                  overlays=OverlaysConfig(dir=os.path.join(base, "overlays")))
 
 
 # The TOML value types each key type accepts (an integer is a valid number),
