@@ -186,6 +186,29 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class OverlaysConfig:
+    """Overlays (README, "Overlays").  `dir` and `log_payload` belong to the
+    bus (registry, provenance); the rest to the sandbox ("Confinement")."""
+    # One folder per overlay, each with its manifest.json (--local: DIR/overlays).
+    dir: str = "/etc/aal-core/overlays"
+    # Store each call's full payload in the provenance log (dev mode).
+    log_payload: bool = False
+    # The unprivileged user a root daemon runs every overlay as (never root).
+    user: str = "aal-overlay"
+    # Run CLEAR calls even where no kernel mechanism can make them read-only.
+    allow_unconfined: bool = False
+    # Inet sockets (AF_INET/AF_INET6) for the phases other than CLEAR, which
+    # never has any; Unix sockets are always allowed there.
+    network: bool = False
+    # Parent of the per-call scratch directories; "" = <tmp>/aal-core-overlays-<euid>.
+    scratch_dir: str = ""
+    # RLIMIT_NOFILE of an overlay process, and RLIMIT_NPROC of the overlay
+    # user (only where the daemon changes to that user).
+    max_open_files: int = 1024
+    max_processes: int = 512
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
@@ -195,6 +218,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     venom: VenomConfig = field(default_factory=VenomConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -272,6 +296,8 @@ RANGES = {
     ("budget", "ledger_calls_per_s"): (0.001, 1e6),
     ("budget", "ledger_calls_burst"): (1, 1 << 20),
     ("budget", "ledger_bytes_per_day"): (1, 1 << 40),
+    ("overlays", "max_open_files"): (16, 1 << 20),
+    ("overlays", "max_processes"): (1, 1 << 22),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.
@@ -283,7 +309,8 @@ def local_defaults(base: str) -> Config:
     """Defaults for `--local`: socket and state under `base`, no root needed."""
     base = os.path.abspath(base)
     return Config(daemon=DaemonConfig(socket=os.path.join(base, "aal-core.sock"),
-                                      state_dir=os.path.join(base, "state")))
+                                      state_dir=os.path.join(base, "state")),
+                  overlays=OverlaysConfig(dir=os.path.join(base, "overlays")))
 
 
 # The TOML value types each key type accepts (an integer is a valid number),

@@ -1,0 +1,1 @@
+"""Overlays: external tools run in phases under governance (README, "Overlays")."""
