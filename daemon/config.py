@@ -187,7 +187,8 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class OverlaysConfig:
-    """The overlay bus (README, "Overlays")."""
+    """Overlays (README, "Overlays").  The bus (registry, invoke, provenance)
+    and the sandbox ("Confinement": user .. max_processes)."""
     # One directory per overlay, each with its manifest.json (--local DIR: DIR/overlays).
     dir: str = "/etc/aal-core/overlays"
     # Store each call's full payload in the provenance log (dev mode; also
@@ -197,9 +198,6 @@ class OverlaysConfig:
     # and any host (only where the daemon's unit gives it a network).
     allow_tcp_loopback: bool = False
     allow_remote_http: bool = False
-    # Run CLEAR calls unconfined where no kernel mechanism is available
-    # (otherwise they are refused).
-    allow_unconfined_clear: bool = False
     # Bounds on what an overlay sends back (bytes).
     max_output_bytes: int = 1 << 20
     max_stderr_bytes: int = 64 << 10
@@ -208,6 +206,19 @@ class OverlaysConfig:
     http_backoff_s: float = 0.05
     # File name of the provenance log inside the state directory.
     provenance_file: str = "provenance.jsonl"
+    # The unprivileged user a root daemon runs every overlay as (never root).
+    user: str = "aal-overlay"
+    # Run CLEAR calls even where no kernel mechanism can make them read-only.
+    allow_unconfined: bool = False
+    # Inet sockets (AF_INET/AF_INET6) for the phases other than CLEAR, which
+    # never has any; Unix sockets are always allowed there.
+    network: bool = False
+    # Parent of the per-call scratch directories; "" = <tmp>/aal-core-overlays-<euid>.
+    scratch_dir: str = ""
+    # RLIMIT_NOFILE of an overlay process, and RLIMIT_NPROC of the overlay
+    # user (only where the daemon changes to that user).
+    max_open_files: int = 1024
+    max_processes: int = 512
 
 
 @dataclass(frozen=True)
@@ -302,6 +313,8 @@ RANGES = {
     ("overlays", "max_stderr_bytes"): (1024, 1 << 30),
     ("overlays", "http_retries"): (0, 20),
     ("overlays", "http_backoff_s"): (0.0, 60.0),
+    ("overlays", "max_open_files"): (16, 1 << 20),
+    ("overlays", "max_processes"): (1, 1 << 22),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.

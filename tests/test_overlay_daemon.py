@@ -32,11 +32,19 @@ CONFIG = "[overlays]\nlog_payload = true\n"
 @pytest.fixture(scope="module")
 def d():
     daemon = start_daemon(config=CONFIG)
+    os.chmod(daemon.base, 0o711)     # overlays run as aal-overlay: they must reach their directory
     for path in (os.path.join(EXAMPLES, "abraxas"), os.path.join(EXAMPLES, "abraxas_exec"),
                  os.path.join(FIXTURES, "misbehave")):
         daemon.call("overlay.install", {"path": path})
     yield daemon
     cleanup(daemon)
+
+
+def reachable(d):
+    """Overlays run as aal-overlay (a root daemon never runs them as root): the
+    test's private base directory must let them reach their directory."""
+    os.chmod(d.base, 0o711)
+    return d
 
 
 def invoke(d, overlay, cap, phase, payload=None, **kw):
@@ -94,6 +102,7 @@ def test_request_carries_degradation_and_a_clean_environment(d):
     r = invoke(d, "misbehave", "run", "OPEN", {"mode": "ok"})
     assert r["ok"], r
     out = r["result"]
+    assert out["uid"] != 0                       # never root (sandbox.py: overlays.user)
     assert out["run_id"] == r["run_id"]
     assert {"kv_shrink_factor", "max_context_tokens", "disabled_features"} <= set(out["degradation"])
     assert set(out["env"]) <= {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE",
@@ -121,7 +130,7 @@ def test_the_call_is_a_governed_job_while_it_runs(d):
 
 def test_admission_refused_is_an_ok_false_result_with_a_record(daemon_factory):
     # refuse_stress 0: any stress refuses priority <= 3, as job.submit is refused.
-    d2 = daemon_factory(config="[govern]\nrefuse_stress = 0.0\n")
+    d2 = reachable(daemon_factory(config="[govern]\nrefuse_stress = 0.0\n"))
     d2.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
     wait_for(lambda: "last_stress" in d2.call("govern.status"), what="a stress sample")
     r = invoke(d2, "abraxas", "scan", "OPEN", {}, profile="MEM[SOFT=64,HARD=128,VOL=LOW]; PRIORITY=2")
@@ -150,6 +159,15 @@ def test_undeclared_phase_and_class_rules_are_refused_before_anything_runs(d):
     r = invoke(d, "abraxas_exec", "apply", "ASCEND", {"text": "hello"})
     assert r["ok"], r
     assert r["result"]["written"] == 5
+    # CLEAR runs where the kernel can confine it (system.status says which mechanism).
+    mech = d.call("system.status")["overlays"]["confinement"]
+    r = invoke(d, "abraxas", "scan", "CLEAR", {"text": "read only"})
+    if mech.get("clear", "").startswith("refused"):
+        assert r["error"]["code"] == E.OVERLAY_CONFINEMENT
+    else:
+        assert r["ok"], r
+        rec = d.call("provenance.get", {"run_id": r["run_id"]})["record"]
+        assert rec["confinement"]["read_only"] is True and rec["confinement"]["phase"] == "CLEAR"
 
 
 def test_unknown_names_and_bad_params_are_jsonrpc_errors(d):
@@ -417,7 +435,7 @@ def test_replay_mismatch_and_manifest_change_warning(d, tmp_path):
 
 
 def test_replay_is_refused_without_a_stored_payload(daemon_factory):
-    d2 = daemon_factory()
+    d2 = reachable(daemon_factory())
     d2.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
     r = invoke(d2, "abraxas", "scan", "OPEN", {"text": "secret"})
     rec = d2.call("provenance.get", {"run_id": r["run_id"]})["record"]
@@ -442,7 +460,7 @@ def test_aalctl_overlay_and_provenance_commands(d):
 def test_registry_state_survives_a_restart_and_verify_names_an_edited_record(tmp_path):
     from helpers import short_tmpdir
     base = short_tmpdir()
-    d1 = start_daemon(base=base, config=CONFIG)
+    d1 = reachable(start_daemon(base=base, config=CONFIG))
     try:
         d1.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
         d1.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas_exec")})
@@ -459,7 +477,7 @@ def test_registry_state_survives_a_restart_and_verify_names_an_edited_record(tmp
     edited = lines[:2] + [json.dumps(rec, sort_keys=True, separators=(",", ":")).encode() + b"\n"] + lines[3:]
     with open(log_path, "wb") as fh:
         fh.writelines(edited)
-    d2 = start_daemon(base=base, config=CONFIG)
+    d2 = reachable(start_daemon(base=base, config=CONFIG))
     try:
         got = {o["name"]: o["enabled"] for o in d2.call("overlay.list")["overlays"]}
         assert got == {"abraxas": True, "abraxas_exec": False}
@@ -475,7 +493,7 @@ def test_registry_state_survives_a_restart_and_verify_names_an_edited_record(tmp
                                 ([lines[1], lines[0]] + lines[2:], 0, "line 0 holds record 1")):
         with open(log_path, "wb") as fh:
             fh.writelines(variant)
-        d3 = start_daemon(base=base, config=CONFIG)
+        d3 = reachable(start_daemon(base=base, config=CONFIG))
         try:
             v = d3.call("provenance.verify")
             assert not v["ok"] and v["first_bad"]["seq"] == seq, v
@@ -486,7 +504,7 @@ def test_registry_state_survives_a_restart_and_verify_names_an_edited_record(tmp
     with open(log_path, "wb") as fh:
         fh.writelines(lines)
         fh.write(b'{"schema":1,"run_')
-    d4 = start_daemon(base=base, config=CONFIG)
+    d4 = reachable(start_daemon(base=base, config=CONFIG))
     try:
         v = d4.call("provenance.verify")
         assert v["ok"] and v["torn_bytes"] == len(b'{"schema":1,"run_') and v["records"] == 4

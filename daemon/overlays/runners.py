@@ -34,6 +34,14 @@ class Outcome:
         return cls(ok=False, error=err, info=dict(data))
 
 
+class SpawnRefused(Exception):
+    """The process could not be started as its confinement requires: (code, message)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def parse_output(raw: bytes, where: str) -> Outcome:
     """One JSON object (surrounding whitespace allowed), or BAD_OUTPUT."""
     try:
@@ -97,6 +105,8 @@ async def run_proc(spawn, argv: list[str], request: bytes, *, timeout_s: float, 
     t0 = time.monotonic()
     try:
         proc = await spawn(argv)
+    except SpawnRefused as exc:
+        return Outcome.fail(exc.code, str(exc), argv0=argv[0])
     except OSError as exc:
         return Outcome.fail(E.OVERLAY_CRASHED, f"cannot start {argv[0]}: {exc.strerror or exc}",
                             argv0=argv[0])

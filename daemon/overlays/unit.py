@@ -29,12 +29,9 @@ from . import provenance as prov
 from .cgroup import CallCgroup
 from .manifest import NAME, PHASES, ManifestError
 from .registry import OverlayRegistry
-from .runners import Outcome, run_http, run_proc
+from .runners import Outcome, SpawnRefused, run_http, run_proc
 
-try:
-    from .sandbox import SandboxUnavailable, plan, probe, spawn
-except ImportError:      # until sandbox.py (i10sandbox) is merged
-    from ._standin import SandboxUnavailable, plan, probe, spawn
+from .sandbox import SandboxUnavailable, plan, probe, spawn
 
 log = get_logger("overlays")
 
@@ -90,7 +87,7 @@ class OverlayUnit(Unit):
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.mechanisms = probe()
+        self.mechanisms = await loop.run_in_executor(None, probe, self.cfg)
         await loop.run_in_executor(None, self.log.open)
         if self.log.torn:
             log.warning("provenance_torn_line", path=self.log.path, bytes=self.log.torn,
@@ -143,7 +140,7 @@ class OverlayUnit(Unit):
 
     def _mech_dict(self) -> dict:
         try:
-            return self.mechanisms.to_dict() if self.mechanisms is not None else {}
+            return self.mechanisms.to_dict(self.cfg) if self.mechanisms is not None else {}
         except Exception:  # noqa: BLE001
             return {}
 
@@ -412,10 +409,10 @@ class OverlayUnit(Unit):
             return Outcome.fail(E.OVERLAY_PHASE_REFUSED,
                                 f"capability {cap.name!r} does not run in {phase} (runs in {', '.join(cap.phases)})",
                                 phase=phase, declared=list(cap.phases))
-        if phase == "CLEAR" and cap.runner == "http" and not self.cfg.allow_unconfined_clear:
+        if phase == "CLEAR" and cap.runner == "http" and not self.cfg.allow_unconfined:
             return Outcome.fail(E.OVERLAY_CONFINEMENT,
                                 "CLEAR is enforced by confining the overlay's process; an http overlay's "
-                                "process is not the daemon's to confine (overlays.allow_unconfined_clear)",
+                                "process is not the daemon's to confine (overlays.allow_unconfined)",
                                 phase=phase, runner="http")
         return None
 
@@ -502,7 +499,10 @@ class OverlayUnit(Unit):
                "AAL_OVERLAY_RUN_ID": rid, "AAL_OVERLAY_PHASE": phase, "AAL_OVERLAY_CAPABILITY": cap.name}
 
         async def _spawn(argv):
-            return await spawn(argv, conf, env=env, cwd=where, cgroup_procs=cg.procs if cg else None)
+            try:
+                return await spawn(argv, conf, env=env, cwd=where, cgroup_procs=cg.procs if cg else None)
+            except SandboxUnavailable as exc:      # ConfinementFailed: the child could not apply it
+                raise SpawnRefused(E.OVERLAY_CONFINEMENT, f"{phase} not run: {exc}") from None
 
         outcome = await run_proc(_spawn, argv, request, timeout_s=cap.timeout_s,
                                  max_stdout=self.cfg.max_output_bytes, max_stderr=self.cfg.max_stderr_bytes,
