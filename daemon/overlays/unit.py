@@ -26,7 +26,7 @@ from ..runes import format_profile, resolve
 from ..units import Unit
 from ..ledger.canonical import canonical
 from . import provenance as prov
-from .cgroup import CallCgroup
+from .cgroup import CgroupPool
 from .manifest import NAME, PHASES, ManifestError
 from .registry import OverlayRegistry
 from .runners import Outcome, SpawnRefused, run_http, run_proc
@@ -82,6 +82,7 @@ class OverlayUnit(Unit):
         self.calls: dict[tuple[str, str], int] = {}
         self.durations: dict[str, list] = {}
         self._opened = False
+        self.cgroups = CgroupPool(getattr(governor, "enforcer", None))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -125,6 +126,7 @@ class OverlayUnit(Unit):
         return out
 
     async def stop(self) -> None:
+        self.cgroups.close()
         self.log.close()
 
     def reload(self, config) -> None:
@@ -447,8 +449,7 @@ class OverlayUnit(Unit):
                     return (Outcome.fail(E.OVERLAY_CONFINEMENT, f"{phase} refused, not run unconfined: {exc}",
                                          phase=phase, confinement=self._mech_dict()), degradation, extra)
                 extra["confinement"] = _conf_dict(conf)
-                enforcer = getattr(gov, "enforcer", None)
-                cg = CallCgroup(enforcer, job_id, profile.mem.soft_mb * MB, profile.mem.hard_mb * MB)
+                cg = self.cgroups.acquire(profile.mem.soft_mb * MB, profile.mem.hard_mb * MB)
                 extra["cgroup"] = cg.to_dict()
                 if job is not None:
                     job.enforcement = cg.to_dict()
@@ -468,7 +469,7 @@ class OverlayUnit(Unit):
             if beat is not None:
                 beat.cancel()
             if cg is not None:
-                await asyncio.get_running_loop().run_in_executor(None, cg.remove)
+                self.cgroups.release(cg)
             if conf is not None:
                 try:
                     conf.cleanup()
@@ -516,8 +517,11 @@ class OverlayUnit(Unit):
         return outcome
 
     async def _record(self, rec: dict) -> tuple[int, int | None]:
-        """Append the record (fsynced), then anchor its hash in the ledger, in
-        log order (one writer at a time)."""
+        """Append the record (fsynced), then submit its hash to the ledger, in
+        log order (one writer at a time).  The reply does not wait for the
+        ledger's fsync: the record is durable already, and a record whose
+        anchor a crash lost is anchored at the next start (provenance.verify
+        waits for the anchors in flight)."""
         loop = asyncio.get_running_loop()
         async with self._write_lock:
             try:
@@ -536,12 +540,15 @@ class OverlayUnit(Unit):
                     log.error("provenance_anchor_failed", seq=seq, error=repr(exc))
         if fut is None:
             return seq, None
-        try:
-            index, _ = await fut
-            return seq, index
-        except Exception as exc:  # noqa: BLE001
-            log.error("provenance_anchor_failed", seq=seq, error=repr(exc))
-            return seq, None
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            return seq, fut.result()[0]
+
+        def anchored(f, seq=seq):
+            if not f.cancelled() and f.exception() is not None:
+                log.error("provenance_anchor_failed", seq=seq, error=repr(f.exception()),
+                          effect="anchored at the next start")
+        fut.add_done_callback(anchored)
+        return seq, None
 
     # ----------------------------------------------------------- provenance
 
