@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/overlays.py            300 calls per case
     .venv/bin/python bench/overlays.py --quick    60 calls per case
+    .venv/bin/python bench/overlays.py --no-cgroup    without the per-call cgroup
 
 The trivial proc overlay is `cat`: it reads the canonical JSON request on
 stdin and writes it back, which is one JSON object, so the bus accepts it.
@@ -109,11 +110,16 @@ def bus(n: int, base: str, phase: str) -> list[float] | str:
     return out
 
 
-def start_daemon(base: str) -> subprocess.Popen:
+def start_daemon(base: str, cgroups: bool = True) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
     err = open(os.path.join(base, "daemon.stderr"), "wb")
-    p = subprocess.Popen([os.path.join(BIN, "aal-core"), "run", "--local", base, "--tegrastats", "off"],
-                         stdout=subprocess.DEVNULL, stderr=err, env=env)
+    cmd = [os.path.join(BIN, "aal-core"), "run", "--local", base, "--tegrastats", "off"]
+    if not cgroups:
+        cfg = os.path.join(base, "aal-core.toml")
+        with open(cfg, "w") as fh:
+            fh.write('[govern]\ncgroup_root = "off"\n')
+        cmd += ["--config", cfg]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env)
     from aal_core.client import Client
     sock = os.path.join(base, "aal-core.sock")
     deadline = time.monotonic() + 30
@@ -134,6 +140,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("-n", type=int, default=None)
+    ap.add_argument("--no-cgroup", action="store_true",
+                    help="govern.cgroup_root = off: no per-call cgroup (shows what the cgroup costs)")
     args = ap.parse_args(argv)
     n = args.n or (60 if args.quick else 300)
     import uvloop
@@ -146,7 +154,7 @@ def main(argv=None) -> int:
         json.dump(MANIFEST, fh)
     os.chmod(src, 0o755)
     results: dict = {}
-    d = start_daemon(base)
+    d = start_daemon(base, cgroups=not args.no_cgroup)
     try:
         from aal_core.client import Client
         with Client(os.path.join(base, "aal-core.sock")) as c:
@@ -173,7 +181,8 @@ def main(argv=None) -> int:
         d.wait(15)
         shutil.rmtree(base, ignore_errors=True)
     print(f"overlay bus, {n} sequential calls per case x 2 rounds; {platform.machine()}, "
-          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; CLEAR: {mech.get('clear', '?')}")
+          f"{os.cpu_count()} CPUs, Python {platform.python_version()}; CLEAR: {mech.get('clear', '?')}"
+          + ("; no per-call cgroup (--no-cgroup)" if args.no_cgroup else ""))
     print(f"{'case':26} {'p50 ms':>9} {'p99 ms':>9} {'calls/s':>9}")
     st = {}
     for name, v in results.items():
