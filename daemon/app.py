@@ -174,7 +174,10 @@ async def serve(rt: Runtime) -> int:
     rt.event_loop_name = f"{type(loop).__module__}.{type(loop).__name__}"
     cfg = rt.config
     try:
-        os.makedirs(cfg.daemon.state_dir, exist_ok=True)
+        # 0750: the ledger and the signing key are no business of other users
+        # (overlays run as one; README "Confinement"); the unit says the same
+        # with StateDirectoryMode=0750.
+        os.makedirs(cfg.daemon.state_dir, mode=0o750, exist_ok=True)
     except OSError as exc:
         raise StateError(f"cannot create the state directory {cfg.daemon.state_dir}: {exc.strerror}") from None
     _raise_fd_limit(cfg.rpc.max_connections + FD_RESERVE)

@@ -316,8 +316,17 @@ static int aal_confine_steps(const struct aal_spec *s, int *err)
         AAL_FAIL(AAL_STEP_PDEATHSIG);
     if (s->umask >= 0)
         umask((mode_t)s->umask);
-    if (s->scratch && mkdir(s->scratch, 0700) != 0)
-        AAL_FAIL(AAL_STEP_SCRATCH);
+    if (s->scratch && mkdir(s->scratch, 0700) != 0) {
+        /* A second spawn of the same plan reuses the directory, if it is
+         * still this user's private one (not a symlink planted there). */
+        struct stat st;
+        if (errno != EEXIST || lstat(s->scratch, &st) != 0 || !S_ISDIR(st.st_mode)
+            || st.st_uid != getuid() || (st.st_mode & 077) != 0) {
+            if (errno == 0 || errno == EEXIST)
+                errno = EEXIST;
+            AAL_FAIL(AAL_STEP_SCRATCH);
+        }
+    }
     if (s->cwd && chdir(s->cwd) != 0)
         AAL_FAIL(AAL_STEP_CHDIR);
     for (i = 0; i < s->nrlim; i++) {
