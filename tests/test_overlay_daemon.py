@@ -376,7 +376,9 @@ def test_two_hot_swaps_during_a_running_call(d, tmp_path):
 
 
 def test_disable_enable_remove(d, tmp_path):
-    d.call("overlay.install", {"path": _slowver_copy(tmp_path, "3.0.0", "3")})
+    # A manifest's path installs its directory (manifest + source beside it).
+    got = d.call("overlay.install", {"path": os.path.join(_slowver_copy(tmp_path, "3.0.0", "3"), "manifest.json")})
+    assert got["name"] == "slowver" and got["version"] == "3.0.0"
     assert d.call("overlay.disable", {"name": "slowver"})["enabled"] is False
     r = invoke(d, "slowver", "run", "OPEN")
     assert r["error"]["code"] == E.OVERLAY_DISABLED
@@ -453,6 +455,12 @@ def test_replay_is_refused_without_a_stored_payload(daemon_factory):
     assert out.returncode == 2 and "no stored payload" in out.stderr
     out = aalctl(d2, "overlay", "replay", "nope")
     assert out.returncode == 2
+    # Dev mode by environment (the original's switch) stores it.
+    d3 = reachable(daemon_factory(env={"AAL_DEV_LOG_PAYLOAD": "1"}))
+    d3.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
+    r = invoke(d3, "abraxas", "scan", "OPEN", {"text": "kept"})
+    assert d3.call("provenance.get", {"run_id": r["run_id"]})["record"]["payload"] == {"text": "kept"}
+    assert d3.call("system.status")["overlays"]["log_payload"] is True
 
 
 def test_aalctl_overlay_and_provenance_commands(d):

@@ -81,3 +81,27 @@ def test_anchors_from_ledger_entries():
     entries = [{"index": 0, "data": {"type": "govern.submit"}},
                {"index": 1, "data": {"type": "overlay.provenance", "seq": 0, "run_id": "r", "record_hash": "h"}}]
     assert prov.anchors_from_entries(entries) == [{"seq": 0, "run_id": "r", "record_hash": "h", "ledger_index": 1}]
+
+
+def test_unit_metrics_families(tmp_path):
+    """The metrics hook's format: counters by overlay/outcome, a cumulative histogram."""
+    from aal_core.clock import SYSTEM
+    from aal_core.config import Config
+    from aal_core.overlays.unit import OverlayUnit
+    from aal_core.units import Context
+    u = OverlayUnit(Context(config=Config(), clock=SYSTEM, hub=None, state_dir=str(tmp_path)))
+    u._count("abraxas", "ok", 0.004)
+    u._count("abraxas", "ok", 0.2)
+    u._count("abraxas", "timeout", None)        # refused or not run: counted, no duration
+    fams = {f["name"]: f for f in u.metrics()}
+    calls = fams["aal_core_overlay_calls_total"]
+    assert calls["type"] == "counter"
+    assert {(s["labels"]["overlay"], s["labels"]["outcome"]): s["value"] for s in calls["samples"]} == \
+        {("abraxas", "ok"): 2.0, ("abraxas", "timeout"): 1.0}
+    h = fams["aal_core_overlay_call_duration_seconds"]["samples"][0]["value"]
+    assert h["count"] == 2 and abs(h["sum"] - 0.204) < 1e-9
+    buckets = dict((str(b), n) for b, n in h["buckets"])
+    assert buckets["0.005"] == 1 and buckets["0.25"] == 2 and buckets["+Inf"] == 2
+    counts = [n for _, n in h["buckets"]]
+    assert counts == sorted(counts)                # cumulative
+    assert fams["aal_core_overlay_running"]["type"] == "gauge"

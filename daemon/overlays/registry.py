@@ -101,6 +101,15 @@ def _check_tree(src: str) -> list[str]:
     return problems
 
 
+def source_dir(path: str) -> str:
+    """An install source: the overlay's directory, or its manifest.json (the
+    source is the directory holding it)."""
+    path = os.path.abspath(path)
+    if os.path.basename(path) == "manifest.json" and os.path.isfile(path):
+        return os.path.dirname(path)
+    return path
+
+
 class OverlayRegistry:
     def __init__(self, directory: str, state_dir: str, *, allow_tcp: bool = False, allow_remote: bool = False):
         self.dir = directory
@@ -201,7 +210,7 @@ class OverlayRegistry:
     def install(self, src: str, enable: bool = True) -> Entry:
         """Copy the overlay directory `src` into overlays.dir/<name> (validated
         first; an existing version is moved aside, not overwritten)."""
-        src = os.path.abspath(src)
+        src = source_dir(src)
         if not os.path.isdir(src):
             raise ManifestError([f"{src}: is not a directory"])
         problems = _check_tree(src)

@@ -28,7 +28,7 @@ from ..ledger.canonical import canonical
 from . import provenance as prov
 from .cgroup import CgroupPool
 from .manifest import NAME, PHASES, ManifestError
-from .registry import OverlayRegistry
+from .registry import OverlayRegistry, source_dir
 from .runners import Outcome, SpawnRefused, run_http, run_proc
 
 from .sandbox import SandboxUnavailable, plan, probe, spawn
@@ -246,7 +246,7 @@ class OverlayUnit(Unit):
             before = None
             try:
                 from .manifest import load
-                name = load(p["path"], check_dirname=False, allow_tcp=self.cfg.allow_tcp_loopback,
+                name = load(source_dir(p["path"]), check_dirname=False, allow_tcp=self.cfg.allow_tcp_loopback,
                             allow_remote=self.cfg.allow_remote_http).name
                 before = self.registry.get(name)
             except ManifestError:
