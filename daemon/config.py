@@ -198,9 +198,10 @@ class OverlaysConfig:
     # and any host (only where the daemon's unit gives it a network).
     allow_tcp_loopback: bool = False
     allow_remote_http: bool = False
-    # Bounds on what an overlay sends back (bytes).
+    # Bounds on what an overlay sends back (bytes): its stdout / HTTP body
+    # (past it the call fails), and the tail of its stderr kept for the error.
     max_output_bytes: int = 1 << 20
-    max_stderr_bytes: int = 64 << 10
+    max_stderr_bytes: int = 4096
     # http overlays: connection retries (connection errors only) and the first backoff.
     http_retries: int = 3
     http_backoff_s: float = 0.05
@@ -310,7 +311,7 @@ RANGES = {
     ("budget", "ledger_calls_burst"): (1, 1 << 20),
     ("budget", "ledger_bytes_per_day"): (1, 1 << 40),
     ("overlays", "max_output_bytes"): (1024, 1 << 30),
-    ("overlays", "max_stderr_bytes"): (1024, 1 << 30),
+    ("overlays", "max_stderr_bytes"): (256, 1 << 20),
     ("overlays", "http_retries"): (0, 20),
     ("overlays", "http_backoff_s"): (0.0, 60.0),
     ("overlays", "max_open_files"): (16, 1 << 20),

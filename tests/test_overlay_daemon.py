@@ -236,9 +236,12 @@ def test_a_child_that_outlives_the_overlay_is_killed(d, mode):
     wait_for(gone, timeout=5, what=f"child {child} killed")
 
 
-def test_stderr_flood_is_bounded(d):
+def test_stderr_flood_is_drained_and_only_its_tail_kept(d):
     r = invoke(d, "misbehave", "run", "OPEN", {"mode": "stderr_flood"})
-    assert r["ok"], r
+    assert r["error"]["code"] == E.OVERLAY_CRASHED, r
+    data = r["error"]["data"]
+    assert data["stderr_bytes"] == (4 << 20) + len("the end")
+    assert len(data["stderr_tail"]) == 4096 and data["stderr_tail"].endswith("the end")
 
 
 @pytest.mark.root
@@ -531,3 +534,12 @@ def test_registry_state_survives_a_restart_and_verify_names_an_edited_record(tmp
             assert fh.read() == b'{"schema":1,"run_\n'
     finally:
         cleanup(d4)
+
+
+def test_access_levels_and_ledger_writers_in_discover(d):
+    methods = {m["name"]: m for m in d.call("rpc.discover")["methods"]}
+    for name in ("overlay.install", "overlay.enable", "overlay.disable", "overlay.remove", "overlay.rescan"):
+        assert methods[name]["x-access"] == "admin", name
+    assert methods["overlay.invoke"]["x-access"] == "write" and methods["overlay.invoke"].get("x-writes-ledger")
+    for name in ("overlay.list", "overlay.get", "provenance.get", "provenance.list", "provenance.verify"):
+        assert methods[name]["x-access"] == "read", name

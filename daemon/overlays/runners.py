@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 from .. import errors as E
 
-STDERR_KEEP = 4096          # bytes of stderr's tail kept for the error
 
 
 @dataclass
@@ -98,7 +97,8 @@ async def run_proc(spawn, argv: list[str], request: bytes, *, timeout_s: float, 
                    max_stderr: int, kill_leftovers=None) -> Outcome:
     """Run one call: `spawn(argv)` is a coroutine returning an asyncio Process
     (pipes, its own process group).  The request goes to stdin; stdout must be
-    one JSON object.  On timeout, an over-long output, or once the process has
+    one JSON object (at most `max_stdout` bytes); stderr is read to its end,
+    its last `max_stderr` bytes kept.  On timeout, an over-long output, or once the process has
     exited, its whole process group is SIGKILLed (a child that outlives the
     overlay dies with it); `kill_leftovers()` (the cgroup's) catches the ones
     that left the group."""
@@ -113,7 +113,7 @@ async def run_proc(spawn, argv: list[str], request: bytes, *, timeout_s: float, 
     pgid = proc.pid
     over = asyncio.Event()
     out_task = asyncio.ensure_future(_read_bounded(proc.stdout, max_stdout, over))
-    err_task = asyncio.ensure_future(_read_tail(proc.stderr, min(max_stderr, STDERR_KEEP)))
+    err_task = asyncio.ensure_future(_read_tail(proc.stderr, max_stderr))
 
     async def feed():
         try:
