@@ -213,6 +213,7 @@ def test_misbehaving_overlay_gets_a_precise_error_and_the_daemon_keeps_serving(d
     assert_consistent(d)
 
 
+@pytest.mark.slow
 def test_hang_is_killed_at_its_timeout_with_its_process_group(d):
     t0 = time.monotonic()
     r = invoke(d, "misbehave", "run", "OPEN", {"mode": "hang"})
@@ -477,6 +478,7 @@ def test_aalctl_overlay_and_provenance_commands(d):
     assert out.returncode == 0 and len(out.stdout.strip().splitlines()) == 2
 
 
+@pytest.mark.slow
 def test_registry_state_survives_a_restart_and_verify_names_an_edited_record(tmp_path):
     from helpers import short_tmpdir
     base = short_tmpdir()

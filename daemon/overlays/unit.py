@@ -13,8 +13,6 @@ import asyncio
 import itertools
 import os
 import platform
-import sys
-import time
 
 from .. import __version__
 from .. import errors as E
@@ -335,7 +333,7 @@ class OverlayUnit(Unit):
         m = entry.manifest
         version = m.version if m is not None else ""
         rid = prov.run_id(entry.name, version, cap_name, phase, payload, seed)
-        started = time.time()
+        started = self.ctx.clock.wall()
         rec = {"schema": prov.SCHEMA, "type": "overlay.call", "run_id": rid, "overlay": entry.name,
                "version": version, "capability": cap_name, "phase": phase,
                "profile": format_profile(profile), "payload_hash": prov.sha256_json(payload),
@@ -357,7 +355,7 @@ class OverlayUnit(Unit):
                                                                profile)
             rec.update(extra)
             ran = "confinement" in extra
-        ended = time.time()
+        ended = self.ctx.clock.wall()
         rec["degradation"] = degradation
         rec["ended_at"] = ended
         duration_ms = round(outcome.info.get("duration_ms", (ended - started) * 1000), 3)
