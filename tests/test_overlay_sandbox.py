@@ -647,3 +647,27 @@ def test_cleanup_removes_what_the_overlay_left_even_in_a_sticky_directory(mech, 
     assert os.path.exists(os.path.join(conf.scratch_dir, "st", "f"))
     assert conf.cleanup() and not os.path.lexists(conf.scratch_dir)
     assert conf.cleanup()  # twice is fine
+
+
+def test_a_service_that_already_denies_inet_gets_no_second_filter_outside_clear(cfg):
+    """Under the unit (RestrictAddressFamilies=AF_UNIX, inherited by every
+    child) a filter of our own for ASCEND would cost a spawn ~2 ms for
+    nothing; CLEAR keeps its own filter (it denies more than sockets)."""
+    m = _mech(inet_denied=True)
+    a = sb.plan("ASCEND", "exec", network=False, mechanisms=m, config=cfg)
+    assert a.seccomp == b"" and not a.unshare_net
+    assert any("inherited" in e for e in a.enforced)
+    clear = sb.plan("CLEAR", "analysis", mechanisms=m, config=cfg)
+    assert confine.SYSCALLS["socket"] in _denied_numbers(clear.seccomp)
+    assert sb.plan("ASCEND", "exec", network=False, mechanisms=_mech(), config=cfg).seccomp != b""
+
+
+def test_probe_sees_an_inherited_inet_ban():
+    """A daemon started under a filter like the unit's RestrictAddressFamilies=
+    (here: our own unix-only program, applied to a child that probes)."""
+    prog = sb.seccomp_program((), "unix")
+    code = "import json; from aal_core import confine; print(json.dumps(confine.probe()))"
+    r = subprocess.run([sys.executable, "-c", code], preexec_fn=confine.Prepared(seccomp=prog).apply,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["inet_denied"] is True

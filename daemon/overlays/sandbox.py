@@ -162,6 +162,8 @@ class Mechanisms:
     overlay_gid: int | None
     change_ids: bool             # the child changes uid/gid (root daemon)
     identity_error: str          # why overlays cannot run at all, "" when they can
+    inet_denied: bool = False    # socket(AF_INET) already fails for the daemon's children
+                                 # (the unit's RestrictAddressFamilies=AF_UNIX)
 
     @property
     def clear_mechanism(self) -> str:
@@ -195,7 +197,7 @@ class Mechanisms:
         return {"identity": self.identity(), "clear": clear_state,
                 "landlock_abi": self.landlock_abi, "landlock_error": self.landlock_error,
                 "seccomp": self.seccomp, "seccomp_error": self.seccomp_error,
-                "user_namespaces": self.user_namespaces,
+                "user_namespaces": self.user_namespaces, "inet_denied_by_service": self.inet_denied,
                 "signal_scope": self.landlock_abi >= 6}
 
     def clear_gap(self) -> str:
@@ -264,7 +266,8 @@ def probe(config=None) -> Mechanisms:
     return Mechanisms(landlock_abi=abi, landlock_error=ll_error,
                       seccomp=r["seccomp"], seccomp_error="" if r["seccomp"] else _err(r["seccomp_errno"]),
                       user_namespaces=r["user_namespaces"], euid=euid, overlay_user=user,
-                      overlay_uid=uid, overlay_gid=gid, change_ids=change, identity_error=identity_error)
+                      overlay_uid=uid, overlay_gid=gid, change_ids=change, identity_error=identity_error,
+                      inet_denied=r["inet_denied"])
 
 
 # ------------------------------------------------------------- confinement
@@ -420,7 +423,12 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
                                      f"set overlays.allow_unconfined = true to run it anyway")
     else:
         if not network:
-            if m.seccomp:
+            if m.inet_denied:
+                # Already true for every child of the service; a filter of our own
+                # would add ~2 ms per spawn here (bench/overlay_sandbox.py) for nothing.
+                sockets = "any"
+                enforced.append("no inet sockets (inherited: the service's RestrictAddressFamilies=)")
+            elif m.seccomp:
                 enforced.append("seccomp: Unix sockets only")
             elif m.user_namespaces:
                 unshare_net = True
