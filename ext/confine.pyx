@@ -126,4 +126,5 @@ def probe(ids=None) -> dict:
         "seccomp": bool(r.bits & AAL_PROBE_SECCOMP), "seccomp_errno": r.errs[2],
         "user_namespaces": bool(r.bits & AAL_PROBE_USERNS), "user_namespaces_errno": r.errs[3],
         "setuid": bool(r.bits & AAL_PROBE_SETUID), "setuid_errno": r.errs[4],
+        "inet_denied": bool(r.bits & AAL_PROBE_NO_INET),
     }

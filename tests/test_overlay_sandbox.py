@@ -532,3 +532,142 @@ def test_prepared_rejects_bad_input():
         confine.Prepared(cwd="a\0b")
     with pytest.raises(ValueError, match="at most 8 Landlock rules"):
         confine.Prepared(landlock=(1, 2, 0, 0, [("/", 2)] * 9))
+
+
+# ------------------------------------------- the reference, cgroup, cleanup
+
+@root_only
+@pytest.mark.root
+def test_the_python_reference_confines_the_same(mech, base, tcp_server, overlay_ids):
+    """aal_core.overlays.confine_ref (os + ctypes) applied to the same plans
+    gives the probe the same outcomes as the compiled aal_core.confine."""
+    from aal_core.overlays import confine_ref
+
+    port, _, _ = tcp_server
+    outcomes = {}
+    for impl in (None, confine_ref.Prepared):
+        for phase, cls, net in (("CLEAR", "analysis", False), ("ASCEND", "exec", False)):
+            b = base / f"{phase}-{'ref' if impl else 'c'}"
+            b.mkdir(mode=0o755)
+            shutil.copy(base / "probe.py", b / "probe.py")
+            prepare_victims(b, overlay_ids)
+            conf = sb.plan(phase, cls, net, mechanisms=mech, config=OverlaysConfig())
+            spec = {"dirs": {"parent": str(b / "victim/parent"), "child": str(b / "victim/child")},
+                    "port": port}
+
+            async def go(conf=conf, spec=spec, b=b, impl=impl):
+                proc = await sb.spawn([PY, str(b / "probe.py"), json.dumps(spec)], conf, env={"PATH": "/usr/bin"},
+                                      cwd=str(b), impl=impl)
+                out, err = await proc.communicate()
+                assert proc.returncode == 0, err
+                return json.loads(out)
+
+            try:
+                r = asyncio.run(go())
+            finally:
+                conf.cleanup()
+            outcomes[(phase, impl is None)] = (r["uid"], r["groups"], r["parent"], r["child"])
+    for phase in ("CLEAR", "ASCEND"):
+        assert outcomes[(phase, True)] == outcomes[(phase, False)], phase
+    _assert_all_denied({"parent": outcomes[("CLEAR", True)][2], "child": outcomes[("CLEAR", True)][3]})
+
+
+@root_only
+@pytest.mark.root
+def test_the_reference_reports_a_failed_step_like_the_compiled_one(mech, base):
+    from aal_core.overlays import confine_ref
+
+    shut = base / "shut"
+    shut.mkdir(mode=0o700)
+    msgs = []
+    for impl in (None, confine_ref.Prepared):
+        conf = sb.plan("ASCEND", "exec", mechanisms=mech, config=OverlaysConfig())
+        with pytest.raises(sb.ConfinementFailed) as ei:
+            asyncio.run(sb.spawn(["/bin/true"], conf, env={}, cwd=str(shut), impl=impl))
+        conf.cleanup()
+        msgs.append(str(ei.value))
+    assert msgs[0] == msgs[1] and "chdir: EACCES" in msgs[0]
+
+
+V1_MEMORY = Path("/sys/fs/cgroup/memory")
+
+
+@root_only
+@pytest.mark.root
+def test_the_child_joins_its_cgroup_before_anything_runs(mech, base):
+    if not (V1_MEMORY / "cgroup.procs").exists():
+        pytest.skip("no cgroup v1 memory controller here")
+    cg = V1_MEMORY / f"aal-test-sandbox-{os.getpid()}"
+    cg.mkdir()
+    try:
+        conf = sb.plan("ASCEND", "exec", mechanisms=mech, config=OverlaysConfig())
+
+        async def go():
+            proc = await sb.spawn(["/bin/cat", "/proc/self/cgroup"], conf, env={}, cwd="/",
+                                  cgroup_procs=str(cg / "cgroup.procs"))
+            out, _ = await proc.communicate()
+            return proc.returncode, out.decode()
+
+        rc, out = asyncio.run(go())
+        conf.cleanup()
+        assert rc == 0
+        memory = [line for line in out.splitlines() if ":memory:" in line]
+        assert memory and memory[0].endswith("/" + cg.name), out
+        # A cgroup that is not there: the child stops at the first step.
+        conf = sb.plan("ASCEND", "exec", mechanisms=mech, config=OverlaysConfig())
+        with pytest.raises(sb.ConfinementFailed, match=r"at join the cgroup \(ENOENT"):
+            asyncio.run(sb.spawn(["/bin/true"], conf, env={}, cwd="/",
+                                 cgroup_procs=str(cg / "missing" / "cgroup.procs")))
+        conf.cleanup()
+    finally:
+        for _ in range(50):
+            try:
+                cg.rmdir()
+                break
+            except OSError:
+                import time
+                time.sleep(0.05)
+
+
+@root_only
+@pytest.mark.root
+def test_cleanup_removes_what_the_overlay_left_even_in_a_sticky_directory(mech, base):
+    """An ASCEND overlay fills its scratch dir, including a sticky directory
+    whose entries only their owner (or CAP_FOWNER) may remove."""
+    conf = sb.plan("ASCEND", "exec", mechanisms=mech, config=OverlaysConfig())
+    script = ("import os; d = os.environ['TMPDIR']; os.mkdir(d + '/st'); os.chmod(d + '/st', 0o1777); "
+              "open(d + '/st/f', 'w').write('x'); os.makedirs(d + '/a/b/c'); open(d + '/a/b/c/g', 'w')")
+
+    async def go():
+        proc = await sb.spawn([PY, "-c", script], conf, env={}, cwd="/")
+        _, err = await proc.communicate()
+        assert proc.returncode == 0, err
+
+    asyncio.run(go())
+    assert os.path.exists(os.path.join(conf.scratch_dir, "st", "f"))
+    assert conf.cleanup() and not os.path.lexists(conf.scratch_dir)
+    assert conf.cleanup()  # twice is fine
+
+
+def test_a_service_that_already_denies_inet_gets_no_second_filter_outside_clear(cfg):
+    """Under the unit (RestrictAddressFamilies=AF_UNIX, inherited by every
+    child) a filter of our own for ASCEND would cost a spawn ~2 ms for
+    nothing; CLEAR keeps its own filter (it denies more than sockets)."""
+    m = _mech(inet_denied=True)
+    a = sb.plan("ASCEND", "exec", network=False, mechanisms=m, config=cfg)
+    assert a.seccomp == b"" and not a.unshare_net
+    assert any("inherited" in e for e in a.enforced)
+    clear = sb.plan("CLEAR", "analysis", mechanisms=m, config=cfg)
+    assert confine.SYSCALLS["socket"] in _denied_numbers(clear.seccomp)
+    assert sb.plan("ASCEND", "exec", network=False, mechanisms=_mech(), config=cfg).seccomp != b""
+
+
+def test_probe_sees_an_inherited_inet_ban():
+    """A daemon started under a filter like the unit's RestrictAddressFamilies=
+    (here: our own unix-only program, applied to a child that probes)."""
+    prog = sb.seccomp_program((), "unix")
+    code = "import json; from aal_core import confine; print(json.dumps(confine.probe()))"
+    r = subprocess.run([sys.executable, "-c", code], preexec_fn=confine.Prepared(seccomp=prog).apply,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["inet_denied"] is True

@@ -39,7 +39,7 @@ cdef extern from "aal_confine.h" nogil:
         int bits
         int errs[5]
     int AAL_MAX_RULES, AAL_MAX_RLIMITS, AAL_MAX_FILTER
-    int AAL_PROBE_NNP, AAL_PROBE_LANDLOCK, AAL_PROBE_SECCOMP, AAL_PROBE_USERNS, AAL_PROBE_SETUID
+    int AAL_PROBE_NNP, AAL_PROBE_LANDLOCK, AAL_PROBE_SECCOMP, AAL_PROBE_USERNS, AAL_PROBE_SETUID, AAL_PROBE_NO_INET
     unsigned int AAL_AUDIT_ARCH, AAL_X32_BIT
     void aal_confine_apply(const aal_spec *s)
     int aal_probe(int try_ids, uid_t uid, gid_t gid, aal_probe_result *out)
