@@ -545,3 +545,20 @@ def test_access_levels_and_ledger_writers_in_discover(d):
     assert methods["overlay.invoke"]["x-access"] == "write" and methods["overlay.invoke"].get("x-writes-ledger")
     for name in ("overlay.list", "overlay.get", "provenance.get", "provenance.list", "provenance.verify"):
         assert methods[name]["x-access"] == "read", name
+
+
+def test_system_reload_and_sighup_rescan(d, tmp_path):
+    import signal as _signal
+    d.call("overlay.install", {"path": _slowver_copy(tmp_path, "6.0.0", "6")})
+    odir = d.call("overlay.get", {"name": "slowver"})["directory"]
+    path = os.path.join(odir, "manifest.json")
+    m = json.load(open(path))
+    m["version"] = "6.1.0"
+    json.dump(m, open(path, "w"))
+    d.call("system.reload")
+    assert d.call("overlay.get", {"name": "slowver"})["version"] == "6.1.0"
+    m["version"] = "6.2.0"
+    json.dump(m, open(path, "w"))
+    d.signal(_signal.SIGHUP)
+    wait_for(lambda: d.call("overlay.get", {"name": "slowver"})["version"] == "6.2.0", what="SIGHUP rescan")
+    d.call("overlay.remove", {"name": "slowver"})
