@@ -562,3 +562,17 @@ def test_system_reload_and_sighup_rescan(d, tmp_path):
     d.signal(_signal.SIGHUP)
     wait_for(lambda: d.call("overlay.get", {"name": "slowver"})["version"] == "6.2.0", what="SIGHUP rescan")
     d.call("overlay.remove", {"name": "slowver"})
+
+
+@pytest.mark.root
+def test_cgroups_left_by_a_killed_daemon_are_swept_at_start(daemon_factory):
+    d1 = reachable(daemon_factory())
+    d1.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
+    r = invoke(d1, "abraxas", "scan", "OPEN", {})
+    cg = d1.call("provenance.get", {"run_id": r["run_id"]})["record"]["cgroup"]["cgroup"]
+    assert os.path.isdir(cg)                      # kept for reuse
+    d1.proc.kill()
+    d1.proc.wait()
+    assert os.path.isdir(cg)                      # nobody removed it
+    daemon_factory(base=d1.base)
+    assert not os.path.exists(cg)

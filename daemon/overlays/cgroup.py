@@ -199,3 +199,29 @@ class CgroupPool:
     def close(self) -> None:
         while self.idle:
             self.idle.pop().remove()
+
+    def sweep(self) -> int:
+        """Remove pooled cgroups left by a daemon that died (overlay-<pid>-<n>
+        whose pid is gone): empty ones only, never another live daemon's."""
+        base = getattr(self.enforcer, "base", None)
+        if not base or getattr(self.enforcer, "mode", "off") == "off":
+            return 0
+        n = 0
+        try:
+            names = os.listdir(base)
+        except OSError:
+            return 0
+        for name in names:
+            parts = name.split("-")
+            if len(parts) != 3 or parts[0] != "overlay" or not parts[1].isdigit():
+                continue
+            if os.path.exists(f"/proc/{parts[1]}"):
+                continue
+            try:
+                os.rmdir(os.path.join(base, name))
+                n += 1
+            except OSError:
+                pass
+        if n:
+            log.info("overlay_cgroups_swept", removed=n)
+        return n

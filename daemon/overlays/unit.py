@@ -92,6 +92,7 @@ class OverlayUnit(Unit):
             log.warning("provenance_torn_line", path=self.log.path, bytes=self.log.torn,
                         kept=self.log.path + ".torn")
         self._opened = True
+        self.cgroups.sweep()
         self.registry.load_state()
         self.registry.clean_trash()
         self.registry.rescan()
