@@ -194,6 +194,43 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class OverlaysConfig:
+    """Overlays (README, "Overlays").  The bus (registry, invoke, provenance)
+    and the sandbox ("Confinement": user .. max_processes)."""
+    # One directory per overlay, each with its manifest.json (--local DIR: DIR/overlays).
+    dir: str = "/etc/aal-core/overlays"
+    # Store each call's full payload in the provenance log (dev mode; also
+    # AAL_DEV_LOG_PAYLOAD=1): needed by replay; off, only its hash is kept.
+    log_payload: bool = False
+    # http overlays: TCP to 127.0.0.1/::1/localhost (else Unix sockets only),
+    # and any host (only where the daemon's unit gives it a network).
+    allow_tcp_loopback: bool = False
+    allow_remote_http: bool = False
+    # Bounds on what an overlay sends back (bytes): its stdout / HTTP body
+    # (past it the call fails), and the tail of its stderr kept for the error.
+    max_output_bytes: int = 1 << 20
+    max_stderr_bytes: int = 4096
+    # http overlays: connection retries (connection errors only) and the first backoff.
+    http_retries: int = 3
+    http_backoff_s: float = 0.05
+    # File name of the provenance log inside the state directory.
+    provenance_file: str = "provenance.jsonl"
+    # The unprivileged user a root daemon runs every overlay as (never root).
+    user: str = "aal-overlay"
+    # Run CLEAR calls even where no kernel mechanism can make them read-only.
+    allow_unconfined: bool = False
+    # Inet sockets (AF_INET/AF_INET6) for the phases other than CLEAR, which
+    # never has any; Unix sockets are always allowed there.
+    network: bool = False
+    # Parent of the per-call scratch directories; "" = <tmp>/aal-core-overlays-<euid>.
+    scratch_dir: str = ""
+    # RLIMIT_NOFILE of an overlay process, and RLIMIT_NPROC of the overlay
+    # user (only where the daemon changes to that user).
+    max_open_files: int = 1024
+    max_processes: int = 512
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
@@ -203,6 +240,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     venom: VenomConfig = field(default_factory=VenomConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -283,18 +321,25 @@ RANGES = {
     ("budget", "ledger_calls_per_s"): (0.001, 1e6),
     ("budget", "ledger_calls_burst"): (1, 1 << 20),
     ("budget", "ledger_bytes_per_day"): (1, 1 << 40),
+    ("overlays", "max_output_bytes"): (1024, 1 << 30),
+    ("overlays", "max_stderr_bytes"): (256, 1 << 20),
+    ("overlays", "http_retries"): (0, 20),
+    ("overlays", "http_backoff_s"): (0.0, 60.0),
+    ("overlays", "max_open_files"): (16, 1 << 20),
+    ("overlays", "max_processes"): (1, 1 << 22),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.
 RESTART_KEYS = {("daemon", "socket"), ("daemon", "state_dir"), ("rpc", "group"),
-                ("ledger", "file")}
+                ("ledger", "file"), ("overlays", "provenance_file")}
 
 
 def local_defaults(base: str) -> Config:
     """Defaults for `--local`: socket and state under `base`, no root needed."""
     base = os.path.abspath(base)
     return Config(daemon=DaemonConfig(socket=os.path.join(base, "aal-core.sock"),
-                                      state_dir=os.path.join(base, "state")))
+                                      state_dir=os.path.join(base, "state")),
+                  overlays=OverlaysConfig(dir=os.path.join(base, "overlays")))
 
 
 # The TOML value types each key type accepts (an integer is a valid number),
