@@ -142,6 +142,9 @@ class SensingUnit(Unit):
         self._interval = 1.0 / cfg.sense.sample_hz
         self._task: asyncio.Task | None = None
         self.meminfo = self.psi = self.vmstat = self.cgroup = self.nvml = None
+        # The Reading behind the latest sample: the governor runs the same
+        # model on it with each job cgroup in place of the watched one.
+        self.last_reading: Reading | None = None
         # Failure episodes of sources replaced by a reload: source_failures
         # is monotonic, so they stay counted.
         self._retired_episodes = 0
@@ -342,6 +345,7 @@ class SensingUnit(Unit):
         r = self.read()
         if r is None:
             return None
+        self.last_reading = r
         sample = self.model.update(r, force=force)
         if sample is None:              # classic: at most one per 0.5 s
             return None
