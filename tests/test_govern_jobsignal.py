@@ -186,3 +186,52 @@ def test_ramp_with_pid_given_gets_directives_and_survives_its_own_cap(tmp_path):
         if w.poll() is None:
             w.kill()
         d.stop()
+
+
+@pytest.mark.root
+def test_a_job_cgroup_near_its_cap_makes_sensing_sample_fast():
+    """The machine is nearly idle (sample_hz), but a job's own cgroup is at
+    90 % of its cap: the governor asks sensing for sample_hz_max, as HIGH
+    machine stress would, and its job sample comes from the same reading."""
+    from aal_core.govern.unit import GovernorUnit
+    from aal_core.rpc.server import Hub
+    from aal_core.stress.unit import SensingUnit
+    from aal_core.units import Context
+    e = _needs_memory_cgroup()
+    cfg = Config().with_overrides({"sense": {"tegrastats_command": "off"}})
+    ctx = Context(config=cfg, clock=ManualClock(), hub=Hub(), state_dir="/nonexistent")
+    su = SensingUnit(ctx)
+    su.open_sources()
+    gu = GovernorUnit(ctx, sensing=su, enforcer=e)
+    su.add_listener(gu.on_sample)
+    su.add_fast_hint(gu.jobs_need_fast_sampling)
+    su.sample_once(force=True)
+    assert su._interval == 1.0 / cfg.sense.sample_hz          # idle machine, no job: slow
+    hog = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        sys.stdin.readline()
+        b = bytearray(100 << 20)
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    job_id = "f-" + uuid.uuid4().hex[:8]
+    try:
+        job = gu.core.submit(job_id, "MEM[SOFT=96,HARD=112,VOL=LOW]; PRIORITY=5", None, pid=hog.pid)
+        job.enforcement = e.place(job_id, hog.pid, 96 * MB, 112 * MB)
+        gu._watch(job)
+        assert job.signal is not None
+        hog.stdin.write("go\n")
+        hog.stdin.flush()
+        hog.stdout.readline()
+        sample = su.sample_once(force=True)
+        assert sample.band in ("LOW", "MODERATE")                  # the machine: fine
+        js = job.signal.sample
+        assert js.monotonic == sample.monotonic and js.band in ("HIGH", "CRITICAL"), js
+        assert su._interval == 1.0 / cfg.sense.sample_hz_max
+        assert gu.core.job_dict(job)["job_signal"]["limit_bytes"] == 112 * MB
+    finally:
+        hog.kill()
+        hog.wait()
+        gu._release(job_id, "test over")
+        for s in su.sources:
+            s.close()

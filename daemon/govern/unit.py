@@ -15,6 +15,8 @@ from ..errors import RpcError, SourceError, invalid_params
 from ..log import get_logger
 from ..rpc.registry import Access
 from ..runes import PROFILES, format_profile, resolve, to_json
+from ..stress.sample import BAND_ORDER
+from ..stress.unit import FAST_TTE_S
 from ..units import Unit
 from .cgroups import CgroupEnforcer
 from .governor import Governor
@@ -58,6 +60,8 @@ class GovernorUnit(Unit):
     async def start(self) -> None:
         if self.sensing is not None:
             self.sensing.add_listener(self.on_sample)
+            if hasattr(self.sensing, "add_fast_hint"):
+                self.sensing.add_fast_hint(self.jobs_need_fast_sampling)
             self.core.last_sample = self.sensing.latest()
         else:
             log.warning("no_sensing", effect="no stress samples: no directives, no refusals")
@@ -124,6 +128,16 @@ class GovernorUnit(Unit):
                 job.signal.error = repr(exc)
             if job.signal.error and job.signal.error != was:
                 log.warning("job_signal_unreadable", job_id=job.job_id, reason=job.signal.error)
+
+    def jobs_need_fast_sampling(self) -> bool:
+        """A job cgroup at HIGH or worse, or under a minute from its cap:
+        sample at sense.sample_hz_max, as the machine signal does for itself."""
+        for job in self.core.jobs.values():
+            s = None if job.signal is None else job.signal.sample
+            if s is not None and (BAND_ORDER[s.band] >= BAND_ORDER["HIGH"] or (
+                    s.seconds_to_exhaustion is not None and s.seconds_to_exhaustion < FAST_TTE_S)):
+                return True
+        return False
 
     def _watch(self, job) -> None:
         """A job placed in a cgroup of its own: sense that cgroup from now on."""
