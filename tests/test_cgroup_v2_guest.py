@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.root]
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 MB = 1 << 20
-BOOT_TIMEOUT_S = 170
+BOOT_TIMEOUT_S = 300
 
 
 @pytest.fixture(scope="module")
