@@ -17,7 +17,9 @@ TASKS = [None, "t1", "t2"]
 def recount(c: KVCache) -> tuple[int, int]:
     blocks = [b for s in c.seqs.values() for b in s.blocks]
     return (sum(1 for b in blocks if b.tier == "LOCAL"),
-            sum(b.ext[0].numel() for b in blocks if b.tier == "EXTENDED"))
+            # an EXTENDED block's bytes: int8 values plus its float32 scales
+            sum(b.ext[0].numel() + b.ext[1].numel() * b.ext[1].element_size()
+                for b in blocks if b.tier == "EXTENDED"))
 
 
 def check(c: KVCache) -> None:
