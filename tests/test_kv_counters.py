@@ -102,7 +102,8 @@ def test_the_recount_sees_every_tier():
         c.append("old", torch.full((L, 2, H, D), float(i), dtype=torch.float16))
     c.append("new", torch.zeros((L, 2, H, D), dtype=torch.float16))
     c.apply({"kind": "NONE", "metadata": {"offload_tier": "EXTENDED"}})
-    assert c.local_blocks() == 2 and c.extended_bytes() == 2 * bb // 2     # int8: half the fp16 bytes
+    # int8 (half the fp16 bytes) plus one float32 scale per head_dim vector
+    assert c.local_blocks() == 2 and c.extended_bytes() == 2 * (bb // 2 + L * 2 * H * T * 4)
     check(c)
     c.apply({"kind": "NONE", "metadata": {"offload_tier": "COLD"}})
     c.get("old")                                                        # both EXTENDED blocks come back
