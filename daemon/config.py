@@ -9,7 +9,9 @@ root install; `local_defaults()` gives the no-root, no-service ones used by
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -117,6 +119,11 @@ class GovernConfig:
     # Per-job cgroups: "auto" (v2 if the unified hierarchy has memory, else
     # v1 /sys/fs/cgroup/memory), "off", or a cgroup directory to create them under.
     cgroup_root: str = "auto"
+    # The group job cgroups are made in under cgroup_root "auto"
+    # (<hierarchy root>/<cgroup_group>/<job_id>); one path component.
+    # `aal-core run --local DIR` defaults it to "aal-core-local-<8 hex of
+    # sha256(DIR's absolute path)>", so a local run never uses the system's.
+    cgroup_group: str = "aal-core"
     # Jobs of priority <= refuse_priority are refused at stress >= refuse_stress.
     refuse_stress: float = 0.98
     refuse_priority: int = 3
@@ -339,7 +346,8 @@ def local_defaults(base: str) -> Config:
     base = os.path.abspath(base)
     return Config(daemon=DaemonConfig(socket=os.path.join(base, "aal-core.sock"),
                                       state_dir=os.path.join(base, "state")),
-                  overlays=OverlaysConfig(dir=os.path.join(base, "overlays")))
+                  overlays=OverlaysConfig(dir=os.path.join(base, "overlays")),
+                  govern=GovernConfig(cgroup_group=local_cgroup_group(base)))
 
 
 # The TOML value types each key type accepts (an integer is a valid number),
@@ -385,6 +393,8 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
                     raise ConfigError(f"{source}: {sname}.{key} must be {rng}, got {value!r}")
             if (sname, key) == ("budget", "exempt"):
                 _check_exempt(value, source)
+            if (sname, key) == ("govern", "cgroup_group"):
+                _check_cgroup_group(value, source)
             if hints[key] is float:
                 value = float(value)
             overrides.setdefault(sname, {})[key] = value
@@ -404,6 +414,20 @@ def _check_rpc_unsent(rpc: RpcConfig, source: str) -> None:
     if rpc.unsent_total_bytes < rpc.unsent_hard_bytes:
         raise ConfigError(f"{source}: rpc.unsent_total_bytes must be at least rpc.unsent_hard_bytes = "
                           f"{rpc.unsent_hard_bytes}, got {rpc.unsent_total_bytes}")
+
+
+CGROUP_GROUP = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}")
+
+
+def _check_cgroup_group(value: str, source: str) -> None:
+    if not CGROUP_GROUP.fullmatch(value):
+        raise ConfigError(f"{source}: govern.cgroup_group must be one cgroup name: 1-64 characters of "
+                          f"A-Z a-z 0-9 . _ - (not '.' or '..'), got {value!r}")
+
+
+def local_cgroup_group(base: str) -> str:
+    """The job-cgroup group of a `--local` run in `base`: its own, stable per directory."""
+    return "aal-core-local-" + hashlib.sha256(os.path.abspath(base).encode()).hexdigest()[:8]
 
 
 def _check_exempt(value: str, source: str) -> None:
