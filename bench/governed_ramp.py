@@ -12,8 +12,9 @@ it: a toy decoder whose KV cache grows at --rate MiB/s towards 1 GiB.
            workload registers (subscribe + job.submit) and obeys and acks the
            directives pushed to it.
 
-Per run: the growth rate it really reached (the cgroup's usage from 10 % to
-50 % of the limit, polled every 5 ms; a run below half the target rate is
+Per run: the growth rate it really reached (the KV cache's size in the
+workload's progress lines, from its first line to its first peak: before
+the first shrink or the kill; a run below half the target rate is
 marked invalid and left out of the table: on a loaded machine the workload
 cannot always grow as fast as asked, and an "ungoverned" run that only
 reached 24 MiB/s and survived measures nothing), OOM kills, peak usage /
@@ -58,37 +59,48 @@ MAX_KV_MIB = 1024
 VALID_FRACTION = 0.5              # a run below this fraction of the target rate is invalid
 
 
-class UsagePoller:
-    """The cgroup's usage every 5 ms, for the growth rate the run really reached."""
+class Progress:
+    """The workload's `progress tokens=N kv_mib=M` lines (every 0.25 s), each
+    stamped when it arrives, for the KV growth rate the run really reached."""
 
-    def __init__(self, cg: Cgroup):
-        self.cg, self.pts = cg, []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
+    def __init__(self, proc: subprocess.Popen):
+        self.lines: list[tuple[float, str]] = []
+        self.err = ""
+        self.threads = [threading.Thread(target=self._out, args=(proc.stdout,), daemon=True),
+                        threading.Thread(target=self._err, args=(proc.stderr,), daemon=True)]
+        for t in self.threads:
+            t.start()
 
-    def _run(self):
-        while not self.stop.is_set():
-            try:
-                self.pts.append((time.monotonic(), self.cg.usage()[0]))
-            except OSError:
-                pass
-            time.sleep(0.005)
+    def _out(self, fh):
+        for line in fh:
+            self.lines.append((time.monotonic(), line.rstrip("\n")))
+
+    def _err(self, fh):
+        self.err = fh.read()
+
+    def join(self):
+        for t in self.threads:
+            t.join(5.0)
+
+    def kv(self) -> list[tuple[float, float, int]]:
+        out = []
+        for t, line in self.lines:
+            if line.startswith("progress tokens="):
+                f = dict(x.split("=", 1) for x in line.split()[1:])
+                out.append((t, float(f.get("kv_mib", 0)), int(f["tokens"])))
+        return out
 
     def rate_mib_s(self) -> float | None:
-        """MiB/s between the first samples at >= 10 % and >= 50 % of the limit
-        (before the daemon's first directive); without 50 %: from 10 % to the peak."""
-        self.stop.set()
-        self.thread.join()
-        a = next(((t, v) for t, v in self.pts if v >= 0.10 * LIMIT), None)
-        if a is None:
-            return 0.0
-        b = next(((t, v) for t, v in self.pts if v >= 0.50 * LIMIT), None)
-        if b is None:
-            b = max(self.pts, key=lambda p: p[1])
-        if b[0] <= a[0]:
+        """MiB/s the KV cache grew at from the first progress line to its
+        first peak (before the first shrink, or the kill)."""
+        pts = [(t, kv) for t, kv, _n in self.kv()]
+        if len(pts) < 2:
             return None
-        return round((b[1] - a[1]) / (b[0] - a[0]) / (1 << 20), 1)
+        peak = max(range(len(pts)), key=lambda k: (pts[k][1], -k))
+        (ta, a), (tb, b) = pts[0], pts[peak]
+        if tb <= ta:
+            return 0.0
+        return round((b - a) / (tb - ta), 1)
 
 
 def run_once(governed: bool, seconds: float, rate: float) -> dict:
@@ -101,15 +113,19 @@ def run_once(governed: bool, seconds: float, rate: float) -> dict:
     if governed:
         cmd += ["--socket", daemon.socket, "--job-id", "ramp"]
     t0 = time.monotonic()
-    poller = UsagePoller(cg)
     # Enter the cgroup before exec, so every page of the workload is charged to it.
-    w = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, preexec_fn=cg.add_self)
+    w = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=cg.add_self)
+    prog = Progress(w)
+    try:
+        w.wait(seconds + 60)
+    except subprocess.TimeoutExpired:
+        w.kill()
+        w.wait()
+    prog.join()
     wall = time.monotonic() - t0
-    reached = poller.rate_mib_s()
-    tokens = 0
-    for line in w.stdout.splitlines():
-        if line.startswith("progress tokens="):
-            tokens = int(line.split()[1].split("=")[1])
+    reached = prog.rate_mib_s()
+    kv = prog.kv()
+    tokens = kv[-1][2] if kv else 0
     out = {"governed": governed, "rc": w.returncode, "killed": w.returncode == -signal.SIGKILL,
            "oom_kills": cg.oom_kills(), "peak_over_limit": cg.peak() / LIMIT, "tokens": tokens,
            "wall_s": wall, "directives": 0, "flips": 0, "max_cycles_per_step": 0, "latencies": [],
@@ -131,7 +147,7 @@ def run_once(governed: bool, seconds: float, rate: float) -> dict:
         out["max_cycles_per_step"] = max((v.count("LIFT") for v in per_step.values()), default=0)
         out["trace"] = [(d["t"], d["kind"], d["steps"], round(d["stress"], 3)) for d in ds]
     elif w.returncode != 0 and not out["killed"]:
-        out["stderr"] = w.stderr[-2000:]
+        out["stderr"] = prog.err[-2000:]
     if daemon is not None:
         daemon.stop()
     cg.remove()

@@ -73,8 +73,8 @@ BURSTS = [
     ("0.86GB@2GB/s→40%", 0.0, 0.86, 2.0),
     ("1.07GB@1GB/s→50%", 0.0, 1.07, 1.0),
     ("1.18GB@0.5GB/s→55%", 0.0, 1.18, 0.5),
-    ("1.29GB@2GB/s→60%", 0.0, 1.29, 2.0),
-    ("1.29GB@0.5GB/s→60%", 0.0, 1.29, 0.5),
+    ("1.27GB@2GB/s→60%", 0.0, 1.27, 2.0),
+    ("1.27GB@0.5GB/s→60%", 0.0, 1.27, 0.5),
     ("0.5GB@2GB/s on 30%→53%", 0.3, 0.5, 2.0),
     ("1.40GB@1GB/s→65%", 0.0, 1.40, 1.0),
 ]
@@ -323,27 +323,30 @@ class JobWatch:
     directives it was sent (polled at 20 Hz; every directive acknowledged)."""
 
     def __init__(self, d, job_id: str):
-        self.d, self.job_id = d, job_id
-        self.start = d.call("job.submit", {"job_id": job_id, "profile": P5_PROFILE})
+        self.job_id = job_id
+        # one connection for the job's life: the daemon releases a job whose connection closed
+        self.c = d.client()
+        self.c.__enter__()
+        self.start = self.c.call("job.submit", {"job_id": job_id, "profile": P5_PROFILE})
         self.polls: list[tuple[float, list, int]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
         self.thread.start()
 
     def _poll(self):
-        with self.d.client() as c:
-            while not self.stop.is_set():
-                j = c.call("job.get", {"job_id": self.job_id})
-                self.polls.append((time.monotonic(), j["active_steps"], j["directives_total"]))
-                if j["directive_version"] > j["acked_version"]:
-                    c.call("job.ack", {"job_id": self.job_id, "version": j["directive_version"]})
-                time.sleep(0.05)
+        while not self.stop.is_set():
+            j = self.c.call("job.get", {"job_id": self.job_id})
+            self.polls.append((time.monotonic(), j["active_steps"], j["directives_total"]))
+            if j["directive_version"] > j["acked_version"]:
+                self.c.call("job.ack", {"job_id": self.job_id, "version": j["directive_version"]})
+            time.sleep(0.05)
 
     def finish(self) -> dict:
         self.stop.set()
         self.thread.join()
-        j = self.d.call("job.get", {"job_id": self.job_id})
-        self.d.call("job.release", {"job_id": self.job_id})
+        j = self.c.call("job.get", {"job_id": self.job_id})
+        self.c.call("job.release", {"job_id": self.job_id})
+        self.c.__exit__(None, None, None)
         return j
 
     def degraded_until(self) -> float | None:
@@ -403,7 +406,9 @@ def run_burst(w: Watch, cg: Cgroup, d, case: tuple) -> dict:
            "child_status": child.returncode}
     if stress_at_submit is not None:
         out["stress_at_submit"] = stress_at_submit
-    out["trace"] = trace(w, t_go - 3.0, t_end, t_go, stop_s=t1 - t_go, start_s=t0 - t_go,
+    with w.lock:                                       # the trace starts after the case before calmed
+        calm_from = max((t for t, s in w.samples if t < t_go and s["band"] != "LOW"), default=0.0) + 0.1
+    out["trace"] = trace(w, max(t_go - 3.0, calm_from), t_end, t_go, stop_s=t1 - t_go, start_s=t0 - t_go,
                          submit_s=(t_submit - t_go) if name == "torch" else None)
     return out
 

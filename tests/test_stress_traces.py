@@ -107,7 +107,9 @@ def test_a_model_load_is_no_emergency_and_recovers(name):
     tr = TRACES[name]
     rig = Rig(tr["hold_s"])
     rig.gov.submit("p5", P5, None)
-    samples = replay(tr)
+    # the model sees the whole trace (its first seconds may be the end of the
+    # case before); the job, as in the bench, exists from the case's start (t = 0)
+    samples = [(t, s) for t, s in replay(tr) if t >= 0.0]
     for t, s in samples:
         rig.feed(t, s)
     if tr["stop_frac"] <= 0.60:
@@ -155,3 +157,15 @@ def test_without_the_headroom_cap_a_model_load_would_be_critical():
     finally:
         fused.TREND_CAP, fused._CAP_X = saved
     assert loud == names
+
+
+@pytest.mark.parametrize("name", of_kind("burst"))
+def test_a_finished_load_stops_being_extrapolated(name):
+    """Recovery follows the evidence: within 0.5 s of the growth stopping the
+    trend stress is gone; the 2 s window's fit alone kept it for 1-1.3 s.
+    (seconds_to_exhaustion may stay: the host's own drift, minutes away.)"""
+    tr = TRACES[name]
+    late = [(t, s) for t, s in replay(tr) if t > tr["stop_s"] + 0.5]
+    assert late
+    assert all(s.components["trend"] == 0.0 for _t, s in late)
+    assert all(s.seconds_to_exhaustion is None or s.seconds_to_exhaustion > 20.0 for _t, s in late)

@@ -69,12 +69,19 @@ def metadata_for(steps) -> dict:
 
 def calm_level(sample) -> float | None:
     """The stress of the used fraction alone (the sample's `level`) when
-    memory is not growing: no time to exhaustion, no trend.  None while it
-    grows, or when the sample does not say."""
-    if sample is None or getattr(sample, "seconds_to_exhaustion", None) is not None:
+    memory is not growing towards exhaustion: the fused model's `trend` is 0
+    (no budget above trend_min_used runs out within 2 minutes at its recent
+    rate); a model without a trend component: no time to exhaustion at all.
+    None while it grows, or when the sample does not say."""
+    if sample is None:
         return None
     comp = getattr(sample, "components", None) or {}
-    if comp.get("trend", 0.0) > 0.0 or "level" not in comp:
+    if "level" not in comp:
+        return None
+    if "trend" in comp:
+        if comp["trend"] > 0.0:
+            return None
+    elif getattr(sample, "seconds_to_exhaustion", None) is not None:
         return None
     return float(comp["level"])
 
