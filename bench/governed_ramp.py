@@ -96,7 +96,7 @@ class Progress:
         pts = [(t, kv) for t, kv, _n in self.kv()]
         if len(pts) < 2:
             return None
-        peak = max(range(len(pts)), key=lambda k: (pts[k][1], -k))
+        peak = next((k for k in range(len(pts) - 1) if pts[k + 1][1] < pts[k][1]), len(pts) - 1)
         (ta, a), (tb, b) = pts[0], pts[peak]
         if tb <= ta:
             return 0.0
@@ -129,7 +129,7 @@ def run_once(governed: bool, seconds: float, rate: float) -> dict:
     out = {"governed": governed, "rc": w.returncode, "killed": w.returncode == -signal.SIGKILL,
            "oom_kills": cg.oom_kills(), "peak_over_limit": cg.peak() / LIMIT, "tokens": tokens,
            "wall_s": wall, "directives": 0, "flips": 0, "max_cycles_per_step": 0, "latencies": [],
-           "rate_reached_mib_s": reached,
+           "rate_reached_mib_s": reached, "kv_mib": [(round(t - t0, 2), v) for t, v, _n in kv],
            "valid": reached is not None and reached >= VALID_FRACTION * rate}
     if os.path.exists(report):
         rep = json.load(open(report))
