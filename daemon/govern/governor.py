@@ -14,7 +14,7 @@ from .. import errors as E
 from ..errors import RpcError, invalid_params
 from ..runes import Profile, Step, format_profile, resolve, step_json, to_json
 from .level import Level
-from .policy import LIFT, make_stepper, metadata_for, threshold
+from .policy import LIFT, calm_level, make_stepper, metadata_for, threshold
 
 DIRECTIVE_SCHEMA = 1
 JOB_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}")
@@ -184,6 +184,7 @@ class Governor:
         level = self.level.update(stress, now)
         forced = self.level.notches > 0
         early = self.early_recovery is not None
+        calm = calm_level(sample)
         out = []
         for job in list(self.jobs.values()):
             js = self._job_sample(job, now)
@@ -192,7 +193,8 @@ class Governor:
                 j_stress, j_level = float(js.stress), max(level, job.signal.level.value)
             else:
                 js, j_stress, j_level = None, stress, level
-            change = job.stepper.evaluate(j_stress, j_level, now, forced=forced, early=early)
+            change = job.stepper.evaluate(j_stress, j_level, now, forced=forced, early=early,
+                                         calm_level=calm if js is None else calm_level(js))
             if change is not None:
                 job.flips += 1
                 out.append(self._directive(job, change.kind, change.steps, change.reason, sample,

@@ -11,7 +11,12 @@ decision out.  Two modes (config `govern.mode`):
   k x `level_per_step`.  They are lifted in reverse order, one per
   `hold_s`, only once stress has stayed below threshold - hysteresis for the
   whole hold time.  Between the two lines nothing changes, so a signal whose
-  noise is smaller than the hysteresis cannot make a step flap.
+  noise is smaller than the hysteresis cannot make a step flap.  When the
+  evidence says the episode is over (`calm_level`: memory stopped growing,
+  and the used fraction alone is below threshold - 2 x hysteresis, as after
+  a model load), the first lift after the hold takes every step at once: the
+  job is back to full service hold_s after the stress fell, not one hold
+  per step later.
 """
 from __future__ import annotations
 
@@ -62,6 +67,25 @@ def metadata_for(steps) -> dict:
             "offload_tier": offload, "degraded": n > 0, "degradation_level": n}
 
 
+def calm_level(sample) -> float | None:
+    """The stress of the used fraction alone (the sample's `level`) when
+    memory is not growing towards exhaustion: the fused model's `trend` is 0
+    (no budget above trend_min_used runs out within 2 minutes at its recent
+    rate); a model without a trend component: no time to exhaustion at all.
+    None while it grows, or when the sample does not say."""
+    if sample is None:
+        return None
+    comp = getattr(sample, "components", None) or {}
+    if "level" not in comp:
+        return None
+    if "trend" in comp:
+        if comp["trend"] > 0.0:
+            return None
+    elif getattr(sample, "seconds_to_exhaustion", None) is not None:
+        return None
+    return float(comp["level"])
+
+
 @dataclass(frozen=True)
 class Change:
     """A decision: apply or lift these steps, and why."""
@@ -85,7 +109,7 @@ class SeedStepper:
         return len(self.steps) if stress > self.threshold else 0
 
     def evaluate(self, stress: float, level: float, now: float, *, forced: bool = False,
-                 early: bool = False) -> Change | None:
+                 early: bool = False, calm_level: float | None = None) -> Change | None:
         want = self.target(stress, level, forced)
         if want == self.active or not self.steps:
             return None
@@ -119,9 +143,12 @@ class ProgressiveStepper:
         return min(len(self.steps), 1 + extra)
 
     def evaluate(self, stress: float, level: float, now: float, *, forced: bool = False,
-                 early: bool = False) -> Change | None:
+                 early: bool = False, calm_level: float | None = None) -> Change | None:
         """`forced`: the control loop raised the level (engage even below the
-        threshold, never lift).  `early`: skip the rest of the hold time."""
+        threshold, never lift).  `early`: skip the rest of the hold time.
+        `calm_level`: the stress of the used fraction alone when memory is not
+        growing (None while it grows); below threshold - 2 x hysteresis the
+        lift after the hold takes every step left."""
         if not self.steps:
             return None
         want = self.target(stress, level, forced)
@@ -138,10 +165,17 @@ class ProgressiveStepper:
                 self.below_since = now
             held = now - self.below_since
             if held >= self.hold_s or early:
+                why = "early recovery allowed" if early and held < self.hold_s else f"for {held:.1f} s"
+                if calm_level is not None and calm_level < low - self.hysteresis:
+                    lifted = tuple(reversed(self.steps[:self.active]))
+                    self.active = 0
+                    self.below_since = None
+                    return Change(LIFT, lifted, f"stress {stress:.3f} below {low:.3f} {why}, memory not "
+                                                f"growing with ample headroom (used {calm_level:.3f}): "
+                                                f"every step lifted")
                 step = self.steps[self.active - 1]
                 self.active -= 1
                 self.below_since = now          # the next lift waits a full hold again
-                why = "early recovery allowed" if early and held < self.hold_s else f"for {held:.1f} s"
                 return Change(LIFT, (step,), f"stress {stress:.3f} below {low:.3f} {why}: "
                                              f"{self.active} of {len(self.steps)} steps left")
             return None

@@ -12,7 +12,20 @@
                 slope, mapped onto the bands (<= 5 s CRITICAL, <= 15 s HIGH,
                 <= 60 s MODERATE); only once used >= trend_min_used and the fit
                 is straight (R² >= 0.6), so noise and a mostly empty machine
-                do not raise it
+                do not raise it.  Two pieces of evidence bound it:
+                  recent growth: the slope over the last 0.3 s must still be
+                    >= 1/4 of the fitted one, else growth has stopped and
+                    nothing is extrapolated (a finished model load or ramp
+                    stops counting within ~0.3 s instead of the window's 2 s);
+                  headroom: the trend's stress is capped by the used fraction
+                    (TREND_CAP: 0.3 at 30 %, 0.5 at 60 %, 1.0 at 70 %), so a
+                    burst that stops with ample headroom, a model load, is at
+                    most HIGH (never above a priority-5 job's threshold 0.55
+                    while <= 60 % is used), and a ramp that keeps going turns
+                    CRITICAL from 65 % used on, or earlier through the level.
+                The trade-off (bench/ramp.py): on a 2 GiB budget CRITICAL comes
+                >= 1.7 s before the OOM kill at 400 MiB/s; on a 512 MiB one a
+                400 MiB/s ramp is CRITICAL only ~0.45 s before it.
     psi         PSI some/full avg10 (the cgroup's on v2), capped below HIGH:
                 secondary, it lags and it fires on cache churn
     swap        host swap in use, capped below HIGH
@@ -45,6 +58,15 @@ SHORT_WINDOW_S = 0.5
 SHORT_MIN_R2 = 0.9
 # The fitted rise over the window must be at least this fraction of the budget.
 MIN_RISE = 0.02
+# Growth is still going on when the slope over the last RECENT_S is at least
+# STOP_RATIO of the fitted one (fewer than RECENT_MIN_POINTS there: not judged).
+RECENT_S = 0.3
+RECENT_MIN_POINTS = 3
+STOP_RATIO = 0.25
+# used fraction → the most the trend may add (piecewise linear, flat beyond the ends):
+# a budget with ample headroom left is not an emergency on a slope alone.
+TREND_CAP = ((0.3, 0.3), (0.6, 0.5), (0.7, 1.0))
+_CAP_X = [p[0] for p in TREND_CAP]
 
 
 def tte_stress(tte: float | None) -> float:
@@ -55,6 +77,17 @@ def tte_stress(tte: float | None) -> float:
     k = bisect.bisect_right(_TTE_X, tte)
     (x0, y0), (x1, y1) = TTE_POINTS[k - 1], TTE_POINTS[k]
     return y0 + (y1 - y0) * (tte - x0) / (x1 - x0)
+
+
+def trend_cap(used: float) -> float:
+    """The highest stress the trend may give at this used fraction (TREND_CAP)."""
+    if used <= TREND_CAP[0][0]:
+        return TREND_CAP[0][1]
+    if used >= TREND_CAP[-1][0]:
+        return TREND_CAP[-1][1]
+    k = bisect.bisect_right(_CAP_X, used)
+    (x0, y0), (x1, y1) = TREND_CAP[k - 1], TREND_CAP[k]
+    return y0 + (y1 - y0) * (used - x0) / (x1 - x0)
 
 
 def _clamp01(x: float) -> float:
@@ -73,7 +106,8 @@ class _Budget:
         configured window, steady; and a short one, so a ramp that starts
         from flat is seen within a few samples instead of being diluted by
         the flat points before it.  The earlier warning of the two that
-        passes the gates wins."""
+        passes the gates wins; none once the last RECENT_S shows the growth
+        has stopped (`growth_stopped`)."""
         if total != self.total:            # limit changed: old points mean something else
             self.ring.clear()
             self.total = total
@@ -90,7 +124,18 @@ class _Budget:
                 tte = headroom / slope
                 if best_tte is None or tte < best_tte:
                     best_slope, best_tte = slope, tte
+        if best_tte is not None and self.growth_stopped(t, best_slope):
+            return best_slope, None
         return best_slope, best_tte
+
+    def growth_stopped(self, t: float, fitted_slope: float) -> bool:
+        """The recent evidence: the last RECENT_S rose at less than STOP_RATIO
+        of the fitted slope (a window still full of the ramp keeps a steep
+        fit for its whole length after the ramp ended)."""
+        slope, _r2, n, span = self.ring.fit(t - RECENT_S)
+        if n < RECENT_MIN_POINTS or span <= 0.0:
+            return False
+        return slope < STOP_RATIO * fitted_slope
 
 
 class FusedModel:
@@ -106,6 +151,13 @@ class FusedModel:
         self.window_s = sig.trend_window_s
         self.min_used = sig.trend_min_used
 
+    def _trend(self, tte: float | None, used: float) -> float:
+        """One budget's trend stress: its time to exhaustion, capped by how
+        much of it is used (TREND_CAP); nothing below trend_min_used."""
+        if used < self.min_used:
+            return 0.0
+        return min(tte_stress(tte), trend_cap(used))
+
     def update(self, r, force: bool = False) -> StressSample:
         m = r.meminfo
         comp: dict = {}
@@ -113,6 +165,7 @@ class FusedModel:
         comp["host_used"] = host_used
         h_slope, h_tte = self.host.update(r.t, float(m.total - m.available), float(m.total), self.window_s)
         used, slope_frac, tte = host_used, h_slope / m.total, h_tte
+        trend = self._trend(h_tte, host_used)
         headroom = m.available
         cg = r.cgroup
         if cg is not None and cg.limit:
@@ -123,9 +176,9 @@ class FusedModel:
                 used, slope_frac, headroom = cg_used, c_slope / cg.limit, cg.limit - cg.working_set
             if c_tte is not None and (tte is None or c_tte < tte):
                 tte = c_tte
+            trend = max(trend, self._trend(c_tte, cg_used))
         comp["used"] = used
         comp["level"] = lvl = level(min(max(used, 0.0), 1.0))
-        trend = tte_stress(tte) if used >= self.min_used else 0.0
         comp["trend"] = trend
         comp["headroom_mb"] = round(headroom / 1048576.0, 1)
 
