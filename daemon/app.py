@@ -41,6 +41,7 @@ def build_units(ctx: Context) -> list[Unit]:
     from .keys.unit import KeyUnit
     from .ledger.unit import LedgerUnit
     from .stress.unit import SensingUnit
+    from .train.unit import TrainUnit
     from .venom.unit import VenomUnit
 
     sensing = SensingUnit(ctx)
@@ -48,7 +49,8 @@ def build_units(ctx: Context) -> list[Unit]:
     keys = KeyUnit(ctx, ledger=ledger)
     governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
-    return [sensing, ledger, keys, governor, venom]
+    train = TrainUnit(ctx, sensing=sensing, governor=governor, ledger=ledger, keys=keys)
+    return [sensing, ledger, keys, governor, venom, train]
 
 
 class Runtime:
