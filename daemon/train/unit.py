@@ -364,8 +364,11 @@ class TrainUnit(Unit):
         if rep.outcome == OUTCOME.REJECTED:
             self.rejections[reason] += 1
             run.rejections[reason] += 1
-        rec = run.pending.pop(rep.command_id, None)
-        known = rec is not None or any(h["command"]["command_id"] == rep.command_id for h in run.history)
+        known = rep.command_id in run.pending or any(h["command"]["command_id"] == rep.command_id
+                                                     for h in run.history)
+        # A replay's refusal says nothing of the first delivery's fate.
+        replay = rep.outcome == OUTCOME.REJECTED and rep.reject_reason == train_pb2.RejectReason.REPLAYED
+        rec = None if replay else run.pending.pop(rep.command_id, None)
         if rec is not None:
             rec["status"] = outcome
             if rep.outcome == OUTCOME.REJECTED:
