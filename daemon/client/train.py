@@ -251,21 +251,24 @@ class CommandChannel:
 # ------------------------------------------------------------------ torch
 
 def set_activation_checkpointing(model, on: bool) -> int:
-    """Turn activation checkpointing on or off for every nn.Sequential in
-    `model` that has more than one child (each child recomputed in the
-    backward pass); returns how many blocks were changed."""
+    """Turn activation checkpointing on or off for every innermost
+    nn.Sequential of `model` (one with no nn.Sequential inside it): in
+    training, such a block keeps only its input and recomputes its
+    activations in the backward pass.  Returns how many blocks changed."""
     import torch
     from torch.utils.checkpoint import checkpoint
 
+    seq = torch.nn.Sequential
     n = 0
     for mod in model.modules():
-        if not isinstance(mod, torch.nn.Sequential) or len(mod) < 2:
+        if not isinstance(mod, seq) or any(isinstance(m, seq) for m in list(mod.modules())[1:]):
             continue
         if on and "forward" not in mod.__dict__:
             def fwd(x, _seq=mod):
-                for child in _seq:
-                    x = checkpoint(child, x, use_reentrant=False) if _seq.training else child(x)
-                return x
+                plain = seq.forward.__get__(_seq)
+                if _seq.training and torch.is_grad_enabled():
+                    return checkpoint(plain, x, use_reentrant=False)
+                return plain(x)
             mod.forward = fwd
             n += 1
         elif not on and "forward" in mod.__dict__:
