@@ -171,3 +171,23 @@ def test_metrics_families_follow_the_exporter_format(tmp_path):
         assert all(isinstance(s["value"], float) and isinstance(s["labels"], dict) for s in f["samples"])
     reasons = {s["labels"]["reason"] for s in fams["aal_core_train_rejections_total"]["samples"]}
     assert {"BAD_SIGNATURE", "REPLAYED", "STALE", "FUTURE", "WRONG_RUN", "RETIRED_KEY"} <= reasons
+
+
+@pytest.mark.root
+def test_a_run_with_a_pid_gets_the_profiles_cgroup_caps(d):
+    import subprocess
+    from aal_core.govern.cgroups import CgroupEnforcer
+    if CgroupEnforcer("auto").mode == "off":
+        pytest.skip("no memory cgroup controller")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        with d.client() as c:
+            res = c.call("train.register", {"run_id": "capped", "pid": sleeper.pid,
+                                            "profile": "MEM[SOFT=64,HARD=128,VOL=LOW]"})
+            assert res["enforced"] is True and res["cgroup"].endswith("/aal-core/capped")
+            job = c.call("job.get", {"job_id": "capped"})
+            assert job["enforced"] is True and job["pid"] == sleeper.pid
+        wait_for(lambda: d.call("job.list")["jobs"] == [], what="the job and its cgroup released")
+    finally:
+        sleeper.kill()
+        sleeper.wait()
