@@ -116,7 +116,7 @@ def test_a_governed_loop_applies_the_daemons_command_between_steps(tmp_path):
         st = wait_for(lambda: (r := d.call("train.status", {"run_id": "loop"})["runs"][0])["applied"] and r,
                       what="the field report")
         assert st["applied"][0]["status"] == "APPLIED" and st["knobs"]["micro_batch_size"] == 16
-        rep = ledger_data(d, "train.field_report")[0]["report"]
+        rep = wait_for(lambda: ledger_data(d, "train.field_report"), what="the report ledgered")[0]["report"]
         assert rep["metrics_before"]["micro_batch"] == 32 and rep["metrics_after"]["micro_batch"] == 16
     finally:
         cleanup(d)

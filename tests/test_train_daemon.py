@@ -46,7 +46,8 @@ def test_a_run_is_a_governed_job_without_degrade_steps(d):
         assert "DEGRADE" not in job["profile_text"] and job["active_steps"] == []
         assert job["metadata"]["kind"] == "train" and job["priority"] == 4
         assert [j["job_id"] for j in c.call("job.list")["jobs"]] == ["r1"]
-        assert ledger_data(d, "train.register")[0]["run_id"] == "r1"
+        reg = wait_for(lambda: ledger_data(d, "train.register"), what="train.register ledgered")
+        assert reg[0]["run_id"] == "r1" and "DEGRADE" not in reg[0]["profile"]
     # The connection closed: the job is released, the run kept (disconnected).
     wait_for(lambda: d.call("job.list")["jobs"] == [], what="the job released")
     assert d.call("train.list")["runs"][0]["connected"] is False
@@ -75,7 +76,7 @@ def test_report_is_answered_by_a_signed_command_and_its_field_report_closes_it(d
         c.call("train.report", {"state": _state(micro_batch_size=32, grad_accum_steps=2)})
         time.sleep(0.7)
         assert _commands(c) == []
-    ledgered = ledger_data(d, "train.command")
+    ledgered = wait_for(lambda: ledger_data(d, "train.command"), what="the command ledgered")
     assert [e["command"]["command_id"] for e in ledgered] == [cmd["command_id"]]
     assert ledgered[0]["command"]["signature"] == cmd["signature"]
     assert ledger_data(d, "train.field_report")[0]["report"]["outcome"] == "APPLIED"
@@ -93,6 +94,9 @@ def test_a_failed_command_is_sent_again_after_reissue_s(d):
         assert again["command_id"] != cmd["command_id"] and again["batch_adjustment"] == cmd["batch_adjustment"]
         st = c.call("train.status")
         assert st["runs"][0]["applied"][0]["status"] == "FAILED" and st["commands_total"] == 2
+        summary = c.call("system.status")["train"]
+        assert summary["runs"] == 1 and summary["connected"] == 1 and summary["commands_total"] == 2
+        assert summary["field_reports_total"] == 1
 
 
 @pytest.mark.parametrize("method, params, code, words", [

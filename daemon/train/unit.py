@@ -123,6 +123,14 @@ class TrainUnit(Unit):
             if run.base is not None:
                 self._build_ladder(run)
 
+    def status(self) -> dict:
+        return {"train": {"runs": len(self.runs),
+                          "connected": sum(1 for r in self.runs.values() if r.connected),
+                          "pending": sum(len(r.pending) for r in self.runs.values()),
+                          "commands_total": sum(self.commands_total.values()),
+                          "field_reports_total": sum(self.field_reports_total.values()),
+                          "rejections": dict(self.rejections), "expired_total": self.expired_total}}
+
     def summary(self) -> str:
         if not self.runs:
             return ""
