@@ -80,10 +80,14 @@ def test_every_bad_command_is_refused_with_its_reason_and_counted(rig):
         "future": (_frame(_signed(key.sign, issued_at=now + 30)), "FUTURE"),
         "wrong run": (_frame(_signed(key.sign, training_run_id="run-b")), "WRONG_RUN"),
         "late": (_frame(_signed(key.sign, issued_at=now - 10, execution_deadline_ms=1000)), "DEADLINE_PASSED"),
+        "not an object": (b'{"jsonrpc":"2.0","method":"train.command","params":{"command":"x"}}', "MALFORMED"),
+        "unknown field": (b'{"jsonrpc":"2.0","method":"train.command","params":{"command":{"bogus":1}}}',
+                          "MALFORMED"),
     }
     for line, _ in attacks.values():
         proxy.inject(line)
-    want = {"REPLAYED": 1, "BAD_SIGNATURE": 2, "STALE": 1, "FUTURE": 1, "WRONG_RUN": 1, "DEADLINE_PASSED": 1}
+    want = {"REPLAYED": 1, "BAD_SIGNATURE": 2, "STALE": 1, "FUTURE": 1, "WRONG_RUN": 1, "DEADLINE_PASSED": 1,
+            "MALFORMED": 2}
     wait_for(lambda: _rejections(d) == want, what="every rejection counted by the daemon")
     assert dict(ch.rejected) == want
     assert ch.commands() == []                                   # nothing reached the loop
@@ -94,13 +98,13 @@ def test_every_bad_command_is_refused_with_its_reason_and_counted(rig):
     assert [r["command"]["command_id"] for r in run["pending"]] == [real[0].command_id]
     # Each rejection is in the ledger with its reason.
     reports = wait_for(lambda: [r for r in ledger_data(d, "train.field_report")
-                                if r["report"]["outcome"] == "REJECTED"] if len(ledger_data(d, "train.field_report")) >= 7 else None,
-                       what="7 ledgered field reports")
+                                if r["report"]["outcome"] == "REJECTED"] if len(ledger_data(d, "train.field_report")) >= 9 else None,
+                       what="9 ledgered field reports")
     got = {}
     for r in reports:
         got[r["report"]["reject_reason"]] = got.get(r["report"]["reject_reason"], 0) + 1
     assert got == want
-    known = {r["report"]["command_id"]: r["known"] for r in reports}
+    known = {r["report"].get("command_id", ""): r["known"] for r in reports}
     assert known[real[0].command_id] is True            # the replay names a command the daemon issued
     assert sum(known.values()) == 1
 

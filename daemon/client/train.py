@@ -226,13 +226,18 @@ class CommandChannel:
         if method != "train.command":
             return
         cmd = train_pb2.AdaptationCommand()
+        raw = params.get("command") if isinstance(params, dict) else None
+        if not isinstance(raw, dict):
+            self._reject("", R.MALFORMED, f"params.command is {type(raw).__name__}, not an object")
+            return
         try:
-            json_format.ParseDict(params.get("command", {}), cmd, ignore_unknown_fields=False)
+            json_format.ParseDict(raw, cmd, ignore_unknown_fields=False)
             if self.verifier is None:
                 raise Rejected(R.BAD_SIGNATURE, "no public key yet")
             self.verifier.check(cmd, self.clock())
         except json_format.ParseError as exc:
-            self._reject(params.get("command", {}).get("command_id", ""), R.MALFORMED, f"cannot parse: {exc}")
+            cid = raw.get("command_id")
+            self._reject(cid if isinstance(cid, str) else "", R.MALFORMED, f"cannot parse: {exc}")
             return
         except Rejected as rej:
             self._reject(cmd.command_id, rej.reason, rej.message)
