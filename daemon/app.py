@@ -40,6 +40,7 @@ def build_units(ctx: Context) -> list[Unit]:
     from .govern import GovernorUnit
     from .keys.unit import KeyUnit
     from .ledger.unit import LedgerUnit
+    from .overlays.unit import OverlayUnit
     from .stress.unit import SensingUnit
     from .train.unit import TrainUnit
     from .venom.unit import VenomUnit
@@ -49,8 +50,9 @@ def build_units(ctx: Context) -> list[Unit]:
     keys = KeyUnit(ctx, ledger=ledger)
     governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
+    overlays = OverlayUnit(ctx, governor=governor, ledger=ledger, keys=keys)
     train = TrainUnit(ctx, sensing=sensing, governor=governor, ledger=ledger, keys=keys)
-    return [sensing, ledger, keys, governor, venom, train]
+    return [sensing, ledger, keys, governor, venom, overlays, train]
 
 
 class Runtime:
@@ -174,7 +176,10 @@ async def serve(rt: Runtime) -> int:
     rt.event_loop_name = f"{type(loop).__module__}.{type(loop).__name__}"
     cfg = rt.config
     try:
-        os.makedirs(cfg.daemon.state_dir, exist_ok=True)
+        # 0750: the ledger and the signing key are no business of other users
+        # (overlays run as one; README "Confinement"); the unit says the same
+        # with StateDirectoryMode=0750.
+        os.makedirs(cfg.daemon.state_dir, mode=0o750, exist_ok=True)
     except OSError as exc:
         raise StateError(f"cannot create the state directory {cfg.daemon.state_dir}: {exc.strerror}") from None
     _raise_fd_limit(cfg.rpc.max_connections + FD_RESERVE)

@@ -9,7 +9,9 @@ root install; `local_defaults()` gives the no-root, no-service ones used by
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -117,6 +119,11 @@ class GovernConfig:
     # Per-job cgroups: "auto" (v2 if the unified hierarchy has memory, else
     # v1 /sys/fs/cgroup/memory), "off", or a cgroup directory to create them under.
     cgroup_root: str = "auto"
+    # The group job cgroups are made in under cgroup_root "auto"
+    # (<hierarchy root>/<cgroup_group>/<job_id>); one path component.
+    # `aal-core run --local DIR` defaults it to "aal-core-local-<8 hex of
+    # sha256(DIR's absolute path)>", so a local run never uses the system's.
+    cgroup_group: str = "aal-core"
     # Jobs of priority <= refuse_priority are refused at stress >= refuse_stress.
     refuse_stress: float = 0.98
     refuse_priority: int = 3
@@ -197,6 +204,14 @@ class VenomConfig:
     late_fraction: float = 0.5
     # How the four cores run each beat: "inline" (fastest here) or "threads".
     runner: str = "inline"
+    # Sustained evidence: anomaly units over the last evidence_window_s seconds
+    # feed the model; one CRITICAL second weighs critical_weight units, every
+    # other anomaly 1 (README, "venom").
+    evidence_window_s: float = 10.0
+    critical_weight: float = 2.0
+    # A quarantine the loop imposed ends by itself once stress stayed below
+    # govern.setpoint (and no beat wanted a QUARANTINE) for this many seconds.
+    release_hold_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -219,6 +234,43 @@ class BudgetConfig:
 
 
 @dataclass(frozen=True)
+class OverlaysConfig:
+    """Overlays (README, "Overlays").  The bus (registry, invoke, provenance)
+    and the sandbox ("Confinement": user .. max_processes)."""
+    # One directory per overlay, each with its manifest.json (--local DIR: DIR/overlays).
+    dir: str = "/etc/aal-core/overlays"
+    # Store each call's full payload in the provenance log (dev mode; also
+    # AAL_DEV_LOG_PAYLOAD=1): needed by replay; off, only its hash is kept.
+    log_payload: bool = False
+    # http overlays: TCP to 127.0.0.1/::1/localhost (else Unix sockets only),
+    # and any host (only where the daemon's unit gives it a network).
+    allow_tcp_loopback: bool = False
+    allow_remote_http: bool = False
+    # Bounds on what an overlay sends back (bytes): its stdout / HTTP body
+    # (past it the call fails), and the tail of its stderr kept for the error.
+    max_output_bytes: int = 1 << 20
+    max_stderr_bytes: int = 4096
+    # http overlays: connection retries (connection errors only) and the first backoff.
+    http_retries: int = 3
+    http_backoff_s: float = 0.05
+    # File name of the provenance log inside the state directory.
+    provenance_file: str = "provenance.jsonl"
+    # The unprivileged user a root daemon runs every overlay as (never root).
+    user: str = "aal-overlay"
+    # Run CLEAR calls even where no kernel mechanism can make them read-only.
+    allow_unconfined: bool = False
+    # Inet sockets (AF_INET/AF_INET6) for the phases other than CLEAR, which
+    # never has any; Unix sockets are always allowed there.
+    network: bool = False
+    # Parent of the per-call scratch directories; "" = <tmp>/aal-core-overlays-<euid>.
+    scratch_dir: str = ""
+    # RLIMIT_NOFILE of an overlay process, and RLIMIT_NPROC of the overlay
+    # user (only where the daemon changes to that user).
+    max_open_files: int = 1024
+    max_processes: int = 512
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
@@ -228,6 +280,7 @@ class Config:
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     venom: VenomConfig = field(default_factory=VenomConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def as_dict(self) -> dict:
@@ -314,6 +367,9 @@ RANGES = {
     ("venom", "weight_o"): (0.0, 1000.0),
     ("venom", "summary_interval_s"): (1.0, 86400.0),
     ("venom", "late_fraction"): (0.01, 100.0),
+    ("venom", "evidence_window_s"): (0.1, 3600.0),
+    ("venom", "critical_weight"): (0.0, 1000.0),
+    ("venom", "release_hold_s"): (0.0, 86400.0),
     ("budget", "jobs_per_uid"): (1, 1 << 20),
     ("budget", "jobs_per_connection"): (1, 1 << 20),
     ("budget", "subscriptions_per_uid"): (1, 1 << 20),
@@ -321,18 +377,26 @@ RANGES = {
     ("budget", "ledger_calls_per_s"): (0.001, 1e6),
     ("budget", "ledger_calls_burst"): (1, 1 << 20),
     ("budget", "ledger_bytes_per_day"): (1, 1 << 40),
+    ("overlays", "max_output_bytes"): (1024, 1 << 30),
+    ("overlays", "max_stderr_bytes"): (256, 1 << 20),
+    ("overlays", "http_retries"): (0, 20),
+    ("overlays", "http_backoff_s"): (0.0, 60.0),
+    ("overlays", "max_open_files"): (16, 1 << 20),
+    ("overlays", "max_processes"): (1, 1 << 22),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.
 RESTART_KEYS = {("daemon", "socket"), ("daemon", "state_dir"), ("rpc", "group"),
-                ("ledger", "file")}
+                ("ledger", "file"), ("overlays", "provenance_file")}
 
 
 def local_defaults(base: str) -> Config:
     """Defaults for `--local`: socket and state under `base`, no root needed."""
     base = os.path.abspath(base)
     return Config(daemon=DaemonConfig(socket=os.path.join(base, "aal-core.sock"),
-                                      state_dir=os.path.join(base, "state")))
+                                      state_dir=os.path.join(base, "state")),
+                  overlays=OverlaysConfig(dir=os.path.join(base, "overlays")),
+                  govern=GovernConfig(cgroup_group=local_cgroup_group(base)))
 
 
 # The TOML value types each key type accepts (an integer is a valid number),
@@ -378,6 +442,8 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
                     raise ConfigError(f"{source}: {sname}.{key} must be {rng}, got {value!r}")
             if (sname, key) == ("budget", "exempt"):
                 _check_exempt(value, source)
+            if (sname, key) == ("govern", "cgroup_group"):
+                _check_cgroup_group(value, source)
             if hints[key] is float:
                 value = float(value)
             overrides.setdefault(sname, {})[key] = value
@@ -398,6 +464,20 @@ def _check_rpc_unsent(rpc: RpcConfig, source: str) -> None:
     if rpc.unsent_total_bytes < rpc.unsent_hard_bytes:
         raise ConfigError(f"{source}: rpc.unsent_total_bytes must be at least rpc.unsent_hard_bytes = "
                           f"{rpc.unsent_hard_bytes}, got {rpc.unsent_total_bytes}")
+
+
+CGROUP_GROUP = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}")
+
+
+def _check_cgroup_group(value: str, source: str) -> None:
+    if not CGROUP_GROUP.fullmatch(value):
+        raise ConfigError(f"{source}: govern.cgroup_group must be one cgroup name: 1-64 characters of "
+                          f"A-Z a-z 0-9 . _ - (not '.' or '..'), got {value!r}")
+
+
+def local_cgroup_group(base: str) -> str:
+    """The job-cgroup group of a `--local` run in `base`: its own, stable per directory."""
+    return "aal-core-local-" + hashlib.sha256(os.path.abspath(base).encode()).hexdigest()[:8]
 
 
 def _check_train_ladder(t: TrainConfig, source: str) -> None:

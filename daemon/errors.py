@@ -26,6 +26,18 @@ QUARANTINED = -32009            # admissions at this priority are quarantined
 CONFIG_INVALID = -32010         # system.reload: the config file is wrong (names key and file); old config kept
 BUDGET_EXCEEDED = -32011        # a per-peer budget ([budget]) is used up; data names it, the limit and the use
 REPLY_TOO_LARGE = -32012        # a result over rpc.max_reply_bytes: the call ran, its result is not sent
+# Overlays (README, "Overlays"): -32020..-32029.  JSON-RPC errors for bad
+# names; the others are ok:false results of overlay.invoke (error.code).
+OVERLAY_INVALID = -32020        # a manifest or overlay directory that cannot be used (every problem in data)
+OVERLAY_PHASE_REFUSED = -32021  # the phase is not declared, or its class may not run in it; nothing ran
+OVERLAY_UNKNOWN_CAPABILITY = -32022  # the overlay has no such capability (JSON-RPC error)
+OVERLAY_TIMEOUT = -32023        # the call ran past its timeout_s; its process group was killed
+OVERLAY_CRASHED = -32024        # exited non-zero, killed by a signal (OOM in its cgroup), HTTP non-2xx
+OVERLAY_BAD_OUTPUT = -32025     # stdout/response not one JSON object, or over its size limit
+OVERLAY_DISABLED = -32026       # the overlay is disabled or its manifest is broken
+OVERLAY_CONFINEMENT = -32027    # the phase's confinement is not available here (CLEAR refused, not run unconfined)
+OVERLAY_UNREACHABLE = -32028    # an http overlay refused connections through every retry
+PROVENANCE_ERROR = -32029       # the provenance log could not be written or read
 
 APP_CODES = {
     PERMISSION_DENIED: "permission denied",
@@ -40,6 +52,16 @@ APP_CODES = {
     CONFIG_INVALID: "config invalid",
     BUDGET_EXCEEDED: "budget exceeded",
     REPLY_TOO_LARGE: "reply too large",
+    OVERLAY_INVALID: "overlay invalid",
+    OVERLAY_PHASE_REFUSED: "phase refused",
+    OVERLAY_UNKNOWN_CAPABILITY: "unknown capability",
+    OVERLAY_TIMEOUT: "overlay timeout",
+    OVERLAY_CRASHED: "overlay crashed",
+    OVERLAY_BAD_OUTPUT: "overlay bad output",
+    OVERLAY_DISABLED: "overlay disabled",
+    OVERLAY_CONFINEMENT: "confinement unavailable",
+    OVERLAY_UNREACHABLE: "overlay unreachable",
+    PROVENANCE_ERROR: "provenance error",
 }
 
 

@@ -2,7 +2,9 @@
 
 Same API and the same arithmetic in the same order, so the differential test
 (tests/test_pid_diff.py) can run both on the same inputs.  Production code
-uses the compiled one; this exists to say what it must compute.
+uses the compiled one; this exists to say what it must compute.  Anti-windup
+is conditional integration (see ext/pid.pyx): no integration while the
+unclamped output is past a bound in the error's direction.
 """
 from __future__ import annotations
 
@@ -55,11 +57,16 @@ class PID:
         if math.isnan(measurement) or math.isinf(measurement):
             raise ValueError(f"measurement must be finite, got {measurement}")
         err = measurement - self.setpoint
+        deriv = (measurement - self._last_measurement) / dt if self.updates > 0 else 0.0
         integral = _clamp(self.integral + err * dt, -self.integral_limit, self.integral_limit)
+        raw = self.kp * err + self.ki * integral + self.kd * deriv
+        if (raw > self.out_max and err > 0.0) or (raw < self.out_min and err < 0.0):
+            # conditional integration (anti-windup): keep the integral where it was
+            integral = self.integral
+            raw = self.kp * err + self.ki * integral + self.kd * deriv
         if abs(err) < self.epsilon:
             integral = 0.0
-        deriv = (measurement - self._last_measurement) / dt if self.updates > 0 else 0.0
-        raw = self.kp * err + self.ki * integral + self.kd * deriv
+            raw = self.kp * err + self.kd * deriv
         raw = _clamp(raw, self.out_min, self.out_max)
         step = _clamp(raw - self.output, -self.rate_limit, self.rate_limit)
         v = err * err

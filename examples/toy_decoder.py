@@ -125,6 +125,7 @@ def main(argv=None) -> int:
                     stats["directives"].append({
                         "version": d["version"], "kind": d["kind"],
                         "steps": [s["order"] for s in d["steps"]], "stress": d["cause"]["stress"],
+                        "signal": d["cause"].get("signal"),
                         "apply_s": round(time.monotonic() - got, 6), "latency_s": ack.get("latency_s"),
                         "freed_mib": round(res["freed_bytes"] / (1 << 20), 1), "t": round(got - t0, 3)})
                     say(f"[{got - t0:6.2f}s] directive v{d['version']} {d['kind']} "

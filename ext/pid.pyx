@@ -8,8 +8,14 @@ the same order); tests/test_pid_diff.py checks that both agree.
 
 Conventions (shared with pid_ref):
 - error = measurement - setpoint (positive when above the setpoint);
-- integral += error * dt, clamped to +/- integral_limit (anti-windup), and
-  reset to 0 when |error| < epsilon;
+- integral += error * dt, clamped to +/- integral_limit, and reset to 0 when
+  |error| < epsilon (the seed's ε-reset and ±1 clamp);
+- anti-windup by conditional integration: the step's integration is not
+  taken when the unclamped output would pass out_max with error > 0 or
+  out_min with error < 0 (integrating would only push further into the
+  clamp).  Without it, a governor idle at stress 0.1 held the integral at −1
+  while its output sat at 0, and the first steps of the next ramp came late;
+  with unbounded output (the default) it never applies;
 - derivative on measurement (no kick when the setpoint moves), 0 on the
   first update;
 - raw = kp*error + ki*integral + kd*derivative, clamped to [out_min, out_max];
@@ -73,14 +79,19 @@ cdef class PID:
         if isnan(measurement) or isinf(measurement):
             raise ValueError(f"measurement must be finite, got {measurement}")
         err = measurement - self.setpoint
-        integral = _clamp(self.integral + err * dt, -self.integral_limit, self.integral_limit)
-        if fabs(err) < self.epsilon:
-            integral = 0.0
         if self.updates > 0:
             deriv = (measurement - self._last_measurement) / dt
         else:
             deriv = 0.0
+        integral = _clamp(self.integral + err * dt, -self.integral_limit, self.integral_limit)
         raw = self.kp * err + self.ki * integral + self.kd * deriv
+        if (raw > self.out_max and err > 0.0) or (raw < self.out_min and err < 0.0):
+            # conditional integration: keep the integral where it was
+            integral = self.integral
+            raw = self.kp * err + self.ki * integral + self.kd * deriv
+        if fabs(err) < self.epsilon:
+            integral = 0.0
+            raw = self.kp * err + self.kd * deriv
         raw = _clamp(raw, self.out_min, self.out_max)
         step = _clamp(raw - self.output, -self.rate_limit, self.rate_limit)
         v = err * err

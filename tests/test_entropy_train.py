@@ -34,7 +34,7 @@ def test_train_from_the_live_ledger_file_and_set_model(daemon_factory, tmp_path)
     d = daemon_factory("--proc-root", proc, base=base, config=FAST)
     wait_for(lambda: summaries(d) >= 1)                    # an idle second
     rewrite_in_place(meminfo, meminfo_nearly_exhausted(calm))
-    time.sleep(1.0)                                        # a CRITICAL second: ALERT beats
+    time.sleep(2.5)                                        # 2.5 CRITICAL seconds: 5 units, ALERT beats
     rewrite_in_place(meminfo, calm)
     before = summaries(d)
     wait_for(lambda: summaries(d) >= before + 2, timeout=15)   # then calm again
@@ -84,7 +84,7 @@ def test_train_from_the_live_ledger_file_and_set_model(daemon_factory, tmp_path)
         rewrite_in_place(meminfo, calm)
     for x in xs:
         assert x["model"] == {"weight": model["weight"], "bias": model["bias"]}
-        want = float(torch_model.threat(x["anomalies"]["total"]))
+        want = float(torch_model.threat(x["evidence"]["value"]))      # the model sees the evidence
         assert abs(x["decision"]["raw_threat"] - want) <= 1e-6, (x["anomalies"], want)
 
 

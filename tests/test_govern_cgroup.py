@@ -11,6 +11,7 @@ import uuid
 import pytest
 
 from aal_core.client import RpcCallError
+from aal_core.config import local_cgroup_group
 from aal_core.govern.cgroups import CgroupEnforcer
 
 pytestmark = pytest.mark.root
@@ -39,6 +40,35 @@ def _limits(path: str, mode: str) -> tuple[int, int]:
     return tuple(int(open(os.path.join(path, n)).read()) for n in names)
 
 
+def _swap_knob(path: str, mode: str) -> str | None:
+    f = os.path.join(path, "memory.memsw.limit_in_bytes" if mode == "v1" else "memory.swap.max")
+    return f if os.path.exists(f) else None
+
+
+def _read_int(path: str) -> int:
+    return int(open(path).read())
+
+
+def test_a_reused_cgroup_with_a_lower_swap_limit_still_takes_the_caps(sleeper):
+    """memsw must stay >= the limit: a leftover cgroup whose memsw is below
+    the new HARD is lifted first, then capped at HARD."""
+    e = _needs_memory_cgroup()
+    if e.mode != "v1" or _swap_knob(os.path.dirname(e.base), "v1") is None:
+        pytest.skip("v1 with memory.memsw.limit_in_bytes only")
+    job = "t-" + uuid.uuid4().hex[:8]
+    os.makedirs(e.path(job))                    # left over by a crash, swap capped lower
+    for f in ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes"):
+        with open(os.path.join(e.path(job), f), "w") as fh:
+            fh.write(str(32 * MB))
+    try:
+        res = e.place(job, sleeper.pid, 32 * MB, 64 * MB)
+        assert res["enforced"] is True, res
+        assert _read_int(os.path.join(e.path(job), "memory.memsw.limit_in_bytes")) == 64 * MB
+        assert _read_int(os.path.join(e.path(job), "memory.limit_in_bytes")) == 64 * MB
+    finally:
+        e.remove(job)
+
+
 @pytest.fixture
 def sleeper():
     p = subprocess.Popen(["sleep", "60"])
@@ -53,8 +83,15 @@ def test_place_sets_both_limits_moves_the_pid_and_remove_restores(sleeper):
     before = _cgroup_of(sleeper.pid, e.mode)
     res = e.place(job, sleeper.pid, 32 * MB, 64 * MB)
     try:
-        assert res == {"enforced": True, "cgroup": e.path(job)}
+        swap = _swap_knob(e.path(job), e.mode)
+        assert res["enforced"] is True and res["cgroup"] == e.path(job)
         assert _limits(e.path(job), e.mode) == (32 * MB, 64 * MB)
+        # swap capped with RAM where the kernel has the knob, said where it has not
+        if swap is None:
+            assert res["swap_capped"] is False and "swap not capped" in res["enforce_reason"]
+        else:
+            assert res["swap_capped"] is True and "enforce_reason" not in res
+            assert _read_int(swap) == (64 * MB if e.mode == "v1" else 0)
         assert _cgroup_of(sleeper.pid, e.mode).endswith(f"/aal-core/{job}")
     finally:
         assert e.remove(job) is True
@@ -136,7 +173,10 @@ def test_without_permission_submit_says_so():
 
 @pytest.mark.slow
 def test_submit_with_pid_enforces_and_release_cleans_up(daemon, sleeper):
-    e = _needs_memory_cgroup()
+    # a --local daemon (what `daemon` is) keeps its job cgroups in its own group
+    e = CgroupEnforcer("auto", group=local_cgroup_group(daemon.base))
+    if e.mode == "off":
+        pytest.skip(e.note)
     job = "d-" + uuid.uuid4().hex[:8]
     with daemon.client() as c:
         res = c.call("job.submit", {"job_id": job, "profile": "MINIMAL", "metadata": {}, "pid": sleeper.pid})

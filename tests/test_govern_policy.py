@@ -203,16 +203,31 @@ def test_raise_level_engages_below_threshold_and_notches_decay():
     r.gov.submit("j", FIVE, {})
     r.feed_many([0.3] * 10)
     assert r.gov.jobs["j"].active_steps == ()
-    r.gov.raise_level("venom APPLY_BALANCE")
-    r.gov.raise_level("venom APPLY_BALANCE")
-    out = r.feed_many([0.3] * 3)
-    assert [d["steps"][0]["order"] for d in out] == [1, 2, 3]      # 1 + 2 notches
-    assert "control loop" in out[0]["cause"]["reason"]
+    # below the setpoint a notch is refused (issue 9: APPLY_BALANCE ran away at idle)
+    res = r.gov.raise_level("venom APPLY_BALANCE")
+    assert res["added"] is False and "below the setpoint" in res["why"] and r.gov.status()["notches"] == 0
+    first = r.feed(0.6)                              # at the setpoint: allowed
+    assert r.gov.raise_level("venom APPLY_BALANCE")["added"] is True
+    assert r.gov.raise_level("venom APPLY_BALANCE") == {"added": True, "notches": 2,
+                                                        "level": round(r.gov.level.value, 6)}
+    out = first + r.feed_many([0.6] * 3)
+    assert [s["order"] for d in out for s in d["steps"]] == [1, 2, 3]      # 1 + 2 notches
+    assert len(r.gov.jobs["j"].active_steps) == 3
     assert r.gov.status()["notches"] == 2
-    r.feed_many([0.3] * 40)                          # 4 s calm: notches gone, then steps lifted
+    # calm: the notches go one per hold time even while the loop keeps asking
+    for _ in range(40):
+        r.feed(0.3)
+        r.gov.raise_level("venom APPLY_BALANCE")
     assert r.gov.status()["notches"] == 0
     r.feed_many([0.3] * 40)
     assert r.gov.jobs["j"].active_steps == ()
+
+
+def test_notches_are_capped_at_a_full_level():
+    r = Rig(level_per_step=0.3)
+    r.feed(0.9)
+    added = [r.gov.raise_level("x")["added"] for _ in range(10)]
+    assert added == [True] * 4 + [False] * 6 and r.gov.level.notches == 4 == r.gov.level.max_notches
 
 
 def test_level_rises_with_sustained_stress_and_falls_after():

@@ -17,7 +17,9 @@ TASKS = [None, "t1", "t2"]
 def recount(c: KVCache) -> tuple[int, int]:
     blocks = [b for s in c.seqs.values() for b in s.blocks]
     return (sum(1 for b in blocks if b.tier == "LOCAL"),
-            sum(b.ext[0].numel() for b in blocks if b.tier == "EXTENDED"))
+            # an EXTENDED block's bytes: int8 values plus its float32 scales
+            sum(b.ext[0].numel() + b.ext[1].numel() * b.ext[1].element_size()
+                for b in blocks if b.tier == "EXTENDED"))
 
 
 def check(c: KVCache) -> None:
@@ -100,7 +102,8 @@ def test_the_recount_sees_every_tier():
         c.append("old", torch.full((L, 2, H, D), float(i), dtype=torch.float16))
     c.append("new", torch.zeros((L, 2, H, D), dtype=torch.float16))
     c.apply({"kind": "NONE", "metadata": {"offload_tier": "EXTENDED"}})
-    assert c.local_blocks() == 2 and c.extended_bytes() == 2 * bb // 2     # int8: half the fp16 bytes
+    # int8 (half the fp16 bytes) plus one float32 scale per head_dim vector
+    assert c.local_blocks() == 2 and c.extended_bytes() == 2 * (bb // 2 + L * 2 * H * T * 4)
     check(c)
     c.apply({"kind": "NONE", "metadata": {"offload_tier": "COLD"}})
     c.get("old")                                                        # both EXTENDED blocks come back
@@ -111,7 +114,7 @@ def test_the_recount_sees_every_tier():
     c.apply({"kind": "NONE", "metadata": {"offload_tier": "EXTENDED"}})
     c.get("old")
     c.get("new")                                                        # "old" back, then EXTENDED again
-    assert c.local_blocks() == 2 and c.extended_bytes() == bb
+    assert c.local_blocks() == 2 and c.extended_bytes() == 2 * (bb // 2 + L * 2 * H * T * 4)
     assert c.drop("old") == 3 and (c.local_blocks(), c.extended_bytes()) == (1, 0)   # freed EXTENDED blocks
     check(c)
     for i in range(3 * T):

@@ -2,6 +2,7 @@
 import math
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from aal_core import pid as pid_c
 from aal_core import pid_ref
@@ -171,3 +172,44 @@ def test_recovery_lowers_level_smoothly(PID):
     outs = [p.update(0.3, 0.1) for _ in range(100)]
     assert outs[-1] == 0.0
     assert all(0 <= a - b <= 0.05 + 1e-12 for a, b in zip([high] + outs, outs))
+
+
+@pytest.mark.parametrize("PID", IMPLS)
+def test_no_windup_while_the_output_is_pinned_at_a_bound(PID):
+    # Conditional integration: idle below the setpoint with the output at
+    # out_min, integrating would only push further into the clamp.
+    p = PID(setpoint=0.6, out_min=0.0, out_max=1.0)
+    for _ in range(6000):
+        p.update(0.1, 0.1)
+    assert p.output == 0.0 and p.integral == 0.0      # the seed's PID sat at -1 here
+    # and the same above out_max
+    q = PID(setpoint=0.0, kp=2.0, out_min=0.0, out_max=1.0, rate_limit=1.0)
+    for _ in range(100):
+        q.update(0.9, 0.1)
+    assert q.output == 1.0 and q.integral == 0.0
+    # unbounded output: integration as before (clamped to ±1)
+    r = PID(setpoint=0.6)
+    for _ in range(200):
+        r.update(0.1, 0.1)
+    assert r.integral == -1.0
+
+
+LEVEL_STEP = 0.05      # govern.level_per_step: the level one more step of a job takes
+
+
+@settings(max_examples=60, deadline=None)
+@given(idle=st.floats(0.0, 0.55), dt=st.floats(0.02, 1.0), noise=st.lists(st.floats(-0.05, 0.05), min_size=1,
+                                                                            max_size=20))
+def test_after_ten_idle_minutes_a_step_is_answered_like_a_fresh_controller(idle, dt, noise):
+    """10 simulated minutes at idle stress, then a step to 0.74: the level
+    stays within one level step of a fresh controller's, on every update of
+    the next 60 s, for both implementations."""
+    for PID in (pid_c.PID, pid_ref.PID):
+        kw = dict(kp=0.6, ki=0.1, kd=0.05, setpoint=0.6, out_min=0.0, out_max=1.0)
+        idled, fresh = PID(**kw), PID(**kw)
+        n = int(600 / dt)
+        for i in range(n):
+            idled.update(min(0.55, max(0.0, idle + noise[i % len(noise)])), dt)
+        for _ in range(int(60 / dt)):
+            a, b = idled.update(0.74, dt), fresh.update(0.74, dt)
+            assert abs(a - b) <= LEVEL_STEP + 1e-12, (PID, a, b, idled.state())

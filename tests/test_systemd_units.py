@@ -89,6 +89,7 @@ def test_security_exposure_stays_low(units):
     m = re.search(r"Overall exposure level for aal-core.service: ([\d.]+)", r.stdout + r.stderr)
     assert m, r.stdout + r.stderr
     # 2.9 when written ("OK"); root with six capabilities cannot get much lower.
+    # 3.1 with CAP_SETUID/CAP_SETGID for the overlay user (README "Confinement").
     assert float(m.group(1)) <= 3.5, r.stdout
 
 
@@ -119,7 +120,12 @@ def test_service_matches_the_daemon():
     assert "ProtectControlGroups" not in s  # would make /sys/fs/cgroup read-only
     caps = set(one["CapabilityBoundingSet"].split())
     assert caps and caps <= {"CAP_KILL", "CAP_SYS_PTRACE", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH",
-                             "CAP_SYS_RESOURCE"}
+                             "CAP_SYS_RESOURCE", "CAP_SETUID", "CAP_SETGID"}
+    # Overlays run as aal-overlay (README "Confinement"): the child changes ids, and enters a
+    # Landlock domain, whose calls @system-service does not include.
+    assert {"CAP_SETUID", "CAP_SETGID"} <= caps
+    filters = " ".join(s["SystemCallFilter"]).split()
+    assert {"landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self"} <= set(filters)
     assert svc["Unit"]["Requires"] == ["aal-core.socket"] and svc["Unit"]["After"] == ["aal-core.socket"]
     assert svc["Install"]["Also"] == ["aal-core.socket"]
 
@@ -148,6 +154,10 @@ def test_sysusers_and_tmpfiles_on_a_scratch_root(tmp_path):
     assert int(users["aal-core"][2]) < 1000                      # a system user
     assert users["aal-core"][6].endswith("nologin")
     assert users["aal-core"][5] == config_mod.DaemonConfig().state_dir
+    # The overlay user: a system user in no group of aal-core's, named as the config's default.
+    ov = config_mod.OverlaysConfig().user
+    assert int(users[ov][2]) < 1000 and users[ov][6].endswith("nologin")
+    assert ov not in groups["aal"][3].split(",") and int(users[ov][3]) != int(groups["aal"][2])
     r = subprocess.run(["systemd-tmpfiles", f"--root={tmp_path}", "--create"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr

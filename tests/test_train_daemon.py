@@ -188,7 +188,7 @@ def test_a_run_with_a_pid_gets_the_profiles_cgroup_caps(d):
         with d.client() as c:
             res = c.call("train.register", {"run_id": "capped", "pid": sleeper.pid,
                                             "profile": "MEM[SOFT=64,HARD=128,VOL=LOW]"})
-            assert res["enforced"] is True and res["cgroup"].endswith("/aal-core/capped")
+            assert res["enforced"] is True and res["cgroup"].endswith("/capped")
             job = c.call("job.get", {"job_id": "capped"})
             assert job["enforced"] is True and job["pid"] == sleeper.pid
         wait_for(lambda: d.call("job.list")["jobs"] == [], what="the job and its cgroup released")

@@ -212,7 +212,14 @@ def test_arbiter_compiled_pid_matches_reference():
 @pytest.mark.parametrize("n,action", [(0, Action.NOOP), (3, Action.NOOP), (4, Action.ALERT),
                                       (14, Action.ALERT), (15, Action.QUARANTINE)])
 def test_default_genome_anomaly_gradient(n, action):
-    assert Arbiter(t_lambda=1.0).beat(Anomalies(critical_samples=n), 1.0).action is action
+    # n events (not samples) in the evidence window: σ(0.12·n)
+    assert Arbiter(t_lambda=1.0).beat(Anomalies(oom_kills=n), 1.0).action is action
+
+
+@pytest.mark.parametrize("n", [1, 5, 50])
+def test_critical_samples_weigh_their_time_not_their_count(n):
+    r = Arbiter(t_lambda=1.0).beat(Anomalies(critical_samples=n), 1.0)
+    assert r.evidence.value == 2.0 and r.action is Action.NOOP      # one CRITICAL second: 2 units
 
 
 def test_balance_first_genome_applies_balance_on_light_anomalies():
@@ -233,7 +240,7 @@ def test_optimize_fires_when_o_dominates():
 
 def test_e_episode_clock_restarts():
     a = Arbiter(t_lambda=1.0, t_threshold=1.0, genome=Genome(0.3, 0.3, 0.3, 0.1),
-                pid=RefPID(setpoint=1.0))
+                pid=RefPID(setpoint=1.0), evidence_window_s=1.0)      # evidence of this beat only
     a.beat(Anomalies(oom_kills=10), 1.0)
     assert a.episode_beats == 0
     a.beat(Anomalies(oom_kills=10), 1.0)

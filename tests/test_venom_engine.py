@@ -87,22 +87,23 @@ def test_idle_day_stays_under_10_mb():
 
 def test_anomalous_beats_are_recorded_with_vector_and_genome():
     clock = ManualClock()
-    loop, ledger, sensing, pushed = make(clock)
+    loop, ledger, sensing, pushed = make(clock, evidence_window_s=1.0)   # evidence of this beat only
     run_beats(loop, clock, 2)
-    sensing.c["critical_samples"] += 5                  # 5 anomalies: threat σ(0.6) ≈ 0.646 → ALERT
-    sensing.c["oom_kills"] += 1
+    sensing.c["critical_samples"] += 5                  # a CRITICAL second (2 units) + 3 kills: σ(0.6) → ALERT
+    sensing.c["oom_kills"] += 3
     d = run_beats(loop, clock, 1)[0]
     assert d["action"] == "ALERT"
-    assert d["anomalies"]["critical_samples"] == 5 and d["anomalies"]["oom_kills"] == 1
-    assert d["anomalies"]["total"] == 6
+    assert d["anomalies"]["critical_samples"] == 5 and d["anomalies"]["oom_kills"] == 3
+    assert d["anomalies"]["total"] == 8
+    assert d["evidence"]["value"] == 5.0 and d["evidence"]["critical_s"] == 1.0
     assert d["effect"] == {"alert": True}
     rec = data_entries(ledger, "venom.decision")
     assert len(rec) == 1
     body = rec[0]["data"]
-    assert body["decision"]["raw_threat"] == pytest.approx(1 / (1 + 2.718281828459045 ** -0.72))
+    assert body["decision"]["raw_threat"] == pytest.approx(1 / (1 + 2.718281828459045 ** -0.6))
     assert set(body["genome"]) == {"r", "b", "e", "o"}
     assert rec[0]["index"] == d["ledger_index"] and rec[0]["hash"] == d["ledger_hash"]
-    sensing.c["critical_samples"] += 20                 # ≥ 15 → QUARANTINE, no governor here
+    sensing.c["oom_kills"] += 20                        # ≥ 15 units → QUARANTINE, no governor here
     d = run_beats(loop, clock, 1)[0]
     assert d["action"] == "QUARANTINE"
     assert d["effect"]["applied"] is False and "no governor" in d["effect"]["why"]
@@ -110,7 +111,27 @@ def test_anomalous_beats_are_recorded_with_vector_and_genome():
     assert d["action"] == "NOOP" and d["anomalies"]["total"] == 0
     loop_status = loop.status()
     assert loop_status["actions"]["ALERT"] == 1 and loop_status["actions"]["QUARANTINE"] == 1
-    assert loop_status["anomalies"]["critical_samples"] == 25
+    assert loop_status["anomalies"]["critical_samples"] == 5 and loop_status["anomalies"]["oom_kills"] == 23
+
+
+def test_identical_action_beats_are_coalesced_into_the_summary():
+    clock = ManualClock()
+    loop, ledger, sensing, pushed = make(clock)          # 10 s evidence window
+    run_beats(loop, clock, 1)
+    sensing.c["oom_kills"] += 6                          # 6 units for the next 10 beats: ALERT each
+    out = run_beats(loop, clock, 12)
+    assert [d["action"] for d in out] == ["ALERT"] * 10 + ["NOOP"] * 2
+    assert "ledger_index" in out[0] and all(d.get("coalesced") for d in out[1:10])
+    assert len(data_entries(ledger, "venom.decision")) == 1
+    run_beats(loop, clock, 60)
+    (s, *_) = [e["data"] for e in data_entries(ledger, "venom.summary")]
+    assert s["coalesced"] == {"ALERT": 9} and s["coalesced_anomalies"] == {}
+    assert s["actions"]["ALERT"] == 10
+    assert loop.status()["coalesced"] == 9
+    # a different action starts a new entry; so does the same one after a NOOP
+    sensing.c["oom_kills"] += 6
+    run_beats(loop, clock, 1)
+    assert len(data_entries(ledger, "venom.decision")) == 2
 
 
 def test_late_and_missed_beats_are_anomalies():

@@ -30,6 +30,19 @@ def governor(clock):
     return Governor(replace(GovernConfig(), ack_timeout_s=TIMEOUT), clock)
 
 
+class LoopView:
+    """The part of GovernorUnit's API the loop reads each beat, over the core."""
+
+    def __init__(self, core):
+        self.core = core
+
+    def overdue_directives_total(self):
+        return self.core.overdue_directives_total()
+
+    def jobs(self):
+        return self.core.jobs_list()
+
+
 def directive(gov, job_id="j"):
     """Push two directives to `job_id` (QUARANTINE, then its release: directives
     whatever the stress); both stay pending until acked."""
@@ -93,7 +106,7 @@ def test_the_loop_counts_newly_overdue_directives_per_beat():
     clock = ManualClock()
     gov = governor(clock)
     gov.submit("j", FIVE, {})
-    loop = VenomLoop(Settings(t1=0.2375, summary_interval_s=60.0), clock, governor=gov,
+    loop = VenomLoop(Settings(t1=0.2375, summary_interval_s=60.0), clock, governor=LoopView(gov),
                      recorder=Ledger.memory(clock=clock))
 
     async def beat():

@@ -3,6 +3,8 @@
     aalctl [--socket PATH] status            readable summary
     aalctl [--socket PATH] call METHOD [JSON] result as JSON; error on stderr, exit 1
     aalctl [--socket PATH] watch TOPIC [JSON] follow a subscription, one JSON line per push
+    aalctl [--socket PATH] overlay ...        the overlay bus (overlay_cli.py; replay's own exit codes)
+    aalctl [--socket PATH] provenance ...     the provenance log (verify: exit 1 when a record is bad)
 
 Exit codes: 0 ok, 1 the daemon answered with an error, 2 usage error,
 3 cannot connect.
@@ -76,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--count", type=int, default=0, help="stop after N notifications (0 = forever)")
     from ..ledger import cli as ledger_cli  # offline: `aalctl ledger ...` needs no daemon
     ledger_cli.add_parser(sub)
+    from . import overlay_cli
+    overlay_cli.add_parser(sub)
     return p
 
 
@@ -136,7 +140,20 @@ def cmd_ledger(args) -> int:
     return ledger_cli.run(args)
 
 
-COMMANDS = {"status": cmd_status, "call": cmd_call, "watch": cmd_watch, "ledger": cmd_ledger}
+def cmd_overlay(args) -> int:
+    from . import overlay_cli
+    with Client(args.socket, timeout=None) as c:
+        return overlay_cli.run_overlay(args, c)
+
+
+def cmd_provenance(args) -> int:
+    from . import overlay_cli
+    with Client(args.socket) as c:
+        return overlay_cli.run_provenance(args, c)
+
+
+COMMANDS = {"status": cmd_status, "call": cmd_call, "watch": cmd_watch, "ledger": cmd_ledger,
+            "overlay": cmd_overlay, "provenance": cmd_provenance}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -103,7 +103,8 @@ def _events(data: dict) -> int:
     if data.get("type") == "venom.decision":
         a = data.get("anomalies", {})
     elif data.get("type") == "venom.summary":
-        a = data.get("noop_anomalies", {})
+        a, c = data.get("noop_anomalies", {}), data.get("coalesced_anomalies", {})
+        return sum(int(x.get("oom_kills", 0)) + int(x.get("critical_samples", 0)) for x in (a, c))
     else:
         return 0
     return int(a.get("oom_kills", 0)) + int(a.get("critical_samples", 0))
@@ -112,7 +113,8 @@ def _events(data: dict) -> int:
 def pairs_from_entries(entries, horizon_s: float = 60.0) -> list[tuple[float, float, int]]:
     """(anomalies, outcome, count) from ledger entries ({"timestamp", "data"}).
 
-    A decision entry is one beat at its time.  A summary entry stands for its
+    A decision entry is one beat at its time, its feature the evidence the
+    model saw (venom.evidence_window_s of anomaly units).  A summary entry stands for its
     NOOP beats, placed at the middle of its window, one pair per histogram
     bucket.  Outcome 1 when an OOM kill or a CRITICAL sample is recorded in
     (t, t + horizon_s]; beats closer than horizon_s to the last entry are
@@ -127,7 +129,10 @@ def pairs_from_entries(entries, horizon_s: float = 60.0) -> list[tuple[float, fl
         kind = data.get("type")
         if kind == "venom.decision":
             t = float(data.get("time", e.get("timestamp", 0.0)))
-            beats.append((t, float(data["anomalies"]["total"]), 1))
+            # the model's input: the beat's sustained evidence (older entries: its anomaly total)
+            ev = data.get("evidence")
+            x = float(ev["value"]) if isinstance(ev, dict) and "value" in ev else float(data["anomalies"]["total"])
+            beats.append((t, x, 1))
         elif kind == "venom.summary":
             t = float(data.get("time", e.get("timestamp", 0.0)))
             mid = t - float(data.get("window_s", 0.0)) / 2

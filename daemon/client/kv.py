@@ -23,11 +23,19 @@ PURGE from a profile.  Over capacity, blocks are evicted by POLICY:
 Directives (`apply`): kv_shrink_factor frees blocks now (the footprint
 shrinks by the ratio of the new to the old factor), max_context_tokens
 truncates every sequence to its last N tokens, offload_tier moves cold
-blocks (of sequences not used in the last step) out of RAM: EXTENDED to a
-separate lower-priority pool (int8, half the bytes of fp16, with its own
-capacity `extended_fraction` x the nominal one; when it overflows its least
-recently used blocks are dropped, and a purge empties it), COLD to a
-file-backed numpy memmap; they come back on access.  PURGE: ON_STRESS purges
+blocks (of sequences not used in the last step) out of the main pool:
+  EXTENDED  quantised to int8 in this process's RAM (there is no CXL or
+            other memory tier on a Jetson): a lossy copy, one float32 scale
+            per head_dim vector (|error| <= that vector's max|x| / 254),
+            0.52x the bytes of fp16 at head_dim 128 (bench/kv.py measures
+            both); a separate lower-priority pool with its own capacity
+            `extended_fraction` x the nominal one (when it overflows its least
+            recently used blocks are dropped, and a purge empties it);
+  COLD      written to a file-backed numpy memmap in a disk-backed
+            directory (cold_dir, $AAL_KV_COLD_DIR, else /var/tmp; a tmpfs or
+            ramfs one is refused, statfs f_type), then dropped from the
+            process and the page cache: out of RAM for real;
+they come back on access.  PURGE: ON_STRESS purges
 idle sequences on an APPLY directive, ON_EVENT on `event()` (and
 QUARANTINE), ON_STRESS_OR_EVENT on both.
 """
@@ -38,6 +46,7 @@ import ctypes.util
 import mmap
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +55,18 @@ import torch
 from ..runes import POLICIES, PURGES, PURGES_ON_EVENT, PURGES_ON_STRESS, resolve
 from ..sources.cgroup import proc_cgroup
 
-__all__ = ["KVCache", "memory_total", "malloc_trim"]
+__all__ = ["KVCache", "memory_total", "malloc_trim", "fs_type", "ram_backed", "default_cold_dir",
+           "quantize_int8", "dequantize_int8"]
+
+# statfs(2) f_type of the file systems whose files live in RAM.
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+RAM_FS = {TMPFS_MAGIC: "tmpfs", RAMFS_MAGIC: "ramfs"}
+RAM_FS_NAMES = ("tmpfs", "ramfs")
+# Where COLD blocks go unless told: a disk-backed directory (/tmp is tmpfs
+# on many systems, and a COLD tier there is RAM by another name).
+COLD_DIR_ENV = "AAL_KV_COLD_DIR"
+COLD_DIR_DEFAULT = "/var/tmp"
 
 _libc = None
 
@@ -75,6 +95,73 @@ def _fix_mmap_threshold(nbytes: int = 128 * 1024) -> None:
     libc = _glibc()
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(-3, nbytes)      # M_MMAP_THRESHOLD
+
+
+def _statfs_type(path: str) -> int | None:
+    """statfs(2)'s f_type (os.statvfs has no f_type).  f_type is the first
+    member of struct statfs, a long (__fsword_t) on Linux; the buffer is
+    larger than the struct on every ABI.  None where it cannot be called."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "statfs"):
+        return None
+    buf = ctypes.create_string_buffer(512)
+    if libc.statfs(os.fsencode(path), buf) != 0:
+        return None
+    return ctypes.c_ulong.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def _mountinfo_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The file system type of the mount holding `path` (the longest mount
+    point that contains it), from mountinfo."""
+    path = os.path.realpath(path)
+    best, fstype = -1, None
+    try:
+        with open(mountinfo) as fh:
+            for line in fh:
+                left, _, right = line.partition(" - ")
+                fields_ = left.split()
+                if len(fields_) < 5 or not right:
+                    continue
+                mnt = fields_[4].encode().decode("unicode_escape")
+                if (path == mnt or path.startswith(mnt.rstrip("/") + "/")) and len(mnt) > best:
+                    best, fstype = len(mnt), right.split()[0]
+    except OSError:
+        return None
+    return fstype
+
+
+def fs_type(path: str) -> str | None:
+    """"tmpfs", "ramfs", another file system's name (from mountinfo) or None."""
+    t = _statfs_type(path)
+    if t in RAM_FS:
+        return RAM_FS[t]
+    return _mountinfo_type(path) if t is None else (_mountinfo_type(path) or hex(t))
+
+
+def ram_backed(path: str) -> bool:
+    """True when files under `path` live in RAM (tmpfs, ramfs)."""
+    return fs_type(path) in RAM_FS_NAMES
+
+
+def default_cold_dir() -> str:
+    """$AAL_KV_COLD_DIR, else /var/tmp (disk-backed on a Jetson's and most
+    Linux systems' images, unlike /tmp where that is a tmpfs)."""
+    return os.environ.get(COLD_DIR_ENV) or COLD_DIR_DEFAULT
+
+
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 with one float32 scale per vector along the last
+    dimension (one head's key or value for one token): q = round(x / s),
+    s = max|x| / 127.  Lossy: |x - q s| <= s / 2 for every element."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1, keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = (xf / scale).round_().clamp_(-127, 127).to(torch.int8)
+    return q, scale
+
+
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (q.float() * scale).to(dtype)
 
 
 def _with_ancestors(root: str, path: str) -> list[str]:
@@ -114,12 +201,18 @@ def memory_total(proc_root: str = "/proc", cgroup_root: str = "/sys/fs/cgroup") 
     return total
 
 
+def _ext_nbytes(ext: tuple) -> int:
+    """Bytes of an EXTENDED block: its int8 values and float32 scales."""
+    q, scale = ext
+    return q.numel() + scale.numel() * scale.element_size()
+
+
 @dataclass
 class _Block:
     data: torch.Tensor | None          # in RAM (LOCAL), or None when offloaded
     tokens: int = 0                    # filled slots
     tier: str = "LOCAL"                # LOCAL, EXTENDED, COLD
-    ext: tuple | None = None           # EXTENDED: (int8 tensor, scale)
+    ext: tuple | None = None           # EXTENDED: (int8 tensor, float32 scales)
     cold_slot: int | None = None       # COLD: slot in the memmap
 
 
@@ -138,7 +231,7 @@ class KVCache:
                  total_bytes: int | None = None, capacity_bytes: int | None = None,
                  dtype: torch.dtype = torch.float16, cold_dir: str | None = None,
                  extended_fraction: float = 0.5, min_blocks_per_seq: int = 4,
-                 window_tokens: int | None = None):
+                 window_tokens: int | None = None, allow_ram_cold: bool = False):
         if policy not in POLICIES:
             raise ValueError(f"policy must be LRU, WINDOW or TASK_BOUND, not {policy!r}")
         if purge not in PURGES:
@@ -169,7 +262,18 @@ class KVCache:
         self._local = 0                 # LOCAL blocks
         self._ext_bytes = 0             # bytes of the EXTENDED (int8) pool
         self._clock = 0
-        self._cold_dir = cold_dir
+        # COLD must leave RAM: a tmpfs/ramfs directory given explicitly is
+        # refused (allow_ram_cold=True to accept it); the default one, if it
+        # turns out RAM-backed, is used with a warning and `cold_in_ram`.
+        self._cold_dir = cold_dir or default_cold_dir()
+        self.cold_fs = fs_type(self._cold_dir)
+        self.cold_in_ram = self.cold_fs in RAM_FS_NAMES
+        if self.cold_in_ram:
+            msg = (f"COLD tier directory {self._cold_dir} is {self.cold_fs}: blocks offloaded there "
+                   f"stay in RAM; give cold_dir (or ${COLD_DIR_ENV}) a disk-backed directory")
+            if cold_dir is not None and not allow_ram_cold:
+                raise ValueError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=2)
         self._cold: np.memmap | None = None
         self._cold_free: list[int] = []
         self._cold_path: str | None = None
@@ -394,7 +498,7 @@ class KVCache:
                 if over <= 0:
                     return n
                 if b.tier == "EXTENDED":
-                    over -= b.ext[0].numel()
+                    over -= _ext_nbytes(b.ext)
                     s.blocks.remove(b)
                     s.dropped_tokens += b.tokens
                     self._free_block(b)
@@ -453,10 +557,8 @@ class KVCache:
 
     def _offload(self, b: _Block, tier: str) -> None:
         if tier == "EXTENDED":
-            x = b.data.float()
-            scale = float(x.abs().max()) / 127.0 or 1.0
-            b.ext = ((x / scale).round().clamp(-127, 127).to(torch.int8), scale)
-            self._ext_bytes += b.ext[0].numel()
+            b.ext = quantize_int8(b.data)
+            self._ext_bytes += _ext_nbytes(b.ext)
         else:
             store = self._cold_store()
             slot = self._cold_free.pop()
@@ -469,10 +571,9 @@ class KVCache:
 
     def _restore(self, b: _Block) -> None:
         if b.tier == "EXTENDED":
-            q, scale = b.ext
-            b.data = (q.float() * scale).to(self.dtype)
+            b.data = dequantize_int8(*b.ext, self.dtype)
+            self._ext_bytes -= _ext_nbytes(b.ext)
             b.ext = None
-            self._ext_bytes -= q.numel()
         elif b.tier == "COLD":
             raw = torch.from_numpy(np.array(self._cold[b.cold_slot]))
             b.data = raw.view(self.dtype).reshape(self.shape).clone()
@@ -486,7 +587,7 @@ class KVCache:
         if b.tier == "LOCAL":
             self._local -= 1
         elif b.tier == "EXTENDED" and b.ext is not None:
-            self._ext_bytes -= b.ext[0].numel()
+            self._ext_bytes -= _ext_nbytes(b.ext)
         elif b.tier == "COLD" and b.cold_slot is not None:
             self._cold_free.append(b.cold_slot)
         b.data = None

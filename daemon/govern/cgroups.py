@@ -2,8 +2,11 @@
 
 The profile's SOFT cap becomes the soft limit (v2 `memory.high`, v1
 `memory.soft_limit_in_bytes`) and HARD the hard limit (`memory.max` /
-`memory.limit_in_bytes`); on v2 `memory.swap.max` is 0, so HARD holds RAM
-and swap (zram on a Jetson) together.  The job's process is moved in on submit and back
+`memory.limit_in_bytes`); swap is capped too where the kernel has the knob
+(v2 `memory.swap.max` = 0; v1 `memory.memsw.limit_in_bytes` = HARD, RAM +
+swap together), so a job cannot escape HARD into swap (zram on a Jetson).
+Where the knob is missing, `swap_capped` is false and `enforce_reason` says
+so.  The job's process is moved in on submit and back
 to where it came from on release, and the cgroup is removed.
 
 Where this is not permitted (not root, no delegated cgroup, no memory
@@ -55,11 +58,16 @@ def _why(exc: OSError) -> str:
 
 class CgroupEnforcer:
     """Creates <base>/<job_id> cgroups.  `setting` is govern.cgroup_root:
-    "auto", "off", or a memory cgroup directory to create them under."""
+    "auto" (base = <hierarchy root>/<group>, group = govern.cgroup_group:
+    "aal-core", or a `--local` run's own "aal-core-local-<hash>"), "off",
+    or a memory cgroup directory to create them under."""
 
-    def __init__(self, setting: str = "auto", proc_root: str = "/proc"):
+    def __init__(self, setting: str = "auto", proc_root: str = "/proc", group: str = GROUP):
         self.proc_root = proc_root
+        self.group = group
         self.mode, self.base, self.note = self._detect(setting)
+        # Only the group "auto" makes is ours to remove; a configured directory is not.
+        self._own_base = setting == "auto"
         self._origin: dict[str, str] = {}       # job_id -> cgroup dir the pid came from
 
     def _detect(self, setting: str) -> tuple[str, str | None, str | None]:
@@ -67,9 +75,9 @@ class CgroupEnforcer:
             return "off", None, "per-job cgroups are off (govern.cgroup_root = \"off\")"
         if setting == "auto":
             if _kind_of(V2_ROOT) == "v2":
-                return "v2", os.path.join(V2_ROOT, GROUP), None
+                return "v2", os.path.join(V2_ROOT, self.group), None
             if _kind_of(V1_MEMORY) == "v1":
-                return "v1", os.path.join(V1_MEMORY, GROUP), None
+                return "v1", os.path.join(V1_MEMORY, self.group), None
             return "off", None, "no memory cgroup controller found (neither cgroup v2 with memory nor v1 memory)"
         kind = _kind_of(setting)
         if kind is None:
@@ -124,15 +132,29 @@ class CgroupEnforcer:
             else:
                 os.mkdir(path)
             step = "set limits on"
+            swap_note = None
             if self.mode == "v2":
                 _write(os.path.join(path, "memory.max"), str(hard_bytes))
                 _write(os.path.join(path, "memory.high"), str(soft_bytes))
                 swap_max = os.path.join(path, "memory.swap.max")
                 if os.path.exists(swap_max):    # else a job past memory.max swaps instead of being held at HARD
                     _write(swap_max, "0")
+                else:
+                    swap_note = (f"swap not capped: {swap_max} does not exist (kernel without "
+                                 "swap accounting): past HARD the job can use swap (zram)")
             else:
+                memsw = os.path.join(path, "memory.memsw.limit_in_bytes")
+                has_memsw = os.path.exists(memsw)
+                if has_memsw:                   # memsw >= limit always: lift it first (a reused cgroup)
+                    _write(memsw, "-1")
                 _write(os.path.join(path, "memory.limit_in_bytes"), str(hard_bytes))
                 _write(os.path.join(path, "memory.soft_limit_in_bytes"), str(soft_bytes))
+                if has_memsw:                   # RAM + swap <= HARD: swap cannot extend the cap
+                    _write(memsw, str(hard_bytes))
+                else:
+                    swap_note = (f"swap not capped: {memsw} does not exist (kernel without "
+                                 "CONFIG_MEMCG_SWAP or booted with swapaccount=0): past HARD the "
+                                 "job can use swap (zram)")
             origin = self._origin_of(pid)
             step = f"move pid {pid} into"
             _write(os.path.join(path, "cgroup.procs"), str(pid))
@@ -145,8 +167,12 @@ class CgroupEnforcer:
             return {"enforced": False, "enforce_reason": reason}
         if origin:
             self._origin[job_id] = origin
-        log.info("cgroup_placed", job_id=job_id, pid=pid, path=path, soft=soft_bytes, hard=hard_bytes)
-        return {"enforced": True, "cgroup": path}
+        log.info("cgroup_placed", job_id=job_id, pid=pid, path=path, soft=soft_bytes, hard=hard_bytes,
+                 swap_capped=swap_note is None)
+        out = {"enforced": True, "cgroup": path, "swap_capped": swap_note is None}
+        if swap_note:
+            out["enforce_reason"] = swap_note
+        return out
 
     def remove(self, job_id: str) -> bool:
         """Move what is left in the job's cgroup back where it came from and
@@ -172,6 +198,14 @@ class CgroupEnforcer:
             time.sleep(0.01)          # a process was exiting or forking: try again
         log.error("cgroup_not_removed", job_id=job_id, path=path)
         return False
+
+    def close(self) -> None:
+        """On stop, after every job's release: remove the group directory when
+        it is empty (rmdir fails on one with children: a job cgroup left by
+        another daemon is never touched), so a `--local` run leaves no
+        aal-core-local-<hash> behind.  A configured cgroup_root is left alone."""
+        if self._own_base and self.mode != "off" and os.path.isdir(self.base) and self._rmdir(self.base):
+            log.info("cgroup_group_removed", path=self.base)
 
     @staticmethod
     def _rmdir(path: str) -> bool:

@@ -54,6 +54,9 @@ class JobState:
     last_ack_latency_s: float | None = None
     quarantined: bool = False
     enforcement: dict = field(default_factory=lambda: {"enforced": False, "enforce_reason": "no pid given"})
+    # The job cgroup's own signal (jobsignal.JobSignal), set by the unit
+    # once the job is placed in a cgroup of its own; None otherwise.
+    signal: object = None
 
     @property
     def active_steps(self) -> tuple[Step, ...]:
@@ -183,28 +186,62 @@ class Governor:
         early = self.early_recovery is not None
         out = []
         for job in list(self.jobs.values()):
-            change = job.stepper.evaluate(stress, level, now, forced=forced, early=early)
+            js = self._job_sample(job, now)
+            if js is not None and float(js.stress) > stress:
+                # Its own cgroup is the tighter budget: step it on that signal.
+                j_stress, j_level = float(js.stress), max(level, job.signal.level.value)
+            else:
+                js, j_stress, j_level = None, stress, level
+            change = job.stepper.evaluate(j_stress, j_level, now, forced=forced, early=early)
             if change is not None:
                 job.flips += 1
-                out.append(self._directive(job, change.kind, change.steps, change.reason, sample))
+                out.append(self._directive(job, change.kind, change.steps, change.reason, sample,
+                                           job_sample=js, level=j_level))
         if early and any(d["kind"] == LIFT for d in out):
             self.early_recovery = None
         return out
 
-    def _cause(self, job: JobState, reason: str, sample) -> dict:
-        cause = {"reason": reason, "threshold": job.threshold, "level": self.level.value,
-                 "stress": 0.0, "sample_timestamp": 0.0, "sample_monotonic": 0.0}
+    def _job_sample(self, job: JobState, now: float):
+        """The job cgroup's sample of this round (None: no cgroup of its own,
+        or not read this round: a stale one must not drive a decision)."""
+        sig = job.signal
+        s = None if sig is None else sig.sample
+        if s is None or sig.error or abs(float(s.monotonic) - now) > 1e-6:
+            return None
+        return s
+
+    def _cause(self, job: JobState, reason: str, sample, job_sample=None, level: float | None = None) -> dict:
+        """Why: the sample behind the decision.  `signal` says which: "machine"
+        (the sensing loop's stress) or "job_cgroup" (the job's own cgroup,
+        whose stress was the higher of the two); `machine_stress` and, for a
+        job with a cgroup, `job_stress` are both given."""
+        cause = {"reason": reason, "threshold": job.threshold,
+                 "level": self.level.value if level is None else level,
+                 "stress": 0.0, "sample_timestamp": 0.0, "sample_monotonic": 0.0,
+                 "signal": "machine" if job_sample is None else "job_cgroup"}
         if sample is not None:
             cause.update(stress=float(sample.stress), sample_timestamp=float(sample.timestamp),
-                         sample_monotonic=float(sample.monotonic), band=sample.band, model=sample.model)
+                         sample_monotonic=float(sample.monotonic), band=sample.band, model=sample.model,
+                         machine_stress=float(sample.stress))
+        sig = job.signal
+        if sig is not None and sig.sample is not None:
+            cause["job_stress"] = float(sig.sample.stress)
+        if job_sample is not None:
+            cause.update(stress=float(job_sample.stress), band=job_sample.band, model=job_sample.model,
+                         cgroup=sig.path)
+            if job_sample.seconds_to_exhaustion is not None:
+                cause["seconds_to_exhaustion"] = float(job_sample.seconds_to_exhaustion)
+        elif getattr(sample, "seconds_to_exhaustion", None) is not None:
+            cause["seconds_to_exhaustion"] = float(sample.seconds_to_exhaustion)
         return cause
 
-    def _directive(self, job: JobState, kind: str, steps, reason: str, sample) -> dict:
+    def _directive(self, job: JobState, kind: str, steps, reason: str, sample, job_sample=None,
+                   level: float | None = None) -> dict:
         job.version += 1
         job.directives_total += 1
         self.directives_total += 1
         now = self.clock.monotonic()
-        cause = self._cause(job, reason, sample)
+        cause = self._cause(job, reason, sample, job_sample, level)
         job.pending[job.version] = Pending(job.version, now,
                                            cause["sample_monotonic"] if sample is not None else None)
         return self._directive_dict(job, kind, steps, cause, now)
@@ -270,10 +307,16 @@ class Governor:
 
     # ----------------------------------------------- for the control loop
 
-    def raise_level(self, reason: str) -> None:
+    def raise_level(self, reason: str) -> dict:
         """APPLY_BALANCE: the machine-wide level up one notch (taken back one
-        per hold time once stress stays below setpoint - hysteresis)."""
-        self.level.raise_notch()
+        per hold time while stress stays below setpoint - hysteresis).  Not
+        while stress is below the setpoint, nor past a level of 1.0: then
+        `added` is False and `why` says which."""
+        why = self.level.raise_notch()
+        out = {"added": why is None, "notches": self.level.notches, "level": round(self.level.value, 6)}
+        if why is not None:
+            out["why"] = why
+        return out
 
     def allow_early_recovery(self, reason: str) -> None:
         """APPLY_OPTIMIZE: the next lift may skip the rest of its hold time."""
@@ -320,6 +363,8 @@ class Governor:
             "directives_total": job.directives_total, "flips": job.flips,
         }
         d.update(job.enforcement)
+        if job.signal is not None:
+            d["job_signal"] = job.signal.to_dict()
         if job.profile_name:
             d["profile_name"] = job.profile_name
         if job.pid is not None:

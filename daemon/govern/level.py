@@ -4,10 +4,15 @@ The PID (aal_core.pid, Cython) regulates stress towards `govern.setpoint`:
 stress above it raises the level (rate-limited to 0.05 per sample), stress
 below lowers it, both smoothly.  The step logic (policy.py) reads the level
 to decide how many of each job's steps to apply.  The control loop can add a
-notch (`raise_level`, APPLY_BALANCE); notches are taken back one per hold
-time once stress has stayed below setpoint - hysteresis.
+notch (`raise_level`, APPLY_BALANCE), but only while stress is at or above the
+setpoint, and never more than the notches that take the level to 1.0; notches
+are taken back one per hold time while stress stays below setpoint -
+hysteresis, whether or not the loop keeps asking for more (a request refused
+below the setpoint does not reset that clock).
 """
 from __future__ import annotations
+
+import math
 
 from ..pid import PID
 
@@ -23,6 +28,7 @@ class Level:
         self.notches = 0
         self.value = 0.0
         self.last_t: float | None = None
+        self.last_stress: float | None = None
         self.calm_since: float | None = None
 
     def reconfigure(self, cfg) -> None:
@@ -36,6 +42,7 @@ class Level:
         if dt > 0:
             self.pid.update(stress, dt)
             self.last_t = now
+        self.last_stress = stress
         if self.notches and stress < self.cfg.setpoint - self.cfg.hysteresis:
             if self.calm_since is None:
                 self.calm_since = now
@@ -47,10 +54,24 @@ class Level:
         self._compose()
         return self.value
 
-    def raise_notch(self) -> None:
+    @property
+    def max_notches(self) -> int:
+        """Notches past this add nothing: the level is already 1.0 from them alone."""
+        per = self.cfg.level_per_step
+        return max(1, math.ceil(1.0 / per - 1e-9)) if per > 0 else 0
+
+    def raise_notch(self) -> str | None:
+        """One more notch; None when added, else why not (stress below the
+        setpoint or unknown, or the level already at its most)."""
+        s = self.last_stress
+        if s is None or s < self.cfg.setpoint:
+            return (f"stress {s:.3f} is below the setpoint {self.cfg.setpoint}" if s is not None
+                    else "no stress sample yet")
+        if self.notches >= self.max_notches:
+            return f"already {self.notches} notches (level {self.value:.2f})"
         self.notches += 1
-        self.calm_since = None
         self._compose()
+        return None
 
     def _compose(self) -> None:
         """value = the PID's output plus the notches, within [0, 1]."""

@@ -11,13 +11,16 @@ import asyncio
 import os
 
 from .. import errors as E
-from ..errors import RpcError, invalid_params
+from ..errors import RpcError, SourceError, invalid_params
 from ..log import get_logger
 from ..rpc.registry import Access
 from ..runes import PROFILES, format_profile, resolve, to_json
+from ..stress.sample import BAND_ORDER
+from ..stress.unit import FAST_TTE_S
 from ..units import Unit
 from .cgroups import CgroupEnforcer
 from .governor import Governor
+from .jobsignal import JobSignal
 
 log = get_logger("govern")
 
@@ -45,7 +48,8 @@ class GovernorUnit(Unit):
         self.sensing = sensing
         self.ledger = ledger
         self.core = Governor(ctx.config.govern, ctx.clock)
-        self.enforcer = enforcer or CgroupEnforcer(ctx.config.govern.cgroup_root)
+        self.enforcer = enforcer or CgroupEnforcer(ctx.config.govern.cgroup_root,
+                                                    group=ctx.config.govern.cgroup_group)
         self._reaper: asyncio.Task | None = None
         self._ledger_tasks: set = set()
         # job_id -> (uid, connection key) of the jobs-held budget it took.
@@ -56,6 +60,8 @@ class GovernorUnit(Unit):
     async def start(self) -> None:
         if self.sensing is not None:
             self.sensing.add_listener(self.on_sample)
+            if hasattr(self.sensing, "add_fast_hint"):
+                self.sensing.add_fast_hint(self.jobs_need_fast_sampling)
             self.core.last_sample = self.sensing.latest()
         else:
             log.warning("no_sensing", effect="no stress samples: no directives, no refusals")
@@ -68,12 +74,16 @@ class GovernorUnit(Unit):
             self._reaper.cancel()
         for job_id in list(self.core.jobs):
             self._release(job_id, "daemon stopping")
+        self.enforcer.close()
         if self._ledger_tasks:
             await asyncio.wait(list(self._ledger_tasks), timeout=2.0)
 
     def reload(self, config) -> None:
         super().reload(config)
         self.core.reconfigure(config.govern)
+        for job in self.core.jobs.values():
+            if job.signal is not None:
+                job.signal.reconfigure(config)
 
     def status(self) -> dict:
         return {}
@@ -93,6 +103,7 @@ class GovernorUnit(Unit):
 
     def on_sample(self, sample) -> None:
         """Called in the event loop for every new stress sample."""
+        self._sense_jobs(sample)
         try:
             directives = self.core.on_sample(sample)
         except Exception as exc:  # noqa: BLE001 - a bad sample must not stop sensing's loop
@@ -101,16 +112,54 @@ class GovernorUnit(Unit):
         for d in directives:
             self._push(d)
 
+    def _sense_jobs(self, sample) -> None:
+        """Read every job cgroup for this round (the sample's own reading,
+        so the job's stress and the machine's describe the same instant)."""
+        r = getattr(self.sensing, "last_reading", None)
+        if r is None or r.t != sample.monotonic:
+            return
+        for job in self.core.jobs.values():
+            if job.signal is None:
+                continue
+            was = job.signal.error
+            try:
+                job.signal.update(r)
+            except Exception as exc:  # noqa: BLE001 - one job's cgroup must not stop the others
+                job.signal.error = repr(exc)
+            if job.signal.error and job.signal.error != was:
+                log.warning("job_signal_unreadable", job_id=job.job_id, reason=job.signal.error)
+
+    def jobs_need_fast_sampling(self) -> bool:
+        """A job cgroup at HIGH or worse, or under a minute from its cap:
+        sample at sense.sample_hz_max, as the machine signal does for itself."""
+        for job in self.core.jobs.values():
+            s = None if job.signal is None else job.signal.sample
+            if s is not None and (BAND_ORDER[s.band] >= BAND_ORDER["HIGH"] or (
+                    s.seconds_to_exhaustion is not None and s.seconds_to_exhaustion < FAST_TTE_S)):
+                return True
+        return False
+
+    def _watch(self, job) -> None:
+        """A job placed in a cgroup of its own: sense that cgroup from now on."""
+        path = job.enforcement.get("cgroup")
+        if not job.enforcement.get("enforced") or not path:
+            return
+        try:
+            job.signal = JobSignal(path, self.ctx.config)
+        except SourceError as exc:
+            log.warning("job_signal_absent", job_id=job.job_id, cgroup=path, reason=str(exc))
+
     def _push(self, d: dict) -> None:
         n = self.ctx.hub.publish(TOPIC, d)
         log.info("directive", job_id=d["job_id"], version=d["version"], kind=d["kind"],
                  steps=",".join(str(s["order"]) for s in d["steps"]) or "-",
                  stress=round(d["cause"]["stress"], 4), level=round(d["cause"]["level"], 4),
-                 delivered=n)
+                 signal=d["cause"].get("signal", "-"), delivered=n)
         self._record({"type": "govern.directive", "job_id": d["job_id"], "version": d["version"],
                       "kind": d["kind"], "steps": [s["order"] for s in d["steps"]],
                       "active_steps": d["active_steps"], "reason": d["cause"]["reason"],
-                      "stress": d["cause"]["stress"], "level": d["cause"]["level"], "mode": d["mode"]})
+                      "stress": d["cause"]["stress"], "level": d["cause"]["level"], "mode": d["mode"],
+                      "signal": d["cause"].get("signal", "machine")})
 
     def _record(self, entry: dict) -> None:
         if self.ledger is None:
@@ -130,9 +179,11 @@ class GovernorUnit(Unit):
 
     # -------------------------------------------------------- control loop
 
-    def raise_level(self, reason: str) -> None:
-        self.core.raise_level(reason)
-        log.info("level_raised", reason=reason, notches=self.core.level.notches)
+    def raise_level(self, reason: str) -> dict:
+        res = self.core.raise_level(reason)
+        if res["added"]:
+            log.info("level_raised", reason=reason, notches=res["notches"])
+        return res
 
     def allow_early_recovery(self, reason: str) -> None:
         self.core.allow_early_recovery(reason)
@@ -151,11 +202,18 @@ class GovernorUnit(Unit):
     def jobs(self) -> list[dict]:
         return self.core.jobs_list()
 
+    def stress_view(self) -> dict:
+        """For the control loop's quarantine release: the latest stress and the setpoint."""
+        return {"stress": self.core.stress, "setpoint": self.core.cfg.setpoint}
+
     # ------------------------------------------------------------ releases
 
     def _release(self, job_id: str, why: str) -> dict:
         job = self.core.release(job_id)
         self._drop_held(job_id)
+        if job.signal is not None:
+            job.signal.close()
+            job.signal = None
         out = {"job_id": job_id, "released": True}
         if job.enforcement.get("enforced"):
             out["cgroup_removed"] = self.enforcer.remove(job_id)
@@ -248,6 +306,7 @@ class GovernorUnit(Unit):
         if pid is not None:
             job.enforcement = self.enforcer.place(job.job_id, pid, job.profile.mem.soft_mb * MB,
                                                   job.profile.mem.hard_mb * MB)
+            self._watch(job)
         call.on_close(lambda jid=job.job_id, tok=job.token: self._on_close(jid, tok))
         log.info("job_submitted", job_id=job.job_id, priority=job.priority, pid=pid or "-",
                  enforced=job.enforcement.get("enforced"), active=len(job.active_steps))

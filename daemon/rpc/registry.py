@@ -38,6 +38,7 @@ LEDGER_WRITERS = frozenset({
     "job.submit",       # govern.submit
     "job.release",      # govern.release
     "ledger.append",    # the caller's entry
+    "overlay.invoke",   # overlay.provenance (the call's provenance record hash)
     "system.rotate_key",  # system.key_rotated
     "train.field_report",  # train.field_report
     "train.register",   # train.register and the governor's govern.submit

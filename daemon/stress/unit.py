@@ -131,6 +131,7 @@ class SensingUnit(Unit):
         self._latest: StressSample | None = None
         self._latest_bytes: bytes | None = None
         self._listeners: list[Callable[[StressSample], None]] = []
+        self._fast_hints: list[Callable[[], bool]] = []
         self._seq = 0
         self._counters = {"critical_samples": 0, "oom_kills": 0, "thermal_breaches": 0,
                           "throttle_events": 0, "source_failures": 0}
@@ -142,6 +143,9 @@ class SensingUnit(Unit):
         self._interval = 1.0 / cfg.sense.sample_hz
         self._task: asyncio.Task | None = None
         self.meminfo = self.psi = self.vmstat = self.cgroup = self.nvml = None
+        # The Reading behind the latest sample: the governor runs the same
+        # model on it with each job cgroup in place of the watched one.
+        self.last_reading: Reading | None = None
         # Failure episodes of sources replaced by a reload: source_failures
         # is monotonic, so they stay counted.
         self._retired_episodes = 0
@@ -155,6 +159,11 @@ class SensingUnit(Unit):
     def add_listener(self, fn: Callable[[StressSample], None]) -> None:
         """fn(sample) is called in the event loop on every new sample."""
         self._listeners.append(fn)
+
+    def add_fast_hint(self, fn: Callable[[], bool]) -> None:
+        """fn() -> True asks for sample_hz_max after this sample, as HIGH
+        stress does (the governor: a job cgroup near its own cap)."""
+        self._fast_hints.append(fn)
 
     @property
     def sources(self) -> list[_Source]:
@@ -342,6 +351,7 @@ class SensingUnit(Unit):
         r = self.read()
         if r is None:
             return None
+        self.last_reading = r
         sample = self.model.update(r, force=force)
         if sample is None:              # classic: at most one per 0.5 s
             return None
@@ -375,6 +385,14 @@ class SensingUnit(Unit):
         sense = self.ctx.config.sense
         fast = BAND_ORDER[sample.band] >= BAND_ORDER["HIGH"] or (
             sample.seconds_to_exhaustion is not None and sample.seconds_to_exhaustion < FAST_TTE_S)
+        if not fast:
+            for hint in self._fast_hints:
+                try:
+                    fast = bool(hint())
+                except Exception as exc:  # noqa: BLE001 - a bad hint must not stop sensing
+                    log.error("fast_hint_failed", hint=getattr(hint, "__qualname__", repr(hint)), error=repr(exc))
+                if fast:
+                    break
         self._interval = 1.0 / (max(sense.sample_hz_max, sense.sample_hz) if fast else sense.sample_hz)
 
     def _on_tegra(self, parsed: dict) -> None:

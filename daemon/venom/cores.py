@@ -24,7 +24,7 @@ __all__ = ["BalanceCore", "BalanceOut", "BeatInputs", "CoreOutputs", "EntropyOut
 
 @dataclass(frozen=True)
 class BeatInputs:
-    anoms: int              # anomalies counted this beat
+    anoms: float            # the sustained evidence (evidence.py), in anomaly units
     t_lambda: float         # the beat interval, seconds
     t_threshold: float      # the PID's setpoint for T_Λ (0.02 in the seed)
     o_weight: float         # the genome's O weight going into this beat

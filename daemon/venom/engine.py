@@ -3,14 +3,21 @@ act, record, push.  Shared by the daemon's `VenomUnit` and the standalone
 `aal-core venom`; what differs between them is injected:
 
     sensing    .anomaly_counters() -> dict        (None: no sensed anomalies)
-    governor   raise_level / allow_early_recovery / quarantine / jobs /
-               overdue_directives_total           (None: actions say so)
+    governor   raise_level / allow_early_recovery / quarantine /
+               release_quarantine / jobs / overdue_directives_total /
+               stress_view                        (None: actions say so)
     recorder   async append(data) -> (index, hash), manifest() -> dict,
                verified -> bool                   (None: nothing recorded)
     publish    fn(decision: dict) -> None         (pushes to subscribers)
 
-Every beat with an action gets its own ledger entry (decision vector,
-genome, anomalies, effect); NOOP beats go into the per-minute summary.
+A beat with an action gets its own ledger entry (decision vector, genome,
+anomalies, evidence, effect) when it differs from the previous beat: a run
+of identical action beats (same action, same outcome: e.g. APPLY_BALANCE
+refused below the setpoint, or QUARANTINE with every candidate already
+quarantined) has its first beat recorded and the rest coalesced into the
+periodic summary (counted under "coalesced", their anomalies under
+"coalesced_anomalies"); NOOP beats go into the summary too.  Every decision
+is still pushed (a coalesced one says "coalesced": true).
 """
 from __future__ import annotations
 
@@ -20,7 +27,9 @@ from dataclasses import dataclass
 from ..clock import Clock
 from ..log import get_logger
 from .actions import Actuator, maybe_await
+from .actions import RELEASE_HOLD_S
 from .anomalies import KINDS, AnomalyCounter
+from .evidence import CRITICAL_WEIGHT, EVIDENCE_WINDOW_S
 from .arbiter import Arbiter, BeatResult
 from .cores import make_runner
 from .entropy import EntropyParams
@@ -45,6 +54,11 @@ class Settings:
     # A beat this fraction of T_Λ (or more) behind its deadline is a late beat.
     late_fraction: float = 0.5
     runner: str = "inline"
+    # Sustained evidence (evidence.py): the window, and the units one CRITICAL second weighs.
+    evidence_window_s: float = EVIDENCE_WINDOW_S
+    critical_weight: float = CRITICAL_WEIGHT
+    # A quarantine ends once stress stayed below the setpoint this long (actions.py).
+    release_hold_s: float = RELEASE_HOLD_S
 
     @property
     def period(self) -> float:
@@ -60,8 +74,14 @@ class VenomLoop:
         self.sensing, self.governor, self.recorder, self.publish = sensing, governor, recorder, publish
         self.arbiter = Arbiter(t_lambda=self.period, t_threshold=settings.t_threshold,
                                genome=settings.genome, model=model or EntropyParams(),
-                               runner=make_runner(settings.runner))
-        self.actuator = Actuator(governor)
+                               runner=make_runner(settings.runner),
+                               evidence_window_s=settings.evidence_window_s,
+                               critical_weight=settings.critical_weight)
+        self.actuator = Actuator(governor, release_hold_s=settings.release_hold_s,
+                                 window_s=settings.evidence_window_s)
+        self._last_sig: tuple | None = None
+        self.coalesced = 0
+        self.auto_releases = 0
         self.counter = AnomalyCounter()
         now = clock.monotonic()
         self.timer = BeatTimer(self.period, now)
@@ -96,13 +116,27 @@ class VenomLoop:
         if self.governor is not None:
             counters["unacked_directives"] = await maybe_await(self.governor.overdue_directives_total())
         anomalies = self.counter.step(counters, self._late(lateness) + self._missed())
+        await self.actuator.observe(now)
         r = self.arbiter.beat(anomalies, dt)
-        effect = await self.actuator.apply(r)
+        effect = await self.actuator.apply(r, now)
+        releases = await self.actuator.auto_release(r, now)
         decision = self._decision(r, lateness, effect)
         self._count(r, lateness)
-        self.summary.add(r, lateness)
-        if r.action is not Action.NOOP:
+        sig = _signature(decision)
+        coalesce = sig is not None and sig == self._last_sig
+        self._last_sig = sig
+        self.summary.add(r, lateness, coalesced=coalesce)
+        if coalesce:
+            decision["coalesced"] = True
+            self.coalesced += 1
+        elif r.action is not Action.NOOP:
             await self._record(decision)
+        for entry in releases:
+            entry["time"] = self.clock.wall()
+            self.auto_releases += 1
+            await self.record(entry)
+        if releases:
+            decision["released"] = [e["job_id"] for e in releases]
         if self.summary.due(now):
             await self.flush(now)
         self.last = decision
@@ -118,7 +152,7 @@ class VenomLoop:
     def _decision(self, r: BeatResult, lateness: float, effect: dict) -> dict:
         d = {"type": "venom.decision", "beat": r.beat, "time": self.clock.wall(),
              "t_lambda": r.t_lambda, "action": r.action.value,
-             "anomalies": r.anomalies.to_dict(), "decision": r.vector.to_dict(),
+             "anomalies": r.anomalies.to_dict(), "evidence": r.evidence.to_dict(), "decision": r.vector.to_dict(),
              "genome": r.genome.to_dict(), "genome_next": r.genome_next.to_dict(),
              "delta_o": r.delta_o, "lateness_s": round(lateness, 6),
              "model": {"weight": self.model.weight, "bias": self.model.bias},
@@ -214,6 +248,10 @@ class VenomLoop:
             "ledger_entries": self.ledger_entries,
             "ledger_failures": self.ledger_failures,
             "quarantined": sorted(self.actuator.quarantined),
+            "coalesced": self.coalesced,
+            "auto_releases": self.auto_releases,
+            "evidence_window_s": s.evidence_window_s,
+            "release_hold_s": s.release_hold_s,
             "runner": self.arbiter.runner.name,
             "summary_interval_s": s.summary_interval_s,
         }
@@ -224,3 +262,14 @@ class VenomLoop:
 
     def close(self) -> None:
         self.arbiter.runner.close()
+
+
+def _signature(d: dict) -> tuple | None:
+    """What makes two consecutive action beats the same (None for NOOP):
+    the action and its outcome, not the numbers that vary every beat."""
+    if d["action"] == Action.NOOP.value:
+        return None
+    e = d.get("effect") or {}
+    g = e.get("governor") if isinstance(e.get("governor"), dict) else {}
+    return (d["action"], e.get("applied"), e.get("alert"), e.get("job_id"),
+            None if e.get("applied") else e.get("why"), g.get("added"), e.get("error"))

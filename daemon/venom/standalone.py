@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import sys
@@ -42,6 +43,8 @@ def add_parser(sub):
                    help="ledger file, created if absent, appended to if present (default ./venom-ledger.aal)")
     p.add_argument("--summary-interval", type=float, default=60.0, metavar="S",
                    help="seconds of NOOP beats per summary entry (default 60)")
+    p.add_argument("--evidence-window", type=float, default=10.0, metavar="S",
+                   help="seconds of anomalies the model sees (default 10; README, venom)")
     p.add_argument("--proc-root", default="/proc", metavar="DIR", help="where vmstat is read (default /proc)")
     p.add_argument("--model", metavar="FILE", help="entropy model file (aal-core.entropy.v1)")
     p.add_argument("--runner", choices=["inline", "threads"], default="inline",
@@ -86,9 +89,13 @@ def cmd_venom(args) -> int:
     if not args.summary_interval > 0:
         print("aal-core venom: --summary-interval must be > 0", file=sys.stderr)
         return EXIT_USAGE
+    if not (args.evidence_window > 0 and math.isfinite(args.evidence_window)):
+        print("aal-core venom: --evidence-window must be a finite number of seconds > 0", file=sys.stderr)
+        return EXIT_USAGE
     settings = Settings(t1=args.t1, k_flows=args.k_flows, p_nodes=args.p_nodes,
                         t_threshold=args.t_threshold, genome=Genome(),
-                        summary_interval_s=args.summary_interval, runner=args.runner)
+                        summary_interval_s=args.summary_interval, runner=args.runner,
+                        evidence_window_s=args.evidence_window)
     try:
         period = settings.period
         model = load_model(os.path.abspath(args.model)) if args.model else EntropyParams()

@@ -3,7 +3,8 @@
 `BeatSummary` accumulates every beat of a window (default one minute on the
 monotonic clock) and, when the window is over, gives one ledger entry with
 the counts: beats and actions, the anomaly histogram and sums of the NOOP
-beats (beats with an action have their own entries), late beats and the
+beats, the action beats coalesced into it and their anomaly sums (other
+beats with an action have their own entries), late beats and the
 worst lateness, the genome at the end.  The unit adds the ledger's Merkle
 root and length at that moment.  With a 1 s beat that is 1,440 entries a
 day on an idle board (README, "venom", has the measured size).
@@ -32,11 +33,15 @@ class BeatSummary:
         self.actions = {a.value: 0 for a in Action}
         self.noop_hist: dict[str, int] = {}
         self.noop_anomalies = dict.fromkeys(KINDS, 0)
+        self.coalesced: dict[str, int] = {}
+        self.coalesced_anomalies = dict.fromkeys(KINDS, 0)
         self.late_beats = 0
         self.max_lateness_s = 0.0
         self.last: BeatResult | None = None
 
-    def add(self, r: BeatResult, lateness_s: float) -> None:
+    def add(self, r: BeatResult, lateness_s: float, coalesced: bool = False) -> None:
+        """One beat; `coalesced`: an action beat with no entry of its own
+        (the same as the beat before it, engine.py)."""
         self.beats += 1
         if self.first_beat is None:
             self.first_beat = r.beat
@@ -47,6 +52,10 @@ class BeatSummary:
             self.noop_hist[key] = self.noop_hist.get(key, 0) + 1
             for k in KINDS:
                 self.noop_anomalies[k] += getattr(r.anomalies, k)
+        elif coalesced:
+            self.coalesced[r.action.value] = self.coalesced.get(r.action.value, 0) + 1
+            for k in KINDS:
+                self.coalesced_anomalies[k] += getattr(r.anomalies, k)
         self.late_beats += r.anomalies.late_beats
         if lateness_s > self.max_lateness_s:
             self.max_lateness_s = lateness_s
@@ -69,6 +78,8 @@ class BeatSummary:
             "actions": {k: v for k, v in self.actions.items() if v},
             "noop_anomaly_hist": dict(sorted(self.noop_hist.items(), key=lambda kv: int(kv[0]))),
             "noop_anomalies": {k: v for k, v in self.noop_anomalies.items() if v},
+            "coalesced": dict(self.coalesced),
+            "coalesced_anomalies": {k: v for k, v in self.coalesced_anomalies.items() if v},
             "late_beats": self.late_beats,
             "max_lateness_s": round(self.max_lateness_s, 6),
             "t_lambda": self.last.t_lambda,

@@ -44,7 +44,9 @@ def settings_from_config(c: VenomConfig) -> Settings:
         raise ConfigError(f"venom.weight_*: {exc}") from None
     s = Settings(t1=c.t1, k_flows=c.k_flows, p_nodes=c.p_nodes, u=c.u, t_threshold=c.t_threshold,
                  genome=genome, summary_interval_s=c.summary_interval_s,
-                 late_fraction=c.late_fraction, runner=c.runner)
+                 late_fraction=c.late_fraction, runner=c.runner,
+                 evidence_window_s=c.evidence_window_s, critical_weight=c.critical_weight,
+                 release_hold_s=c.release_hold_s)
     try:
         period = s.period
     except PulseError as exc:

@@ -166,8 +166,10 @@ def oom_kill(d, out: dict) -> None:
         with d.client() as c:
             before = c.call("sense.sources")["anomalies"]
             job = c.call("job.submit", {"job_id": "oom", "profile": _profile(56, 64), "metadata": {}, "pid": hog.pid})
-            out["submit"] = {k: job.get(k) for k in ("enforced", "enforce_reason", "cgroup")}
+            out["submit"] = {k: job.get(k) for k in ("enforced", "enforce_reason", "cgroup", "swap_capped")}
             path = job.get("cgroup") or os.path.join(CG, "aal-core", "oom")
+            out["memory.swap.max"] = _read(os.path.join(path, "memory.swap.max")).strip() \
+                if os.path.exists(os.path.join(path, "memory.swap.max")) else None
             out["memory.max"] = _read(os.path.join(path, "memory.max")).strip()
             out["memory.high"] = _read(os.path.join(path, "memory.high")).strip()
             out["finished_s"], out["allocated_mb"] = _run_hog(hog)
@@ -214,6 +216,8 @@ def memory_high(d, out: dict) -> None:
             out["events_before"], out["events_after"] = before, _events(path)
             out["current"] = int(_read(os.path.join(path, "memory.current")))
             out["pressure"] = _read(os.path.join(path, "memory.pressure"))
+            # the job's own cgroup as the governor senses it (usage, limit, its PSI)
+            out["job_signal"] = c.call("job.get", {"job_id": "high"}).get("job_signal")
             throttled.kill()
             throttled.wait()
     finally:
@@ -318,8 +322,8 @@ def _record(results: dict, fn, *args) -> None:
 def main() -> int:
     results: dict = {}
     _record(results, environment)
-    # One daemon for (a)-(c): govern.cgroup_root "auto" (jobs in
-    # /sys/fs/cgroup/aal-core), watching a v2 cgroup with --cgroup.
+    # One daemon for (a)-(c): govern.cgroup_root "auto" (jobs in the --local
+    # run's own /sys/fs/cgroup/aal-core-local-<hash>), watching a v2 cgroup with --cgroup.
     _write(os.path.join(CG, "cgroup.subtree_control"), "+memory")   # as systemd has it
     _mkcg(WATCHED, memory_max=str(256 * MB), memory_high=str(160 * MB))
     t0 = time.monotonic()
