@@ -42,6 +42,7 @@ def build_units(ctx: Context) -> list[Unit]:
     from .ledger.unit import LedgerUnit
     from .overlays.unit import OverlayUnit
     from .stress.unit import SensingUnit
+    from .train.unit import TrainUnit
     from .venom.unit import VenomUnit
 
     sensing = SensingUnit(ctx)
@@ -50,7 +51,8 @@ def build_units(ctx: Context) -> list[Unit]:
     governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
     overlays = OverlayUnit(ctx, governor=governor, ledger=ledger, keys=keys)
-    return [sensing, ledger, keys, governor, venom, overlays]
+    train = TrainUnit(ctx, sensing=sensing, governor=governor, ledger=ledger, keys=keys)
+    return [sensing, ledger, keys, governor, venom, overlays, train]
 
 
 class Runtime:

@@ -130,6 +130,39 @@ class GovernConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """Training loops: the policy ladder and command freshness (README, "Training loops")."""
+    # Halvings of the micro-batch (gradient accumulation doubled each time),
+    # the first at stress >= halve_at, each next one halve_step higher.
+    batch_halvings: int = 2
+    min_micro_batch: int = 1
+    halve_at: float = 0.6
+    halve_step: float = 0.05
+    # Activation checkpointing at stress >= checkpointing_at.
+    checkpointing_at: float = 0.75
+    # Checkpoint and pause at stress >= pause_at; resume once stress stayed
+    # below resume_below for hold_s.
+    pause_at: float = 0.85
+    resume_below: float = 0.6
+    # A rung is lifted once stress stayed below enter_at - hysteresis for hold_s.
+    hysteresis: float = 0.1
+    hold_s: float = 3.0
+    # Clients refuse a command issued longer ago than freshness_s, or more
+    # than future_skew_s ahead of their clock.
+    freshness_s: float = 60.0
+    future_skew_s: float = 5.0
+    # A command not applied within deadline_ms of its issue is void.
+    deadline_ms: int = 30000
+    # A run whose reported knobs still differ from its rung's, with nothing
+    # pending, is sent the commands again after reissue_s.
+    reissue_s: float = 5.0
+    # Answered commands kept per run for train.status.
+    history: int = 32
+    # Runs registered at once.
+    max_runs: int = 32
+
+
+@dataclass(frozen=True)
 class LedgerConfig:
     # File name inside the state directory.
     file: str = "ledger.aal"
@@ -248,6 +281,7 @@ class Config:
     venom: VenomConfig = field(default_factory=VenomConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -299,6 +333,21 @@ RANGES = {
     ("govern", "ack_timeout_s"): (0.01, 3600.0),
     ("govern", "refuse_stress"): (0.0, 1.0),
     ("govern", "refuse_priority"): (-1, 9),
+    ("train", "batch_halvings"): (0, 16),
+    ("train", "min_micro_batch"): (1, 1 << 20),
+    ("train", "halve_at"): (0.0, 1.0),
+    ("train", "halve_step"): (0.0, 1.0),
+    ("train", "checkpointing_at"): (0.0, 1.0),
+    ("train", "pause_at"): (0.0, 1.0),
+    ("train", "resume_below"): (0.0, 1.0),
+    ("train", "hysteresis"): (0.0, 1.0),
+    ("train", "hold_s"): (0.0, 3600.0),
+    ("train", "freshness_s"): (1.0, 86400.0),
+    ("train", "future_skew_s"): (0.0, 3600.0),
+    ("train", "deadline_ms"): (100, 86400000),
+    ("train", "reissue_s"): (0.1, 3600.0),
+    ("train", "history"): (1, 10000),
+    ("train", "max_runs"): (1, 10000),
     ("sense", "tegrastats_interval_ms"): (10, 3600000),
     ("sense", "sample_hz"): (0.1, 1000.0),
     ("sense", "sample_hz_max"): (0.1, 1000.0),
@@ -400,6 +449,7 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
             overrides.setdefault(sname, {})[key] = value
     cfg = base.with_overrides(overrides)
     _check_rpc_unsent(cfg.rpc, source)
+    _check_train_ladder(cfg.train, source)
     return cfg
 
 
@@ -428,6 +478,22 @@ def _check_cgroup_group(value: str, source: str) -> None:
 def local_cgroup_group(base: str) -> str:
     """The job-cgroup group of a `--local` run in `base`: its own, stable per directory."""
     return "aal-core-local-" + hashlib.sha256(os.path.abspath(base).encode()).hexdigest()[:8]
+
+
+def _check_train_ladder(t: TrainConfig, source: str) -> None:
+    """The ladder's rungs must climb: last halving < checkpointing_at < pause_at,
+    and a paused run must resume below where it paused."""
+    last = t.halve_at + max(0, t.batch_halvings - 1) * t.halve_step
+    if t.batch_halvings and not last < t.checkpointing_at:
+        raise ConfigError(f"{source}: train.checkpointing_at must be above the last halving's stress "
+                          f"(train.halve_at + (batch_halvings - 1) x halve_step = {last:g}), "
+                          f"got {t.checkpointing_at}")
+    if not t.checkpointing_at < t.pause_at:
+        raise ConfigError(f"{source}: train.pause_at must be above train.checkpointing_at = "
+                          f"{t.checkpointing_at}, got {t.pause_at}")
+    if not t.resume_below < t.pause_at:
+        raise ConfigError(f"{source}: train.resume_below must be below train.pause_at = {t.pause_at}, "
+                          f"got {t.resume_below}")
 
 
 def _check_exempt(value: str, source: str) -> None:

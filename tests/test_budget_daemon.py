@@ -173,7 +173,8 @@ def test_ledger_bytes_per_day_counts_the_records_appended():
 def test_every_ledger_writer_charges_its_records():
     """job.submit and job.release (LEDGER_WRITERS) are charged the bytes they append."""
     assert {"job.submit", "job.release", "ledger.append", "venom.set_model", "venom.release",
-            "system.rotate_key", "overlay.invoke"} == LEDGER_WRITERS
+            "system.rotate_key", "overlay.invoke", "train.register", "train.report",
+            "train.field_report"} == LEDGER_WRITERS
     d = _daemon()
     path = os.path.join(d.base, "state", "ledger.aal")
     try:

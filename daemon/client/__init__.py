@@ -187,10 +187,14 @@ class AsyncClient:
     at most `max_notifications`; past it the oldest are dropped and counted
     in `notifications_dropped`."""
 
-    def __init__(self, path: str | None = None, max_notifications: int = MAX_NOTIFICATIONS):
+    def __init__(self, path: str | None = None, max_notifications: int = MAX_NOTIFICATIONS,
+                 on_notification=None):
         if max_notifications < 1:
             raise ValueError("max_notifications must be >= 1")
         self.max_notifications = max_notifications
+        # on_notification(method, params) for notifications outside any
+        # subscription (train.command, train.key_rotated), in the reading task.
+        self.on_notification = on_notification
         self.notifications_dropped = 0
         self.path = path or default_socket()
         self._ids = itertools.count(1)
@@ -248,6 +252,9 @@ class AsyncClient:
                 if _is_notification(msg):
                     params = msg.get("params", {})
                     sub = params.get("subscription")
+                    if sub is None and self.on_notification is not None:
+                        self.on_notification(msg["method"], params)
+                        continue
                     q = self._subs.get(sub)
                     if q is not None:
                         self._put(q, params)

@@ -40,6 +40,9 @@ LEDGER_WRITERS = frozenset({
     "ledger.append",    # the caller's entry
     "overlay.invoke",   # overlay.provenance (the call's provenance record hash)
     "system.rotate_key",  # system.key_rotated
+    "train.field_report",  # train.field_report
+    "train.register",   # train.register and the governor's govern.submit
+    "train.report",     # train.command for the commands issued in answer
     "venom.set_model",  # venom.model
     "venom.release",    # venom.release and the lifted quarantine's govern.directive
 })

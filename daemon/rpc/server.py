@@ -357,6 +357,15 @@ class Connection(asyncio.Protocol):
         self.outbox.clear()
         self.transport.abort()
 
+    def notify(self, method: str, params: dict) -> bool:
+        """A notification to this connection alone, outside any topic (a
+        training run's train.command): written now, within the bounds a
+        reply has.  False once the connection is closing."""
+        if self.closing:
+            return False
+        self._write(codec.dumps({"jsonrpc": "2.0", "method": method, "params": params}))
+        return not self.closing
+
     def push(self, sub: Subscription, frag) -> None:
         """Queue a notification; drop the oldest queued one when full."""
         if self.closing:
