@@ -90,22 +90,39 @@ def _bind(path: str, group: str) -> socket.socket:
         if _is_live(path):
             raise ListenError(f"{path} is in use by a running server (another aal-core?); not taking it over")
         os.unlink(path)
+    # Bind under a temporary name and rename once listening: a client that
+    # sees the path can connect (bound but not yet listening, it would be
+    # refused with ECONNREFUSED).
+    tmp = path + ".new"
+    if len(os.fsencode(tmp)) >= 108:
+        tmp = path
+    try:
+        os.unlink(tmp) if tmp != path and stat.S_ISSOCK(os.lstat(tmp).st_mode) else None
+    except FileNotFoundError:
+        pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         old_umask = os.umask(0o117)
         try:
-            sock.bind(path)
+            sock.bind(tmp)
         finally:
             os.umask(old_umask)
-        os.chmod(path, 0o660)
+        os.chmod(tmp, 0o660)
         try:
             gid = grp.getgrnam(group).gr_gid
-            os.chown(path, -1, gid)
+            os.chown(tmp, -1, gid)
         except (KeyError, PermissionError):
             pass  # no such group, or not root: the owner's own group applies
         sock.listen(1024)
         sock.setblocking(False)
+        if tmp != path:
+            os.rename(tmp, path)
     except BaseException:
         sock.close()
+        if tmp != path:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
         raise
     return sock
