@@ -652,7 +652,7 @@ def test_cleanup_removes_what_the_overlay_left_even_in_a_sticky_directory(mech, 
 
 def test_a_service_that_already_denies_inet_gets_no_second_filter_outside_clear(cfg):
     """Under the unit (RestrictAddressFamilies=AF_UNIX, inherited by every
-    child) a filter of our own for ASCEND would cost a spawn ~2 ms for
+    child) a filter of our own for ASCEND would cost a spawn up to ~1.3 ms for
     nothing; CLEAR keeps its own filter (it denies more than sockets)."""
     m = _mech(inet_denied=True)
     a = sb.plan("ASCEND", "exec", network=False, mechanisms=m, config=cfg)
