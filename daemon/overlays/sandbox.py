@@ -425,7 +425,8 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
         if not network:
             if m.inet_denied:
                 # Already true for every child of the service; a filter of our own
-                # would add ~2 ms per spawn here (bench/overlay_sandbox.py) for nothing.
+                # costs a spawn up to ~1.3 ms on a loaded host (bench/overlay_seccomp_cost.py)
+                # for nothing.
                 sockets = "any"
                 enforced.append("no inet sockets (inherited: the service's RestrictAddressFamilies=)")
             elif m.seccomp:

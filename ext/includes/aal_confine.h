@@ -375,12 +375,14 @@ static int aal_confine_steps(const struct aal_spec *s, int *err)
         struct sock_fprog prog;
         prog.len = (unsigned short)s->nfilter;
         prog.filter = (struct sock_filter *)s->filter;
-        /* SECCOMP_FILTER_FLAG_SPEC_ALLOW: without it the kernel also turns on
-         * its speculative-store-bypass (and on x86 STIBP) mitigation for the
-         * task, which protects a process's secrets from code in the same
-         * address space and costs the overlay ~2 ms per spawn here; an
-         * overlay's address space holds only its own data.  seccomp(2) may
-         * be filtered (the unit's @system-service lacks it): prctl then. */
+        /* SECCOMP_FILTER_FLAG_SPEC_ALLOW: without it, kernels that mitigate
+         * speculative store bypass "for seccomp tasks" (the default where
+         * the CPU is affected) also turn that mitigation on for the task;
+         * it protects a process's secrets from code in its own address
+         * space, and an overlay's address space holds only its own data.
+         * (This host's CPU reports it unmitigated, so it changes nothing
+         * here.)  seccomp(2) may be filtered (the unit's @system-service
+         * lacks it): prctl then, without the flag. */
         if (syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, AAL_SECCOMP_FILTER_FLAG_SPEC_ALLOW, &prog) != 0
             && prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0)
             AAL_FAIL(AAL_STEP_SECCOMP);
