@@ -17,8 +17,13 @@ from setuptools.command.egg_info import egg_info
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # Extra C libraries per extension module (by ext/<name>.pyx); the rest link
-# none.  The ledger hashes with OpenSSL's libcrypto (README "Ledger").
-LIBRARIES = {"ledger_core": ["crypto"]}
+# none.  The ledger hashes with OpenSSL's libcrypto (README "Ledger"), and the
+# signing key (aal_core.keys) signs with it.
+LIBRARIES = {"ledger_core": ["crypto"], "ossl_ed25519": ["crypto"]}
+# Extra compiler flags per extension module.  lsq (the trend's least squares)
+# must compute exactly what its pure-Python reference does: no fused
+# multiply-add contraction (aarch64 has FMA and GCC would contract a*b+c).
+CFLAGS = {"lsq": ["-ffp-contract=off"]}
 CONTRACTS = os.path.join(HERE, "contracts")
 PROTO_OUT = os.path.join(HERE, "daemon", "v1")
 
@@ -101,7 +106,7 @@ def extensions():
                 f"aal_core.{name}",
                 [pyx],
                 include_dirs=["ext", "ext/includes"],
-                extra_compile_args=["-O2"],
+                extra_compile_args=["-O2"] + CFLAGS.get(name, []),
                 libraries=LIBRARIES.get(name, []),
             )
         )

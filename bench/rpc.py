@@ -14,8 +14,13 @@
    The peer a user would otherwise reach for is a plain asyncio + json
    line server doing the same dispatch (bench/loop_json.py measures that
    comparison in detail).
-3. The daemon's idle RSS, and its CPU use while idle (no clients) over
-   --idle-seconds, from /proc via psutil.
+   The peer of issue 13's goals: the minimal uvloop + orjson line server
+   of bench/loop_json.py (split, parse, dispatch, encode, one write per
+   read), also in the same run: goals >= 0.9x sequential, >= 0.8x pipelined.
+3. The daemon's idle RSS, and its CPU use and wake-ups while idle (no
+   clients) over --idle-seconds: CPU from /proc/<pid>/schedstat (ns on a
+   CPU, exact), wake-ups = times its threads were scheduled in (schedstat's
+   third field); goals RSS <= 40 MiB, CPU <= 0.5 % of one core.
 
 Not a test: nothing here asserts a time.
 """
@@ -149,17 +154,42 @@ def start_echo(path: str) -> subprocess.Popen:
     return p
 
 
+def start_minimal(path: str) -> subprocess.Popen:
+    """bench/loop_json.py's minimal JSON-RPC line server, uvloop + orjson."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from loop_json import SERVER
+    p = subprocess.Popen([sys.executable, "-c", SERVER, "uvloop", "orjson", path], stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def _schedstat(pid: int) -> tuple[int, int]:
+    """(ns on a CPU, times scheduled in) summed over the process's threads."""
+    ns = runs = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as fh:
+                a, _, c = fh.read().split()
+        except OSError:
+            continue
+        ns += int(a)
+        runs += int(c)
+    return ns, runs
+
+
 def idle_usage(pid: int, seconds: float) -> dict:
     proc = psutil.Process(pid)
     time.sleep(1.0)   # past start-up
-    c0 = proc.cpu_times()
+    s0 = _schedstat(pid)
     t0 = time.monotonic()
     time.sleep(seconds)
-    c1 = proc.cpu_times()
+    s1 = _schedstat(pid)
     wall = time.monotonic() - t0
-    cpu = (c1.user - c0.user) + (c1.system - c0.system)
+    cpu = (s1[0] - s0[0]) / 1e9
     mem = proc.memory_full_info()
     return {"seconds": wall, "cpu_s": cpu, "cpu_pct": 100 * cpu / wall,
+            "wakeups_per_s": (s1[1] - s0[1]) / wall,
             "rss_mib": mem.rss / 2**20, "uss_mib": mem.uss / 2**20,
             "threads": proc.num_threads()}
 
@@ -180,8 +210,10 @@ def main(argv=None) -> int:
 
     base = tempfile.mkdtemp(prefix="aalb", dir="/tmp")
     echo_path = os.path.join(base, "echo.sock")
+    mini_path = os.path.join(base, "minimal.sock")
     daemon = start_daemon(base)
     echo = start_echo(echo_path)
+    mini = start_minimal(mini_path)
     out: dict = {"cpu": os.cpu_count(), "python": sys.version.split()[0]}
     try:
         print(f"aal-core JSON-RPC benchmark ({a.requests} requests each; {os.cpu_count()} CPUs; "
@@ -189,28 +221,39 @@ def main(argv=None) -> int:
         sock = os.path.join(base, "aal-core.sock")
         for mode, fn in (("sequential", sequential), ("pipelined (window 64)", pipelined)):
             # Interleave the two servers, best of 3 each, to share the noise.
-            runs = {"daemon": [], "echo": []}
+            runs = {"daemon": [], "echo": [], "minimal": []}
             for _ in range(3):
                 runs["daemon"].append(fn(sock, a.requests))
                 runs["echo"].append(fn(echo_path, a.requests))
+                runs["minimal"].append(fn(mini_path, a.requests))
             d = max(runs["daemon"], key=lambda r: r["rps"])
             e = max(runs["echo"], key=lambda r: r["rps"])
+            m = max(runs["minimal"], key=lambda r: r["rps"])
             print(f"{mode}:")
             print(fmt("aal-core system.health", d))
+            print(fmt("peer: minimal uvloop+orjson server", m))
             print(fmt("floor: raw echo (uvloop, same socket)", e))
             print(f"  ratio daemon/floor: {d['rps'] / e['rps']:.2f}x throughput, "
                   f"{d['p50_us'] / e['p50_us']:.2f}x p50, {d['p99_us'] / e['p99_us']:.2f}x p99")
-            out[mode.split()[0]] = {"daemon": d, "echo": e}
+            goal = 0.9 if mode == "sequential" else 0.8
+            r = d["rps"] / m["rps"]
+            print(f"  goal (issue 13): >= {goal:.1f}x the minimal server: {r:.2f}x "
+                  f"{'MET' if r >= goal else 'NOT MET'}")
+            out[mode.split()[0]] = {"daemon": d, "echo": e, "minimal": m}
         print(f"idle ({a.idle_seconds:.0f} s, no clients; all units running):")
         idle = idle_usage(daemon.pid, a.idle_seconds)
         print(f"  RSS {idle['rss_mib']:.1f} MiB (USS {idle['uss_mib']:.1f} MiB), {idle['threads']} threads, "
-              f"CPU {idle['cpu_s']:.3f} s over {idle['seconds']:.0f} s = {idle['cpu_pct']:.2f}% of one core")
+              f"CPU {idle['cpu_s']:.3f} s over {idle['seconds']:.0f} s = {idle['cpu_pct']:.2f}% of one core, "
+              f"{idle['wakeups_per_s']:.1f} wake-ups/s")
+        print(f"  goal (issue 13): RSS <= 40 MiB: {idle['rss_mib']:.1f} "
+              f"{'MET' if idle['rss_mib'] <= 40 else 'NOT MET'}; CPU <= 0.5 %: {idle['cpu_pct']:.2f} "
+              f"{'MET' if idle['cpu_pct'] <= 0.5 else 'NOT MET'}")
         out["idle"] = idle
         if a.json:
             with open(a.json, "w") as fh:
                 json.dump(out, fh, indent=2)
     finally:
-        for p in (daemon, echo):
+        for p in (daemon, echo, mini):
             p.send_signal(signal.SIGTERM)
             try:
                 p.wait(15)

@@ -58,8 +58,10 @@ def bench_readers():
     print("== readers (µs per sample; floor = bare pread of the same file on a kept-open fd)")
     vm_us = per_call_us(psutil.virtual_memory)
     kf = kvfile.KeyedFile("/proc/meminfo", MEMINFO_KEYS)
-    row("meminfo KeyedFile.read()", per_call_us(kf.read), per_call_us(floor_reader("/proc/meminfo")),
-        vm_us, "psutil.virtual_memory()")
+    kf_us, kf_floor = per_call_us(kf.read), per_call_us(floor_reader("/proc/meminfo"))
+    row("meminfo KeyedFile.read()", kf_us, kf_floor, vm_us, "psutil.virtual_memory()")
+    print(f"  goal (issue 13): meminfo sample <= 1.25x the pread floor: {kf_us / kf_floor:.2f}x "
+          f"{'MET' if kf_us / kf_floor <= 1.25 else 'NOT MET'}")
     mr = MeminfoReader("/proc")
     row("meminfo MeminfoReader.read()", per_call_us(mr.read), per_call_us(floor_reader("/proc/meminfo")),
         vm_us, "psutil.virtual_memory()")
@@ -131,6 +133,7 @@ def bench_tegrastats():
     jt = per_call_us(jtop_all) / len(jtop_ok)
     row("Cython parse_tegrastats", cy, None, ref, "the Python reference")
     row("Cython (jtop's subset)", cy2, None, jt, "jetson-stats _decode")
+    print(f"  goal (issue 13): >= 20x jetson-stats' parser: {jt / cy2:.1f}x {'MET' if jt / cy2 >= 20 else 'NOT MET'}")
 
 
 def bench_daemon_cpu(seconds: float):

@@ -90,6 +90,7 @@ class Runtime:
         self.event_loop_name = ""
         self.json_name = codec.NAME
         self.stop_event = asyncio.Event()
+        self.heartbeat_wanted = asyncio.Event()   # set on a system.heartbeat subscription
 
     def uptime(self) -> float:
         return time.monotonic() - self.started
@@ -216,7 +217,8 @@ async def serve(rt: Runtime) -> int:
     interval = watchdog_interval()
     if interval:
         tasks.append(asyncio.ensure_future(watchdog_loop(rt.notifier, interval)))
-    tasks.append(asyncio.ensure_future(_status_loop(rt)))
+    if rt.notifier.enabled:     # STATUS= goes to systemd only: no wake-ups without it
+        tasks.append(asyncio.ensure_future(_status_loop(rt)))
     tasks.append(asyncio.ensure_future(system.heartbeat_loop(rt)))
 
     await rt.stop_event.wait()

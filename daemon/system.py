@@ -56,6 +56,7 @@ def register(registry: Registry, runtime) -> None:
         return registry.openrpc(__version__)
 
     def heartbeat_subscribe(p, call):
+        runtime.heartbeat_wanted.set()   # wakes heartbeat_loop
         return None  # every tick goes to every subscriber
 
     registry.add_topic("system.heartbeat", data="Heartbeat", subscribe=heartbeat_subscribe,
@@ -67,10 +68,15 @@ def register(registry: Registry, runtime) -> None:
 
 
 async def heartbeat_loop(runtime) -> None:
-    """Publish a tick while system.heartbeat has subscribers (encoded once per tick)."""
+    """Publish a tick while system.heartbeat has subscribers (encoded once per
+    tick); without any, sleep until one subscribes (runtime.heartbeat_wanted),
+    so an idle daemon does not wake for it."""
     seq = 0
     hub = runtime.hub
     while True:
+        if not hub.subscribers("system.heartbeat"):
+            runtime.heartbeat_wanted.clear()
+            await runtime.heartbeat_wanted.wait()
         await asyncio.sleep(runtime.config.rpc.heartbeat_interval_s)
         if hub.subscribers("system.heartbeat"):
             seq += 1

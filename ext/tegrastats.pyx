@@ -10,14 +10,70 @@ position.  The grammar, and a pure-Python reference, is
 aal_core.sources._ref.parse_tegrastats; tests/test_tegrastats_diff.py checks
 that both agree on the recorded lines and on generated and mutated ones.
 """
-from libc.string cimport memcmp, strlen
+from libc.string cimport memcmp, memcpy, strlen
 
 from scan cimport is_ws, is_digit, is_upper, is_alpha, parse_int, parse_dec
 
 from aal_core.errors import ParseError
 
+cdef extern from "Python.h":
+    object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
+    # CPython's own presizing (exported in 3.10-3.12; what dict literals use):
+    # the result dicts are built to their usual size at once, not regrown.
+    dict _PyDict_NewPresized(Py_ssize_t minused)
+
 cdef enum:
     MAX_TOKENS = 512
+    NAME_BUF = 64
+
+
+cdef inline str ascii_str(const char* b, Py_ssize_t s, Py_ssize_t e):
+    """b[s:e].decode("ascii") without the intermediate bytes object."""
+    return PyUnicode_DecodeASCII(b + s, e - s, NULL)
+
+
+# Field names (rails, engines, thermal zones) repeat on every line: a small
+# direct-mapped cache of their str objects, so a line does not decode and
+# hash the same twenty names again (a name is the same str, equal either way).
+cdef enum:
+    NCACHE = 256
+    NCACHE_LEN = 32
+cdef char NC_BYTES[NCACHE][NCACHE_LEN]
+cdef Py_ssize_t NC_LEN[NCACHE]
+cdef list NC_STR = [None] * NCACHE
+
+
+cdef str cached_name(const char* p, Py_ssize_t n):
+    """p[0:n] (ASCII) as a str, from the cache when it was seen before."""
+    cdef unsigned int h = <unsigned int>n * 2654435761u
+    cdef Py_ssize_t i
+    cdef str out
+    if n == 0 or n > NCACHE_LEN:
+        return PyUnicode_DecodeASCII(p, n, NULL)
+    for i in range(n):
+        h = (h ^ <unsigned char>p[i]) * 16777619u
+    h = (h ^ (h >> 15)) % NCACHE
+    if NC_LEN[h] == n and memcmp(NC_BYTES[h], p, n) == 0:
+        return <str>NC_STR[h]
+    out = PyUnicode_DecodeASCII(p, n, NULL)
+    memcpy(NC_BYTES[h], p, n)
+    NC_LEN[h] = n
+    NC_STR[h] = out
+    return out
+
+
+cdef str ascii_lower(const char* b, Py_ssize_t s, Py_ssize_t e):
+    """b[s:e].decode("ascii").lower(), lowering A-Z in C (the same for ASCII;
+    a non-ASCII byte raises the same UnicodeDecodeError)."""
+    cdef char tmp[NAME_BUF]
+    cdef Py_ssize_t i, n = e - s
+    cdef char c
+    if n > NAME_BUF:
+        return b[s:e].decode("ascii").lower()
+    for i in range(n):
+        c = b[s + i]
+        tmp[i] = c + 32 if 65 <= c <= 90 else c
+    return cached_name(tmp, n)
 
 
 cdef inline bint teq(const char* b, Py_ssize_t s, Py_ssize_t e, const char* lit) noexcept nogil:
@@ -313,14 +369,17 @@ def parse_tegrastats(const unsigned char[:] line):
     if nt == 0:
         raise ParseError("empty tegrastats line", line=1, column=1, expected="a tegrastats field", found="")
 
-    out = {}
+    out = _PyDict_NewPresized(12)
     unknown = []
-    engines = {}
-    temps = {}
-    power = {}
+    engines = _PyDict_NewPresized(8)
+    temps = _PyDict_NewPresized(12)
+    power = _PyDict_NewPresized(8)
     k = 0
     if nt >= 2 and is_date(b, ts[0], te[0]) and is_time(b, ts[1], te[1]):
-        out["timestamp"] = b[ts[0]:te[0]].decode("ascii") + " " + b[ts[1]:te[1]].decode("ascii")
+        if te[0] + 1 == ts[1] and b[te[0]] == 32:     # "date time" as printed: one string
+            out["timestamp"] = ascii_str(b, ts[0], te[1])
+        else:
+            out["timestamp"] = ascii_str(b, ts[0], te[0]) + " " + ascii_str(b, ts[1], te[1])
         known += 1
         k = 2
     while k < nt:
@@ -343,9 +402,8 @@ def parse_tegrastats(const unsigned char[:] line):
                             swap["cached_mb"] = c
                             used = 4
             elif teq(b, s, e, b"CPU") or teq(b, s, e, b"cpu"):
-                if cpu_list(b, ns, ne, b[s] == 99, None):
-                    cpus = []
-                    cpu_list(b, ns, ne, b[s] == 99, cpus)
+                cpus = []               # one pass: kept only if the whole list is valid
+                if cpu_list(b, ns, ne, b[s] == 99, cpus):
                     out["cpus"] = cpus
                     used = 2
             elif teq(b, s, e, b"EMC_FREQ") or teq(b, s, e, b"EMC"):
@@ -389,7 +447,7 @@ def parse_tegrastats(const unsigned char[:] line):
             if used == 0 and is_name(b, s, e):
                 if rail(b, ns, ne, rv, &nv):
                     if not teq(b, s, e, b"NC"):
-                        name = b[s:e].decode("ascii")
+                        name = cached_name(b + s, e - s)
                         if name in power:
                             j = 2
                             while f"{name}_{j}" in power:
@@ -406,15 +464,15 @@ def parse_tegrastats(const unsigned char[:] line):
                     eng = engine(b, ns, ne)
                     if eng is not None:
                         if e - s > 5 and tends(b, s, e, b"_FREQ"):
-                            engines[b[s:e - 5].decode("ascii")] = eng
+                            engines[cached_name(b + s, e - 5 - s)] = eng
                         else:
-                            engines[b[s:e].decode("ascii")] = eng
+                            engines[cached_name(b + s, e - s)] = eng
                         used = 2
         if used == 0:
             if temp(b, s, e, &at, &val):
                 if not (at - s == 4 and (b[s] | 32) == 112 and (b[s + 1] | 32) == 109
                         and (b[s + 2] | 32) == 105 and (b[s + 3] | 32) == 99) and val > -40.0:
-                    temps[b[s:at].decode("ascii").lower()] = val
+                    temps[ascii_lower(b, s, at)] = val
                 used = 1
         if used == 0:
             unknown.append(text(b, s, e))

@@ -46,3 +46,30 @@ def test_an_error_raised_while_unwinding_propagates():
 
     with pytest.raises(RuntimeError, match="cleanup failed"):
         asyncio.run(main())
+
+
+def test_ticker_ticks_survives_a_failing_round_and_stops():
+    from aal_core.clock import SYSTEM
+    from aal_core.tasks import Ticker
+
+    calls, errors = [], []
+
+    def fn():
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("one bad round")
+
+    async def main():
+        t = Ticker(fn, lambda: 0.001, SYSTEM, errors.append)
+        t.start()
+        assert t.running
+        while len(calls) < 5:
+            await asyncio.sleep(0.001)
+        t.stop()
+        n = len(calls)
+        await asyncio.sleep(0.02)
+        return n, t.running
+
+    n, running = asyncio.run(main())
+    assert n >= 5 and len(calls) == n and not running     # no tick after stop()
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError)

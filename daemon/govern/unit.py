@@ -51,6 +51,9 @@ class GovernorUnit(Unit):
         self.enforcer = enforcer or CgroupEnforcer(ctx.config.govern.cgroup_root,
                                                     group=ctx.config.govern.cgroup_group)
         self._reaper: asyncio.Task | None = None
+        # Set when a job is submitted: the reaper sleeps on it while there is
+        # none (no wake-up per second on an idle daemon).
+        self._has_jobs = asyncio.Event()
         self._ledger_tasks: set = set()
         # job_id -> (uid, connection key) of the jobs-held budget it took.
         self._held: dict[str, tuple] = {}
@@ -234,6 +237,9 @@ class GovernorUnit(Unit):
 
     async def _reap(self) -> None:
         while True:
+            if not self.core.jobs:
+                self._has_jobs.clear()
+                await self._has_jobs.wait()
             await asyncio.sleep(min(1.0, self.core.cfg.heartbeat_timeout_s / 4))
             for job_id in self.core.expired():
                 self._release(job_id, "heartbeats stopped")
@@ -308,6 +314,7 @@ class GovernorUnit(Unit):
                                                   job.profile.mem.hard_mb * MB)
             self._watch(job)
         call.on_close(lambda jid=job.job_id, tok=job.token: self._on_close(jid, tok))
+        self._has_jobs.set()
         log.info("job_submitted", job_id=job.job_id, priority=job.priority, pid=pid or "-",
                  enforced=job.enforcement.get("enforced"), active=len(job.active_steps))
         self._record({"type": "govern.submit", "job_id": job.job_id, "priority": job.priority,

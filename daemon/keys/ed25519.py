@@ -2,18 +2,17 @@
 
 The file is PKCS#8 PEM (unencrypted), so `openssl pkey -in FILE -pubout`
 reads it.  Verification needs the raw 32-byte public key only: a client
-holds that, never the private key.
+holds that, never the private key.  The key lives in OpenSSL's libcrypto
+(aal_core.ossl_ed25519, compiled): the daemon does not load the
+`cryptography` package (~7 MiB of RSS) for it.
 """
 from __future__ import annotations
 
 import os
 import stat
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from ..errors import AalError
+from ..ossl_ed25519 import PrivateKey, verify as _verify
 
 ALGORITHM = "ed25519"
 KEY_FILE = "signing.key"
@@ -23,10 +22,9 @@ class KeyError_(AalError):
     """The key file cannot be created, read or replaced (names path and cause)."""
 
 
-def _write_private(path: str, key: Ed25519PrivateKey) -> None:
+def _write_private(path: str, key: PrivateKey) -> None:
     """key to path: a 0600 temporary file, fsync, rename, directory fsync."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.pem()
     tmp = path + ".tmp"
     try:
         try:
@@ -59,11 +57,10 @@ def _write_private(path: str, key: Ed25519PrivateKey) -> None:
 class SigningKey:
     """The private key and its raw public bytes."""
 
-    def __init__(self, path: str, private: Ed25519PrivateKey, created: bool = False):
+    def __init__(self, path: str, private: PrivateKey, created: bool = False):
         self.path = path
         self._private = private
-        self.public_bytes = private.public_key().public_bytes(serialization.Encoding.Raw,
-                                                              serialization.PublicFormat.Raw)
+        self.public_bytes = private.public_bytes()
         self.created = created      # True when this start generated it
         self.mode_fixed = False     # True when a looser mode was tightened to 0600
 
@@ -81,7 +78,7 @@ class SigningKey:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except FileNotFoundError:
-            key = Ed25519PrivateKey.generate()
+            key = PrivateKey.generate()
             _write_private(path, key)
             return cls(path, key, created=True)
         except OSError as exc:
@@ -100,13 +97,13 @@ class SigningKey:
         finally:
             os.close(fd)
         try:
-            key = serialization.load_pem_private_key(pem, password=None)
-        except (ValueError, TypeError):
+            key = PrivateKey.from_pem(pem)
+        except ValueError:
             raise KeyError_(f"signing key {path} is not an unencrypted PKCS#8 PEM key; move it away "
                             f"to have a new one generated (commands and heads signed by it then no "
                             f"longer verify against the new public key)") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            raise KeyError_(f"signing key {path} is not an Ed25519 key")
+        except TypeError:
+            raise KeyError_(f"signing key {path} is not an Ed25519 key") from None
         out = cls(path, key)
         out.mode_fixed = bool(loose)
         return out
@@ -117,7 +114,7 @@ class SigningKey:
 
     def rotated(self) -> "SigningKey":
         """A new key written over this one's file (atomic): the old one is gone."""
-        key = Ed25519PrivateKey.generate()
+        key = PrivateKey.generate()
         _write_private(self.path, key)
         return SigningKey(self.path, key, created=True)
 
@@ -127,7 +124,6 @@ def verify(public_key: bytes | str, signature: bytes | str, data: bytes) -> bool
     try:
         pub = bytes.fromhex(public_key) if isinstance(public_key, str) else public_key
         sig = bytes.fromhex(signature) if isinstance(signature, str) else signature
-        Ed25519PublicKey.from_public_bytes(pub).verify(sig, data)
-        return True
-    except (InvalidSignature, ValueError):
+        return _verify(pub, sig, data)
+    except (ValueError, TypeError):
         return False

@@ -30,6 +30,7 @@ import orjson
 
 from .. import ledger_core as _core
 from ..ledger_canon import canonical as _canonical   # compiled; reference: canonical.canonical
+from ..ledger_canon import record as _record, record_canonical as _record_canonical
 from ..clock import SYSTEM, Clock
 from ..errors import LedgerError
 from ..log import get_logger
@@ -267,22 +268,22 @@ class Ledger:
 
     def prepare(self, items) -> Batch:
         """Frame `items` ((canonical_data, timestamp) pairs) as the next records
-        and stage their leaves in the tree (for the root the mark records)."""
+        and stage their leaves in the tree (for the root the mark records).
+        Each record is built, hashed and staged by one compiled call
+        (ledger_canon.record_canonical: the reference is
+        _core.frame(preimage(...), sha3_256(...)))."""
         self.abort()   # a batch prepared before and never committed
         prev, idx = self.latest_hash, self.count
-        frames, hashes, sizes = [], [], []
+        tree = self.tree
+        frames, hashes = [], []
         for data_c, ts in items:
-            pre = preimage(data_c, idx, prev.hex(), ts)
-            h = _core.sha3_256(pre)
-            f = _core.frame(pre, h)
+            f, prev = _record_canonical(data_c, idx, prev, ts, tree)
             frames.append(f)
-            hashes.append(h)
-            sizes.append(len(f))
-            prev = h
+            hashes.append(prev)
             idx += 1
-        self.tree.extend(b"".join(hashes))
-        return Batch(self.count, self.store.size, b"".join(frames), tuple(hashes), tuple(sizes),
-                     self.tree.root(idx))
+        # The root is only what the mark records: none without one (memory, read-only).
+        return Batch(self.count, self.store.size, frames[0] if len(frames) == 1 else b"".join(frames),
+                     tuple(hashes), tuple(map(len, frames)), tree.root(idx) if self.mark is not None else b"")
 
     def write(self, batch: Batch) -> None:
         """Make `batch` durable, then the mark that covers it (blocking; safe
@@ -346,8 +347,30 @@ class Ledger:
         return [(batch.start + i, h.hex()) for i, h in enumerate(batch.hashes)]
 
     def append(self, data) -> tuple[int, str]:
-        """Append one entry; returns (index, hash hex) once it is on disk."""
-        return self.append_many([data])[0]
+        """Append one entry; returns (index, hash hex) once it is on disk.
+        The same steps as append_many([data]) (prepare, write, commit) without
+        the Batch: one compiled call builds, hashes and stages the record."""
+        tree = self.tree
+        idx = self.count
+        if len(tree) > idx:
+            tree.truncate(idx)      # abort(): a batch prepared before and never committed
+        store = self.store
+        off = store.size
+        rec, h = _record(data, idx, self.latest_hash, round(self.clock.wall(), 6), self.max_entry_bytes, tree)
+        try:
+            store.write(rec, off)
+            if self.mark is not None:
+                self.write_mark((idx + 1, off + len(rec), tree.root(idx + 1)), undo_size=off)
+        except BaseException:
+            tree.truncate(idx)
+            raise
+        self.offsets.append(off)
+        self.end = off + len(rec)
+        if idx == 0:
+            self.genesis_hash = h
+        self.count = idx + 1
+        self.latest_hash = h
+        return idx, h.hex()
 
     # -- reading ---------------------------------------------------------
 

@@ -427,6 +427,7 @@ class RpcServer:
         self.unsent_total = 0         # sum of Connection.unsent (exact after shed())
         self.backlog_closed_total = 0
         self.stopping = False
+        self._has_conns = asyncio.Event()    # set on admit: the idle reaper sleeps on it
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
 
@@ -438,6 +439,7 @@ class RpcServer:
             return False
         self.conns.add(conn)
         self.accepted_total += 1
+        self._has_conns.set()
         return True
 
     def forget(self, conn: Connection) -> None:
@@ -473,6 +475,9 @@ class RpcServer:
 
     async def _reap_idle(self):
         while True:
+            if not self.conns:          # nothing to reap: no wake-ups until a client connects
+                self._has_conns.clear()
+                await self._has_conns.wait()
             # Re-read each round: a reload may change the timeout.
             await asyncio.sleep(max(0.05, min(5.0, self.idle_timeout_s / 4)))
             now = time.monotonic()

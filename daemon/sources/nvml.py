@@ -3,16 +3,31 @@ on a desktop/server GPU the model's weights and KV cache live there, not in
 RAM, so its use joins the stress signal as its own component.
 
 pynvml is a declared dependency; what may be missing is the driver's
-libnvidia-ml.so (nvmlInit fails), which makes the source absent."""
+libnvidia-ml.so (nvmlInit fails), which makes the source absent.  pynvml
+(~3 MiB of RSS) is imported only once that library loads: a board without an
+NVIDIA driver library (every Jetson, this machine) never imports it."""
 from __future__ import annotations
 
-import pynvml
-
 from ..errors import SourceError
+
+LIBRARY = "libnvidia-ml.so.1"      # what pynvml loads on Linux
+
+
+def _pynvml():
+    """The pynvml module, imported once the driver's library is known to load;
+    SourceError (nothing imported) when it does not."""
+    import ctypes
+    try:
+        ctypes.CDLL(LIBRARY)
+    except OSError as exc:
+        raise SourceError(f"NVML unavailable: NVML Shared Library Not Found ({exc})") from None
+    import pynvml
+    return pynvml
 
 
 def _init() -> int:
     """nvmlInit and the GPU count; SourceError (NVML stays shut) when there is none."""
+    pynvml = _pynvml()
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:          # no driver / library on this machine
@@ -31,6 +46,7 @@ def _init() -> int:
 def gpu_names() -> list[str]:
     """Names of the NVIDIA GPUs NVML sees (for hardware detection); SourceError when none."""
     n = _init()
+    pynvml = _pynvml()
     try:
         out = []
         for i in range(n):
@@ -48,6 +64,7 @@ class NvmlReader:
 
     def __init__(self):
         n = _init()
+        pynvml = self._nv = _pynvml()
         try:
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(n)]
         except pynvml.NVMLError as exc:
@@ -58,6 +75,7 @@ class NvmlReader:
     def read(self) -> tuple[int, int]:
         """(used, total) bytes of the fullest GPU."""
         best = None
+        pynvml = self._nv
         try:
             for h in self._handles:
                 m = pynvml.nvmlDeviceGetMemoryInfo(h)
@@ -68,6 +86,7 @@ class NvmlReader:
         return best
 
     def close(self) -> None:
+        pynvml = self._nv
         try:
             pynvml.nvmlShutdown()
         except pynvml.NVMLError:

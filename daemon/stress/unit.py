@@ -11,7 +11,6 @@ For the other units: latest(), add_listener(fn), anomaly_counters().
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import os
@@ -28,7 +27,7 @@ from ..sources.nvml import NvmlReader
 from ..sources.psi import PsiReader
 from ..sources.tegrastats import TegrastatsSource
 from ..sources.vmstat import VmstatReader
-from ..tasks import cancel_task
+from ..tasks import Ticker
 from ..units import Unit
 from . import thermal
 from .classic import ClassicModel
@@ -40,6 +39,11 @@ log = get_logger("sense")
 MODELS = {"classic": ClassicModel, "fused": FusedModel}
 THERMAL_WARN_MARGIN_C = 10.0
 FAST_TTE_S = 60.0
+# /proc/vmstat (4 KB, ~10 us of kernel time a read) is only the OOM-kill
+# counter: at the base rate it is read once a second, not every sample
+# (the control loop reads the counters once a beat, 1 s); at the fast rate
+# (HIGH or worse, or under a minute to exhaustion) on every sample.
+VMSTAT_INTERVAL_S = 1.0
 
 
 class _Source:
@@ -141,7 +145,9 @@ class SensingUnit(Unit):
         self._last_margin: float | None = None
         self._thermal: dict = {}
         self._interval = 1.0 / cfg.sense.sample_hz
-        self._task: asyncio.Task | None = None
+        self._fast = False                  # sampling at sample_hz_max
+        self._vm_next: float | None = None  # when vmstat is read next
+        self._ticker: Ticker | None = None
         self.meminfo = self.psi = self.vmstat = self.cgroup = self.nvml = None
         # The Reading behind the latest sample: the governor runs the same
         # model on it with each job cgroup in place of the watched one.
@@ -195,6 +201,7 @@ class SensingUnit(Unit):
         for src in (self.meminfo, self.psi, self.vmstat):
             self._retire(src)
         self._oom_reset("vmstat")
+        self._vm_next = None
         self.meminfo = _open("meminfo", os.path.join(root, "meminfo"), lambda: MeminfoReader(root), clock,
                              retry_max_s=cap)
         psi_path = os.path.join(root, "pressure", "memory")
@@ -225,11 +232,13 @@ class SensingUnit(Unit):
         self.open_sources()
         self.sample_once(force=True)
         await self.tegra.start()
-        self._task = asyncio.ensure_future(self._loop())
+        self._ticker = Ticker(self._round, lambda: self._interval, self.clock, self._round_failed)
+        self._ticker.start()
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        await cancel_task(task)
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.stop()
         await self.tegra.stop()
         for s in self.sources:
             s.close()
@@ -287,19 +296,19 @@ class SensingUnit(Unit):
         return f"stress {s.stress:.2f} {s.band} ({s.model})"
 
     # ------------------------------------------------------------ sampling
-    async def _loop(self) -> None:
-        clock = self.clock
-        while True:
-            t0 = clock.monotonic()
-            try:
-                self.sample_once()
-            except SourceError as exc:
-                self._counters["source_failures"] += 1
-                log.error("sample_failed", error=str(exc))
-            except Exception as exc:  # noqa: BLE001 - the loop must survive a bug in one round
-                self._counters["source_failures"] += 1
-                log.error("sample_failed", error=repr(exc), exc_info=True)
-            await asyncio.sleep(max(0.0, self._interval - (clock.monotonic() - t0)))
+    def _round(self) -> None:
+        """One sampling round, run by the Ticker every self._interval seconds
+        (a loop timer callback: one wake-up per sample, nothing else)."""
+        try:
+            self.sample_once()
+        except SourceError as exc:
+            self._counters["source_failures"] += 1
+            log.error("sample_failed", error=str(exc))
+
+    def _round_failed(self, exc: Exception) -> None:
+        # the ticks go on: the loop must survive a bug in one round
+        self._counters["source_failures"] += 1
+        log.error("sample_failed", error=repr(exc), exc_info=exc)
 
     def _oom(self, key: str, value: int | None) -> int:
         """OOM kills seen by `key` since start: the counter's rise since it was
@@ -322,7 +331,11 @@ class SensingUnit(Unit):
         if m is None:
             return None
         psi = self.psi.read()
-        vm = self.vmstat.read()
+        vm = None
+        now = self.clock.monotonic()
+        if self._fast or self._vm_next is None or now >= self._vm_next:
+            vm = self.vmstat.read()
+            self._vm_next = now + VMSTAT_INTERVAL_S
         cg = None
         if self.cgroup is not None:
             was_open = self.cgroup.present
@@ -394,6 +407,7 @@ class SensingUnit(Unit):
                 if fast:
                     break
         self._interval = 1.0 / (max(sense.sample_hz_max, sense.sample_hz) if fast else sense.sample_hz)
+        self._fast = fast
 
     def _on_tegra(self, parsed: dict) -> None:
         self._thermal = thermal.scalars(parsed, self.ctx.config.signal.throttle_c)

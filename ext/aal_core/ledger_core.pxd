@@ -8,6 +8,10 @@ cdef enum:
     HASH_LEN = 32
     MAX_LEVELS = 64
 
+cdef EVP_MD_CTX *need_ctx() except NULL
+cdef int digest(EVP_MD_CTX *c, const uint8_t *a, size_t na, const uint8_t *b, size_t nb,
+                uint8_t *out) noexcept nogil
+
 cdef class MerkleTree:
     cdef uint8_t *levels[MAX_LEVELS]
     cdef size_t caps[MAX_LEVELS]
