@@ -46,6 +46,7 @@ def build_units(ctx: Context) -> list[Unit]:
     sensing = SensingUnit(ctx)
     ledger = LedgerUnit(ctx)
     keys = KeyUnit(ctx, ledger=ledger)
+    ledger.keys = keys          # signs ledger.head
     governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
     return [sensing, ledger, keys, governor, venom]
