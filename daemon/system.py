@@ -164,10 +164,16 @@ def snapshot(runtime) -> dict:
     seen = set()
     unique = []
     for f in fams:
-        if f["name"] in seen:
-            errors.append({"unit": "-", "reason": f"{f['name']}: given twice (the later one is dropped)"})
+        # OpenMetrics names a counter's family without _total, and a
+        # histogram's series add _bucket/_sum/_count: those names clash too.
+        base = f["name"][:-len("_total")] if f["type"] == "counter" else f["name"]
+        names = {base, f["name"]} | ({base + x for x in ("_bucket", "_sum", "_count")}
+                                     if f["type"] == "histogram" else set())
+        if names & seen:
+            errors.append({"unit": "-", "reason": f"{f['name']}: its name clashes with an earlier family's "
+                                                  f"(the later one is dropped)"})
             continue
-        seen.add(f["name"])
+        seen |= names
         unique.append(f)
     runtime.metrics_errors = getattr(runtime, "metrics_errors", 0) + len(errors)
     said = runtime.__dict__.setdefault("_metrics_said", set())

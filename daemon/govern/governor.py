@@ -376,7 +376,7 @@ class Governor:
                    by_kind(self.overdue_by_kind)),
             family("aal_core_directives_unacked", "gauge", "Directives not acknowledged yet.",
                    float(self.unacked_directives())),
-            family("aal_core_directives_overdue", "gauge", "Directives unacknowledged past the timeout now.",
+            family("aal_core_directives_overdue_pending", "gauge", "Directives unacknowledged past the timeout now.",
                    float(self.overdue_directives())),
             family("aal_core_directive_ack_latency_seconds", "histogram",
                    "From the stress sample that caused a directive to its acknowledgement.",
