@@ -40,10 +40,11 @@ def stress_families(s) -> list[dict]:
                "1 while the stress is computed from the watched cgroup, 0 for the host view.",
                1.0 if s.view == "cgroup" else 0.0),
     ]
-    if s.seconds_to_exhaustion is not None:
-        out.append(family("aal_core_time_to_exhaustion_seconds", "gauge",
-                          "Seconds until the tighter memory budget runs out at the current slope "
-                          "(absent while memory is not growing).", float(s.seconds_to_exhaustion)))
+    tte = s.seconds_to_exhaustion
+    # Declared with no sample while memory is not growing (no number is better than a made-up one).
+    out.append(family("aal_core_time_to_exhaustion_seconds", "gauge",
+                      "Seconds until the tighter memory budget runs out at the current slope "
+                      "(no sample while memory is not growing).", [] if tte is None else [sample(float(tte))]))
     if s.thermal_margin_c is not None:
         out.append(family("aal_core_thermal_margin_celsius", "gauge",
                           "Degrees below the throttle temperature (signal.throttle_c).", float(s.thermal_margin_c)))
@@ -92,8 +93,11 @@ def psi_families(p) -> list[dict]:
 
 
 def cgroup_families(cg) -> list[dict]:
-    if cg is None:
-        return []
+    if cg is None:      # declared, no samples: no cgroup is watched
+        return [family(n, "gauge", h, []) for n, h in (
+            ("aal_core_cgroup_memory_usage_bytes", "The watched cgroup's memory usage (sense.cgroup)."),
+            ("aal_core_cgroup_memory_working_set_bytes", "The watched cgroup's usage less its inactive file pages."),
+            ("aal_core_cgroup_memory_limit_bytes", "The watched cgroup's memory limit."))]
     out = [family("aal_core_cgroup_memory_usage_bytes", "gauge", "The watched cgroup's memory usage.",
                   float(cg.usage)),
            family("aal_core_cgroup_memory_working_set_bytes", "gauge",
@@ -139,49 +143,56 @@ def source_families(states: list[dict]) -> list[dict]:
             family("aal_core_source_errors_total", "counter", "Failed reads or opens of each source.", errors)]
 
 
+# Every tegrastats family, declared even when the line lacks the field (no sample then).
+TEGRA = {
+    "aal_core_tegrastats_ram_used_bytes": "tegrastats RAM used.",
+    "aal_core_tegrastats_ram_total_bytes": "tegrastats RAM total.",
+    "aal_core_tegrastats_lfb_bytes": "Largest free block run (lfb blocks x block size).",
+    "aal_core_tegrastats_swap_used_bytes": "tegrastats swap used.",
+    "aal_core_tegrastats_swap_total_bytes": "tegrastats swap total.",
+    "aal_core_tegrastats_emc_utilization_ratio": "External memory controller load (EMC_FREQ), 0-1.",
+    "aal_core_tegrastats_emc_frequency_hertz": "EMC clock.",
+    "aal_core_tegrastats_gpu_utilization_ratio": "GPU load (GR3D_FREQ), 0-1.",
+    "aal_core_tegrastats_cpu_utilization_ratio": "Mean load of the online CPUs, 0-1.",
+    "aal_core_tegrastats_temperature_celsius": "Each thermal zone tegrastats prints.",
+    "aal_core_tegrastats_power_watts": "Each power rail's current draw.",
+}
+
+
 def tegrastats_families(t: dict | None, mode: str) -> list[dict]:
     """From the latest parsed tegrastats line (tegrastats.latest).  In replay
     mode the figures describe the recorded board: aal_core_tegrastats_replay
     says so."""
+    v: dict[str, list] = {k: [] for k in TEGRA}
+    t = t or {}
+
+    def one(name, x):
+        v[name].append(sample(float(x)))
+    ram, swap = t.get("ram"), t.get("swap")
+    if ram:
+        one("aal_core_tegrastats_ram_used_bytes", ram["used_mb"] * MB)
+        one("aal_core_tegrastats_ram_total_bytes", ram["total_mb"] * MB)
+        if "lfb_blocks" in ram:
+            one("aal_core_tegrastats_lfb_bytes", ram["lfb_blocks"] * ram["lfb_block_kb"] * KB)
+    if swap:
+        one("aal_core_tegrastats_swap_used_bytes", swap["used_mb"] * MB)
+        one("aal_core_tegrastats_swap_total_bytes", swap["total_mb"] * MB)
+    emc = t.get("emc") or {}
+    if "util_pct" in emc:
+        one("aal_core_tegrastats_emc_utilization_ratio", emc["util_pct"] / 100.0)
+    if "freq_mhz" in emc:
+        one("aal_core_tegrastats_emc_frequency_hertz", emc["freq_mhz"] * 1e6)
+    gpu = t.get("gpu") or {}
+    if "util_pct" in gpu:
+        one("aal_core_tegrastats_gpu_utilization_ratio", gpu["util_pct"] / 100.0)
+    cpus = [c for c in t.get("cpus") or [] if c.get("online") and "util_pct" in c]
+    if cpus:
+        one("aal_core_tegrastats_cpu_utilization_ratio", sum(c["util_pct"] for c in cpus) / len(cpus) / 100.0)
+    temps = [(k, x) for k, x in sorted((t.get("temps_c") or {}).items()) if _NAME.match(k)][:MAX_LABELS]
+    v["aal_core_tegrastats_temperature_celsius"] = [sample(float(x), {"sensor": k}) for k, x in temps]
+    rails = [(k, x) for k, x in sorted((t.get("power_mw") or {}).items()) if _NAME.match(k)][:MAX_LABELS]
+    v["aal_core_tegrastats_power_watts"] = [sample(x["current"] / 1000.0, {"rail": k}) for k, x in rails]
     out = [family("aal_core_tegrastats_replay", "gauge",
                   "1 when the tegrastats figures come from the bundled recording, not this board.",
                   1.0 if mode == "replay" else 0.0)]
-    if not t:
-        return out
-    ram, swap = t.get("ram"), t.get("swap")
-    if ram:
-        out.append(family("aal_core_tegrastats_ram_used_bytes", "gauge", "tegrastats RAM used.", ram["used_mb"] * MB))
-        out.append(family("aal_core_tegrastats_ram_total_bytes", "gauge", "tegrastats RAM total.",
-                          ram["total_mb"] * MB))
-        if "lfb_blocks" in ram:
-            out.append(family("aal_core_tegrastats_lfb_bytes", "gauge",
-                              "Largest free block run (lfb blocks x block size).",
-                              float(ram["lfb_blocks"] * ram["lfb_block_kb"] * KB)))
-    if swap:
-        out.append(family("aal_core_tegrastats_swap_used_bytes", "gauge", "tegrastats swap used.",
-                          swap["used_mb"] * MB))
-        out.append(family("aal_core_tegrastats_swap_total_bytes", "gauge", "tegrastats swap total.",
-                          swap["total_mb"] * MB))
-    emc = t.get("emc") or {}
-    if "util_pct" in emc:
-        out.append(family("aal_core_tegrastats_emc_utilization_ratio", "gauge",
-                          "External memory controller load (EMC_FREQ), 0-1.", emc["util_pct"] / 100.0))
-    if "freq_mhz" in emc:
-        out.append(family("aal_core_tegrastats_emc_frequency_hertz", "gauge", "EMC clock.", emc["freq_mhz"] * 1e6))
-    gpu = t.get("gpu") or {}
-    if "util_pct" in gpu:
-        out.append(family("aal_core_tegrastats_gpu_utilization_ratio", "gauge", "GPU load (GR3D_FREQ), 0-1.",
-                          gpu["util_pct"] / 100.0))
-    cpus = [c for c in t.get("cpus") or [] if c.get("online") and "util_pct" in c]
-    if cpus:
-        out.append(family("aal_core_tegrastats_cpu_utilization_ratio", "gauge", "Mean load of the online CPUs, 0-1.",
-                          sum(c["util_pct"] for c in cpus) / len(cpus) / 100.0))
-    temps = [(k, v) for k, v in sorted((t.get("temps_c") or {}).items()) if _NAME.match(k)][:MAX_LABELS]
-    if temps:
-        out.append(family("aal_core_tegrastats_temperature_celsius", "gauge", "Each thermal zone tegrastats prints.",
-                          [sample(float(v), {"sensor": k}) for k, v in temps]))
-    rails = [(k, v) for k, v in sorted((t.get("power_mw") or {}).items()) if _NAME.match(k)][:MAX_LABELS]
-    if rails:
-        out.append(family("aal_core_tegrastats_power_watts", "gauge", "Each power rail's current draw.",
-                          [sample(v["current"] / 1000.0, {"rail": k}) for k, v in rails]))
-    return out
+    return out + [family(k, "gauge", TEGRA[k], v[k]) for k in TEGRA]
