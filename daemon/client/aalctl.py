@@ -3,6 +3,7 @@
     aalctl [--socket PATH] status            readable summary
     aalctl [--socket PATH] call METHOD [JSON] result as JSON; error on stderr, exit 1
     aalctl [--socket PATH] watch TOPIC [JSON] follow a subscription, one JSON line per push
+    aalctl fleet status|watch [--redis-url URL] the fleet from Redis Streams (daemon/fleet/cli.py)
 
 Exit codes: 0 ok, 1 the daemon answered with an error, 2 usage error,
 3 cannot connect.
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--count", type=int, default=0, help="stop after N notifications (0 = forever)")
     from ..ledger import cli as ledger_cli  # offline: `aalctl ledger ...` needs no daemon
     ledger_cli.add_parser(sub)
+    from ..fleet import cli as fleet_cli  # Redis, not the daemon: `aalctl fleet ...`
+    fleet_cli.add_parser(sub)
     return p
 
 
@@ -136,7 +139,12 @@ def cmd_ledger(args) -> int:
     return ledger_cli.run(args)
 
 
-COMMANDS = {"status": cmd_status, "call": cmd_call, "watch": cmd_watch, "ledger": cmd_ledger}
+def cmd_fleet(args) -> int:
+    from ..fleet import cli as fleet_cli
+    return fleet_cli.run(args)
+
+
+COMMANDS = {"status": cmd_status, "call": cmd_call, "watch": cmd_watch, "ledger": cmd_ledger, "fleet": cmd_fleet}
 
 if __name__ == "__main__":
     sys.exit(main())

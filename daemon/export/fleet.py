@@ -16,6 +16,7 @@ Two halves that share only a bounded buffer:
                 while Redis is unreachable it reconnects with backoff (0.5 s
                 doubling to fleet.reconnect_max_s) and the buffer holds at most
                 fleet.buffer_max entries, dropping the oldest and counting them
+                (samples and events first: heads go only when nothing else is left)
 
 The daemon never waits for either: a slow exporter only makes the daemon
 drop (and count) notifications to it.  Every entry has `type`, `ts` (wall
@@ -40,6 +41,7 @@ log = get_logger("export.fleet")
 BATCH = 256
 POLL_S = 1.0
 HEAD_FIELDS = ("size", "root", "timestamp", "signature", "public_key")
+PREV_SCAN = 100
 
 
 def node_id(cfg) -> str:
@@ -66,9 +68,12 @@ class FleetState:
         self.daemon_error = "not connected yet"
         self.heads = 0
         self.head_errors = 0
-        # The last head on the heads stream (size, root hex), read from Redis
-        # at the first connection; heads are linked to it.
+        # The last head on the heads stream (size, root hex) that this
+        # board's key signed, found at the first connection among the
+        # stream's newest PREV_SCAN heads (read by the publisher, checked by
+        # the watcher, which knows the key); heads are linked to it.
         self.prev_head: tuple[int, str] | None = None
+        self.prev_candidates: list[dict] = []
         self.prev_known = asyncio.Event()
 
     def status(self) -> dict:
@@ -116,8 +121,15 @@ class Buffer:
         self._ready.set()
 
     def _trim(self) -> None:
+        """Drop the oldest sample or event; a head only when nothing else is
+        left (heads are rare, and each links the next one)."""
         while len(self.items) > self.state.cfg.buffer_max:
-            self.items.popleft()
+            for i, (kind, _) in enumerate(self.items):
+                if kind != "heads":
+                    del self.items[i]
+                    break
+            else:
+                self.items.popleft()
             self.state.dropped += 1
 
     def take(self, n: int) -> list:
@@ -193,13 +205,8 @@ class Publisher:
 
     async def _read_prev_head(self, r) -> None:
         st = self.state
-        last = await r.xrevrange(st.streams["heads"], count=1)
-        if last:
-            f = {k.decode(): v.decode() for k, v in last[0][1].items()}
-            try:
-                st.prev_head = (int(f["size"]), f["root"])
-            except (KeyError, ValueError):
-                st.prev_head = None
+        st.prev_candidates = [{k.decode(): v.decode() for k, v in f.items()}
+                              for _, f in await r.xrevrange(st.streams["heads"], count=PREV_SCAN)]
         st.prev_known.set()
 
 
@@ -325,6 +332,14 @@ class Watcher:
                 and now - self.head_t < self.cfg.head_every_s:
             return
         head = await c.call("ledger.head")
+        if st.prev_candidates:
+            # Only a head this board signed is a base: anyone who can write
+            # to Redis can add one that is not.
+            from ..ledger.head import verify_head
+            good = next((h for h in st.prev_candidates if verify_head(h, public_key=head["public_key"])), None)
+            st.prev_candidates = []
+            if good is not None:
+                st.prev_head = (int(good["size"]), good["root"])
         fields = {k: head[k] for k in HEAD_FIELDS}
         fields["algorithm"] = head.get("algorithm", "ed25519")
         prev = st.prev_head

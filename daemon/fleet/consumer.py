@@ -16,7 +16,11 @@ seen), and that it extends the last head this group verified for the board
 by the RFC 9162 consistency proof the exporter publishes with it.  The last
 verified head per board lives in Redis (hash aal-core:fleet:<group>:heads),
 so the check holds whichever consumer of the group gets the next head.  A
-board whose ledger was rewritten, or a forged head, lands in its `issues`.
+board whose ledger was rewritten, or a forged head, lands in its `issues`;
+a head the proof cannot link (the exporter's previous head never reached
+Redis) is "unlinked" and becomes the base, except after a rewrite: then
+every later head is flagged until an operator removes the board's field
+from that hash.
 """
 from __future__ import annotations
 
@@ -220,9 +224,15 @@ class FleetConsumer:
                               json.dumps({"size": int(f["size"]), "root": f["root"], "public_key": f["public_key"]}))
             return None
         kind, reason = bad
+        if kind == "unlinked" and last is not None and last.get("rewritten"):
+            # After a rewrite nothing new becomes the base by itself: an
+            # operator clears the board (HDEL) once the cause is known.
+            kind, reason = "rewritten", f"{reason}; the board's ledger was found rewritten before"
         issue = {"kind": kind, "reason": reason, "size": f.get("size"), "entry_ts": f.get("ts")}
         b.issues.append(issue)
         del b.issues[:-100]
+        if kind == "rewritten" and last is not None and not last.get("rewritten"):
+            await self.r.hset(self.verified_key, b.node, json.dumps({**last, "rewritten": True}))
         if kind == "unlinked":
             # Nothing proves it wrong either: it becomes the base the next head must extend.
             b.head = f
