@@ -142,7 +142,7 @@ def snapshot(runtime) -> dict:
                                  "event_loop": runtime.event_loop_name or "-", "json": runtime.json_name,
                                  "hardware": runtime.hardware.kind})]),
             family("aal_core_uptime_seconds", "gauge", "Seconds since the daemon started.", runtime.uptime())]
-    fams += process_families(time.time() - runtime.uptime())
+    fams += process_families(runtime.ctx.clock.wall() - runtime.uptime())
     fams += server_families(runtime.server)
     fams += runtime.dispatcher.metrics()
     errors = []
@@ -186,7 +186,7 @@ def snapshot(runtime) -> dict:
                          float(runtime.metrics_errors)))
     dt = time.perf_counter() - t0
     unique.append(family("aal_core_metrics_collect_seconds", "gauge", "Time the last system.metrics took.", dt))
-    out = {"timestamp": time.time(), "families": unique, "collect_seconds": round(dt, 6)}
+    out = {"timestamp": runtime.ctx.clock.wall(), "families": unique, "collect_seconds": round(dt, 6)}
     if errors:
         out["errors"] = errors
     return out

@@ -41,6 +41,17 @@ class DaemonCollector:
             self.last_error = str(exc) or type(exc).__name__
             return None
 
+    def probe(self) -> bool:
+        """system.health within timeout_s (for /status between scrapes)."""
+        try:
+            with Client(self.socket_path, timeout=self.timeout_s) as c:
+                c.call("system.health")
+            self.daemon_up = True
+        except (ConnectError, RpcCallError, OSError, ValueError) as exc:
+            self.daemon_up = False
+            self.last_error = str(exc) or type(exc).__name__
+        return self.daemon_up
+
     def collect(self):
         t0 = time.perf_counter()
         with self._lock:

@@ -33,6 +33,7 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..clock import SYSTEM
 from ..client import AsyncClient, ConnectError, RpcCallError
 from ..log import get_logger
 
@@ -113,7 +114,7 @@ class Buffer:
 
     def put(self, kind: str, fields: dict) -> None:
         self.seq += 1
-        f = {"seq": str(self.seq), "ts": repr(round(time.time(), 6))}
+        f = {"seq": str(self.seq), "ts": repr(round(SYSTEM.wall(), 6))}
         f.update((k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v))
                  for k, v in fields.items() if v is not None)
         self.items.append((kind, f))

@@ -52,7 +52,7 @@ class Exporter:
         self.httpd: ThreadingHTTPServer | None = None
 
     def status(self) -> dict:
-        out = {"socket": self.socket_path, "daemon_up": self.collector.daemon_up,
+        out = {"socket": self.socket_path, "daemon_up": self.collector.probe(),
                "scrapes": self.collector.scrapes, "listen": self.cfg.metrics.listen,
                "textfile": self.cfg.metrics.textfile, "fleet": "off"}
         if not self.collector.daemon_up and self.collector.last_error:

@@ -25,9 +25,9 @@ from that hash.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass, field
 
+from ..clock import SYSTEM
 from ..ledger.head import verify_head
 from ..ledger.proofs import check_consistency
 
@@ -193,7 +193,7 @@ class FleetConsumer:
         if b is None:
             b = self.boards[node] = Board(node)
         f = decode_fields(raw)
-        b.last_seen = time.time()
+        b.last_seen = SYSTEM.wall()
         seq = f.get("seq")
         if isinstance(seq, int):
             if b._seq and seq > b._seq + 1:
