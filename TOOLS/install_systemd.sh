@@ -102,7 +102,7 @@ fi
 
 # --- units, snippets, config -----------------------------------------------
 install -d -m 0755 "$etc/systemd/system" "$etc/sysusers.d" "$etc/tmpfiles.d" "$etc/aal-core"
-for unit in aal-core.service aal-core.socket; do
+for unit in aal-core.service aal-core.socket aal-core-export.service; do
     sed "s|/opt/aal-core/|$prefix/|g" "$here/systemd/$unit" > "$etc/systemd/system/$unit.tmp"
     chmod 0644 "$etc/systemd/system/$unit.tmp"
     mv -f "$etc/systemd/system/$unit.tmp" "$etc/systemd/system/$unit"

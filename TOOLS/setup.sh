@@ -26,6 +26,11 @@ if [ "$want_test" = 1 ]; then
     # test_systemd_e2e: the nspawn container shares only /usr with the host,
     # so the service's venv there is made from /usr/bin/python3.
     /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3 python3-venv)
+    # test_export_prometheus / test_fleet_redis: a real Prometheus (and
+    # promtool) and a real redis-server, the versions Debian 12 ships.
+    command -v prometheus >/dev/null && command -v promtool >/dev/null \
+        || apt_pkgs+=(prometheus=2.42.0+ds-5+deb12u1)
+    command -v redis-server >/dev/null || apt_pkgs+=(redis-server=5:7.0.15-1~deb12u10)
     # test_cgroup_v2_guest (x86_64): a QEMU guest booted by virtme-ng.
     if [ "$(uname -m)" = x86_64 ]; then
         command -v qemu-system-x86_64 >/dev/null || apt_pkgs+=(qemu-system-x86)

@@ -1,6 +1,7 @@
 """`aal-core`: the daemon's command line.
 
     aal-core run [--config FILE] [--socket PATH] [--state-dir DIR] [--log-level L] [--local [DIR]] ...
+    aal-core export [--config FILE] [--socket PATH]     (metrics and fleet; daemon/export)
 
 Exit codes (see README): 0 clean stop, 2 usage or configuration error,
 3 cannot listen (socket in use, path not writable), 4 state unusable
@@ -105,11 +106,15 @@ def main(argv=None) -> int:
     _run_parser(sub)
     from .venom import standalone as venom_cli
     venom_cli.add_parser(sub)
+    from .export import cli as export_cli
+    export_cli.add_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "run":
         return cmd_run(args)
     if args.command == "venom":
         return venom_cli.cmd_venom(args)
+    if args.command == "export":
+        return export_cli.cmd_export(args)
     parser.error(f"unknown command {args.command}")
     return EXIT_CONFIG
 

@@ -48,6 +48,7 @@ def build_units(ctx: Context) -> list[Unit]:
     sensing = SensingUnit(ctx)
     ledger = LedgerUnit(ctx)
     keys = KeyUnit(ctx, ledger=ledger)
+    ledger.keys = keys          # signs ledger.head
     governor = GovernorUnit(ctx, sensing=sensing, ledger=ledger)
     venom = VenomUnit(ctx, sensing=sensing, governor=governor, ledger=ledger)
     overlays = OverlayUnit(ctx, governor=governor, ledger=ledger, keys=keys)

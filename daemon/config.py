@@ -271,6 +271,42 @@ class OverlaysConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """`aal-core export`'s Prometheus side (README "Observability and the fleet");
+    the daemon itself serves no network."""
+    # host:port where /metrics is served ("[::1]:9469" for IPv6); "off" serves nothing.
+    listen: str = "127.0.0.1:9469"
+    # A .prom file for node_exporter's textfile collector, rewritten atomically; "" for none.
+    textfile: str = ""
+    textfile_interval_s: float = 15.0
+    # Longest a scrape waits for the daemon's system.metrics; then it answers
+    # with the exporter's own metrics and aal_core_daemon_up 0.
+    scrape_timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """`aal-core export` publishing to Redis Streams; off while redis_url is empty."""
+    # redis://[user:password@]host:port/db (or rediss://); "" = fleet publishing off.
+    redis_url: str = ""
+    # The board's name in the stream keys aal-core:<node_id>:...; "" = the hostname.
+    node_id: str = ""
+    # Stress samples published per second (downsampled from the daemon's rate).
+    sample_hz: float = 1.0
+    # A signed ledger head after this many new entries, or this many seconds.
+    head_every_entries: int = 100
+    head_every_s: float = 60.0
+    # Approximate stream lengths kept (XADD MAXLEN ~): a day of 1 Hz samples.
+    samples_maxlen: int = 86400
+    events_maxlen: int = 100000
+    heads_maxlen: int = 10000
+    # Entries held while Redis is unreachable; beyond it the oldest are dropped and counted.
+    buffer_max: int = 10000
+    # Reconnect backoff doubles from 0.5 s up to this.
+    reconnect_max_s: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     rpc: RpcConfig = field(default_factory=RpcConfig)
@@ -282,6 +318,8 @@ class Config:
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     overlays: OverlaysConfig = field(default_factory=OverlaysConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -383,6 +421,16 @@ RANGES = {
     ("overlays", "http_backoff_s"): (0.0, 60.0),
     ("overlays", "max_open_files"): (16, 1 << 20),
     ("overlays", "max_processes"): (1, 1 << 22),
+    ("metrics", "textfile_interval_s"): (0.1, 86400.0),
+    ("metrics", "scrape_timeout_s"): (0.05, 60.0),
+    ("fleet", "sample_hz"): (0.001, 100.0),
+    ("fleet", "head_every_entries"): (1, 1 << 30),
+    ("fleet", "head_every_s"): (0.1, 86400.0),
+    ("fleet", "samples_maxlen"): (1, 1 << 31),
+    ("fleet", "events_maxlen"): (1, 1 << 31),
+    ("fleet", "heads_maxlen"): (1, 1 << 31),
+    ("fleet", "buffer_max"): (1, 1 << 24),
+    ("fleet", "reconnect_max_s"): (0.5, 3600.0),
 }
 
 # Keys a SIGHUP reload cannot change in a running daemon.
@@ -444,6 +492,15 @@ def from_mapping(data: dict, source: str, base: Config | None = None) -> Config:
                 _check_exempt(value, source)
             if (sname, key) == ("govern", "cgroup_group"):
                 _check_cgroup_group(value, source)
+            if (sname, key) == ("metrics", "listen"):
+                parse_listen(value, source)
+            if (sname, key) == ("fleet", "redis_url") and value and \
+                    not value.startswith(("redis://", "rediss://", "unix://")):
+                raise ConfigError(f"{source}: fleet.redis_url must start with redis://, rediss:// or unix:// "
+                                  f"(or be empty: fleet off), got {value!r}")
+            if (sname, key) == ("fleet", "node_id") and value and not _NODE_ID.match(value):
+                raise ConfigError(f"{source}: fleet.node_id must be 1-64 of A-Z a-z 0-9 . _ - "
+                                  f"(it names Redis keys), got {value!r}")
             if hints[key] is float:
                 value = float(value)
             overrides.setdefault(sname, {})[key] = value
@@ -494,6 +551,20 @@ def _check_train_ladder(t: TrainConfig, source: str) -> None:
     if not t.resume_below < t.pause_at:
         raise ConfigError(f"{source}: train.resume_below must be below train.pause_at = {t.pause_at}, "
                           f"got {t.resume_below}")
+_NODE_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+
+
+def parse_listen(value: str, source: str = "metrics.listen") -> tuple[str, int] | None:
+    """"host:port" (IPv6 in brackets) -> (host, port); "off" -> None."""
+    if value == "off":
+        return None
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{source}: metrics.listen must be \"host:port\" (e.g. \"127.0.0.1:9469\") "
+                          f"or \"off\", got {value!r}")
+    return host, int(port)
 
 
 def _check_exempt(value: str, source: str) -> None:

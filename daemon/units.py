@@ -13,6 +13,8 @@ others it needs explicitly, and drives them through this interface:
                          (awaited before the reload is answered)
     status()             fields merged into system.status (SystemStatus)
     summary()            a few words for the one-line STATUS=
+    metrics()            metric families from its state now, for system.metrics
+                         (format in daemon/metrics.py; never on a hot path)
 """
 from __future__ import annotations
 
@@ -60,3 +62,6 @@ class Unit:
 
     def summary(self) -> str:
         return ""
+
+    def metrics(self) -> list[dict]:
+        return []

@@ -5,6 +5,7 @@
     aalctl [--socket PATH] watch TOPIC [JSON] follow a subscription, one JSON line per push
     aalctl [--socket PATH] overlay ...        the overlay bus (overlay_cli.py; replay's own exit codes)
     aalctl [--socket PATH] provenance ...     the provenance log (verify: exit 1 when a record is bad)
+    aalctl fleet status|watch [--redis-url URL] the fleet from Redis Streams (daemon/fleet/cli.py)
 
 Exit codes: 0 ok, 1 the daemon answered with an error, 2 usage error,
 3 cannot connect.
@@ -80,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_cli.add_parser(sub)
     from . import overlay_cli
     overlay_cli.add_parser(sub)
+    from ..fleet import cli as fleet_cli  # Redis, not the daemon: `aalctl fleet ...`
+    fleet_cli.add_parser(sub)
     return p
 
 
@@ -152,8 +155,13 @@ def cmd_provenance(args) -> int:
         return overlay_cli.run_provenance(args, c)
 
 
+def cmd_fleet(args) -> int:
+    from ..fleet import cli as fleet_cli
+    return fleet_cli.run(args)
+
+
 COMMANDS = {"status": cmd_status, "call": cmd_call, "watch": cmd_watch, "ledger": cmd_ledger,
-            "overlay": cmd_overlay, "provenance": cmd_provenance}
+            "overlay": cmd_overlay, "provenance": cmd_provenance, "fleet": cmd_fleet}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,15 +8,18 @@ samples and RPC calls, and publishes what it returns.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 from .. import errors as E
 from ..errors import RpcError, invalid_params
+from ..metrics import Histogram, family, sample
 from ..runes import Profile, Step, format_profile, resolve, step_json, to_json
 from .level import Level
 from .policy import LIFT, calm_level, make_stepper, metadata_for, threshold
 
 DIRECTIVE_SCHEMA = 1
+DIRECTIVE_KINDS = ("APPLY", "LIFT", "QUARANTINE", "RELEASE_QUARANTINE")
 JOB_ID = re.compile(r"(?!\.{1,2}$)[A-Za-z0-9._-]{1,64}")
 # Metadata keys the governor owns; a submitted value for them is overwritten.
 DEGRADATION_FIELDS = ("kv_shrink_factor", "max_context_tokens", "disabled_features", "batch_mode",
@@ -29,6 +32,7 @@ class Pending:
     issued: float            # monotonic
     sample_monotonic: float | None
     overdue: bool = False    # already counted in Governor.overdue_total
+    kind: str = ""           # the directive's kind, for the per-kind counters
 
 
 @dataclass
@@ -83,6 +87,14 @@ class Governor:
         self.refused_total = 0
         self.overdue_total = 0     # directives that went unacked past ack_timeout_s, ever
         self._tokens = 0
+        # For metrics(): per directive kind (a handful of fixed names), each
+        # series present from the start so rates work from the first scrape.
+        kinds = dict.fromkeys(DIRECTIVE_KINDS, 0)
+        self.issued_by_kind: Counter = Counter(kinds)
+        self.acked_by_kind: Counter = Counter(kinds)
+        self.overdue_by_kind: Counter = Counter(kinds)
+        # Sample to acknowledgement, the latency the SLO is written on.
+        self.ack_latency = Histogram()
 
     def reconfigure(self, cfg) -> None:
         """Apply a reloaded [govern]; the mode of live jobs stays as submitted."""
@@ -245,7 +257,9 @@ class Governor:
         now = self.clock.monotonic()
         cause = self._cause(job, reason, sample, job_sample, level)
         job.pending[job.version] = Pending(job.version, now,
-                                           cause["sample_monotonic"] if sample is not None else None)
+                                           cause["sample_monotonic"] if sample is not None else None,
+                                           kind=kind)
+        self.issued_by_kind[kind] += 1
         return self._directive_dict(job, kind, steps, cause, now)
 
     def _directive_dict(self, job: JobState, kind: str, steps, cause: dict, now: float) -> dict:
@@ -274,10 +288,12 @@ class Governor:
         acked = [job.pending.pop(v) for v in [v for v in job.pending if v <= version]]
         self._mark_overdue(acked, now)       # acked too late: it was overdue all the same
         for p in acked:
+            self.acked_by_kind[p.kind] += 1
             if p.version == version and p.sample_monotonic:
                 latency = max(0.0, now - p.sample_monotonic)
         if latency is not None:
             job.last_ack_latency_s = latency
+            self.ack_latency.observe(latency)
         job.acked = max(job.acked, version)
         out = {"job_id": job_id, "acked_version": job.acked, "unacked": len(job.pending)}
         if latency is not None:
@@ -297,6 +313,7 @@ class Governor:
             if not p.overdue and p.issued < limit:
                 p.overdue = True
                 self.overdue_total += 1
+                self.overdue_by_kind[p.kind] += 1
 
     def overdue_directives_total(self) -> int:
         """Directives that ever went unacknowledged past ack_timeout_s, each
@@ -384,6 +401,40 @@ class Governor:
             d["anomalies"] = d["overdue"]
             out.append(d)
         return out
+
+    def metrics(self) -> list[dict]:
+        """Jobs by state, directives by kind, ack latency, the degradation level."""
+        self.overdue_directives_total()     # brings overdue_by_kind up to now
+        states = Counter()
+        for j in self.jobs.values():
+            states["quarantined" if j.quarantined else "degraded" if j.stepper.active else "normal"] += 1
+
+        def by_kind(c: Counter) -> list[dict]:
+            return [sample(float(n), {"kind": k}) for k, n in sorted(c.items())]
+        return [
+            family("aal_core_jobs", "gauge", "Jobs held by the governor, by state (normal, degraded, quarantined).",
+                   [sample(float(states[k]), {"state": k}) for k in ("normal", "degraded", "quarantined")]),
+            family("aal_core_directives_issued_total", "counter", "Directives issued, by kind.",
+                   by_kind(self.issued_by_kind)),
+            family("aal_core_directives_acked_total", "counter", "Directives acknowledged, by kind.",
+                   by_kind(self.acked_by_kind)),
+            family("aal_core_directives_overdue_total", "counter",
+                   "Directives unacknowledged past govern.ack_timeout_s, by kind (each counted once).",
+                   by_kind(self.overdue_by_kind)),
+            family("aal_core_directives_unacked", "gauge", "Directives not acknowledged yet.",
+                   float(self.unacked_directives())),
+            family("aal_core_directives_overdue_pending", "gauge", "Directives unacknowledged past the timeout now.",
+                   float(self.overdue_directives())),
+            family("aal_core_directive_ack_latency_seconds", "histogram",
+                   "From the stress sample that caused a directive to its acknowledgement.",
+                   self.ack_latency.value()),
+            family("aal_core_degradation_level", "gauge", "The machine-wide degradation level (0-1).",
+                   float(self.level.value)),
+            family("aal_core_degradation_notches", "gauge", "Notches the control loop raised the level by.",
+                   float(self.level.notches)),
+            family("aal_core_admission_refused_total", "counter", "Job submissions refused under stress.",
+                   float(self.refused_total)),
+        ]
 
     def status(self) -> dict:
         st = {"mode": self.mode, "setpoint": self.cfg.setpoint, "level": round(self.level.value, 6),

@@ -91,6 +91,14 @@ class GovernorUnit(Unit):
     def status(self) -> dict:
         return {}
 
+    def metrics(self) -> list[dict]:
+        out = self.core.metrics()
+        enforced = sum(1 for j in self.core.jobs.values() if j.enforcement.get("enforced"))
+        out.append({"name": "aal_core_jobs_enforced", "type": "gauge",
+                    "help": "Jobs placed in a cgroup with hard caps.",
+                    "samples": [{"labels": {}, "value": float(enforced)}]})
+        return out
+
     def summary(self) -> str:
         c = self.core
         unacked = c.unacked_directives()

@@ -232,6 +232,7 @@ class Ledger:
         if repair and mpath is not None:
             self._take_mark(mark, mpath, verdict)
         self.verified = True
+        self.open_verify_s = res.seconds
         log.info("ledger_verified", path=store.path, entries=self.count, seconds=f"{res.seconds:.3f}",
                  merkle_root=self.root().hex())
 

@@ -12,10 +12,12 @@ bench/ledger.py compares against).
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import LedgerError
 from ..log import get_logger
+from ..metrics import SIZE_BUCKETS, Histogram
 from .chain import Ledger
 
 log = get_logger("ledger")
@@ -31,6 +33,10 @@ class GroupCommitter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-fsync")
         self.batches = 0
         self.failures = 0
+        self.appended = 0
+        # submit() to durable, per entry; entries per batch (for metrics()).
+        self.append_latency = Histogram()
+        self.batch_size = Histogram(SIZE_BUCKETS)
 
     def submit(self, data) -> "asyncio.Future[tuple[int, str]]":
         """Queue `data`; the future gives (index, hash hex) once durable.
@@ -38,7 +44,7 @@ class GroupCommitter:
         canon = self.ledger.encode(data)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._queue.append((canon, self.ledger._now(), fut))
+        self._queue.append((canon, self.ledger._now(), fut, time.perf_counter()))
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain())
         return fut
@@ -49,7 +55,7 @@ class GroupCommitter:
             n = self.max_batch if self.group else 1
             items, self._queue[:n] = self._queue[:n], []
             try:
-                batch = self.ledger.prepare([(c, t) for c, t, _ in items])
+                batch = self.ledger.prepare([(c, t) for c, t, _, _ in items])
                 await loop.run_in_executor(self._pool, self.ledger.write, batch)
             except Exception as exc:  # noqa: BLE001 - every waiter gets the error
                 self.ledger.abort()
@@ -57,13 +63,18 @@ class GroupCommitter:
                 err = exc if isinstance(exc, LedgerError) else LedgerError(f"append failed: {exc!r}")
                 log.error("ledger_append_failed", entries=len(items), reason=str(err),
                           chain_length=self.ledger.count)
-                for _, _, f in items:
+                for _, _, f, _ in items:
                     if not f.done():
                         f.set_exception(err)
                 continue
             self.ledger.commit(batch)
             self.batches += 1
-            for i, (_, _, f) in enumerate(items):
+            self.appended += len(items)
+            self.batch_size.observe(len(items))
+            now = time.perf_counter()
+            observe = self.append_latency.observe
+            for i, (_, _, f, t0) in enumerate(items):
+                observe(now - t0)
                 if not f.done():
                     f.set_result((batch.start + i, batch.hashes[i].hex()))
 

@@ -15,12 +15,14 @@ import os
 
 from ..errors import LedgerError, RpcError, NOT_FOUND, invalid_params
 from ..log import get_logger
+from ..metrics import family, sample
 from ..rpc.budget import CHARGE
 from ..rpc.registry import Access
 from ..units import Context, Unit
 from .canonical import EntryError, format_number
 from .chain import MAX_GET, Ledger
 from .commit import GroupCommitter
+from .head import make_head
 
 log = get_logger("ledger")
 
@@ -41,6 +43,11 @@ class LedgerUnit(Unit):
         # The verify running now: concurrent ledger.verify calls share it, so
         # clients cannot stack full-CPU scans on the board.
         self._verifying: asyncio.Future | None = None
+        # The daemon's signing key (keys.KeyUnit), set by build_units: it is
+        # built after the ledger, which records its rotations.
+        self.keys = None
+        self.verifications = {"valid": 0, "invalid": 0}
+        self.last_verify_s: float | None = None
 
     # -- the agreed interface ---------------------------------------------
 
@@ -67,7 +74,7 @@ class LedgerUnit(Unit):
     def _charge(self, charge, fut) -> None:
         """Charge the calling uid's byte budget with the record's size now
         (so its next call sees it); refund it if the append fails."""
-        canon, ts, _ = self.committer._queue[-1]
+        canon, ts = self.committer._queue[-1][:2]
         base = len(canon) + len(format_number(ts)) + self.RECORD_FIXED
         # The index is known once written; until then, the chain's length.
         estimate = base + len(str(self.ledger.count))
@@ -95,6 +102,7 @@ class LedgerUnit(Unit):
         self.ledger = await loop.run_in_executor(
             None, lambda: Ledger.open(self.path, clock=self.ctx.clock, max_entry_bytes=cfg.max_entry_bytes))
         self.committer = GroupCommitter(self.ledger, group=cfg.group_commit, max_batch=cfg.max_batch)
+        self.last_verify_s = getattr(self.ledger, "open_verify_s", None)
         self._opened.set()
 
     async def stop(self) -> None:
@@ -117,6 +125,35 @@ class LedgerUnit(Unit):
         if self.committer is not None:
             self.committer.group = cfg.group_commit
             self.committer.max_batch = cfg.max_batch
+
+    def metrics(self) -> list[dict]:
+        """Entries, appends, append latency, group-commit batch size, verify results."""
+        if self.ledger is None:
+            return []
+        led, c = self.ledger, self.committer
+        out = [
+            family("aal_core_ledger_entries", "gauge", "Entries in the chain (genesis included).", float(led.count)),
+            family("aal_core_ledger_bytes", "gauge", "Committed bytes of the ledger file.", float(led.end)),
+            family("aal_core_ledger_verified", "gauge",
+                   "1 while the chain verified (at start and by the last ledger.verify), else 0.",
+                   1.0 if led.verified else 0.0),
+            family("aal_core_ledger_verifications_total", "counter", "ledger.verify runs, by result.",
+                   [sample(float(n), {"result": k}) for k, n in sorted(self.verifications.items())]),
+        ]
+        if self.last_verify_s is not None:
+            out.append(family("aal_core_ledger_verify_duration_seconds", "gauge",
+                              "Duration of the last ledger.verify.", self.last_verify_s))
+        if c is not None:
+            out += [
+                family("aal_core_ledger_appends_total", "counter", "Entries appended since start.", float(c.appended)),
+                family("aal_core_ledger_commit_failures_total", "counter", "Batches whose write or fsync failed.",
+                       float(c.failures)),
+                family("aal_core_ledger_append_latency_seconds", "histogram",
+                       "From append to durable (fsync and high-water mark), per entry.", c.append_latency.value()),
+                family("aal_core_ledger_group_commit_batch_size", "histogram",
+                       "Entries per group-commit batch (one write and fsync each).", c.batch_size.value()),
+            ]
+        return out
 
     def summary(self) -> str:
         if self.ledger is None:
@@ -146,6 +183,7 @@ class LedgerUnit(Unit):
         registry.add("ledger.verify", self.rpc_verify, result="LedgerVerifyResult")
         registry.add("ledger.proof", self.rpc_proof, params="LedgerProofParams", result="LedgerProofResult",
                      example={"index": 0})
+        registry.add("ledger.head", self.rpc_head, result="LedgerHead")
         registry.add("ledger.consistency", self.rpc_consistency, params="LedgerConsistencyParams",
                      result="LedgerConsistencyResult", example={"first": 1})
 
@@ -202,9 +240,20 @@ class LedgerUnit(Unit):
         snap = led.snapshot()
         out = await asyncio.get_running_loop().run_in_executor(None, led.check, snap)
         led.verified = out["valid"]
+        self.verifications["valid" if out["valid"] else "invalid"] += 1
+        self.last_verify_s = float(out.get("seconds", 0.0))
         if not out["valid"]:
             log.error("ledger_verify_failed", index=out.get("first_bad_index"), reason=out.get("reason"))
         return out
+
+    async def rpc_head(self, p, call):
+        """A signed tree head: size, Merkle root, timestamp (ms), Ed25519 signature, public key."""
+        led = await self._open()
+        if self.keys is None or self.keys.key is None:
+            raise LedgerError("no signing key loaded (daemon starting)")
+        size = led.count
+        return make_head(size, led.root(size), int(self.ctx.clock.wall() * 1000), self.keys.sign,
+                         self.keys.public_hex)
 
     async def rpc_proof(self, p, call):
         """RFC 9162 inclusion proof of entry `index` in the tree of `tree_size` entries."""

@@ -11,10 +11,12 @@ import asyncio
 import inspect
 import json
 from dataclasses import dataclass
+from time import perf_counter
 
 from .. import errors as E
 from ..errors import AalError, ConfigError, ParseError, RpcError, LedgerError, SourceError
 from ..log import get_logger
+from ..metrics import Histogram, family, sample
 from . import codec
 from .budget import CHARGE
 from .registry import Access, Registry
@@ -240,6 +242,10 @@ class Dispatcher:
         self.limits = limits
         # budget.Budgets, or None (no budgets: tests of the protocol alone).
         self.budgets = budgets
+        # Per registered method (a bounded set): calls by outcome and latency,
+        # for system.metrics.  Unknown method names are only counted.
+        self.calls: dict[str, MethodCalls] = {}
+        self.unknown_methods = 0
 
     # Result of handle_frame: bytes (reply), None (nothing to send), or an
     # awaitable giving bytes/None (some handler was async).
@@ -378,9 +384,14 @@ class Dispatcher:
         notify = id_ is _NO_ID
         m = self.registry.get(name)
         if m is None:
+            self.unknown_methods += 1
             return None if notify else _error(id_, E.METHOD_NOT_FOUND, f"method not found: {name}",
                                               {"method": name})
+        stats = self.calls.get(name)
+        if stats is None:
+            stats = self.calls[name] = MethodCalls()
         if call.access < m.access:
+            stats.denied += 1
             return None if notify else _error(
                 id_, E.PERMISSION_DENIED,
                 f"{name} needs {m.access.name.lower()} access; peer uid {call.uid} has {call.access.name.lower()}"
@@ -395,6 +406,7 @@ class Dispatcher:
                     id_, E.INVALID_PARAMS, f"params contain an integer outside the 64-bit range: {big!r}",
                     {"integer": repr(big), "min": INT_MIN, "max": INT_MAX})
         charge = None
+        t0 = perf_counter()
         try:
             bound = m.params.bind(params)
             if m.writes_ledger and self.budgets is not None:
@@ -409,21 +421,59 @@ class Dispatcher:
             else:
                 result = m.handler(bound, call)
         except Exception as exc:  # noqa: BLE001 - every error becomes a reply
+            stats.done(False, perf_counter() - t0)
             return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
         if type(result) is not dict and inspect.isawaitable(result):
-            return self._finish_async(result, id_, notify, name, charge)
+            return self._finish_async(result, id_, notify, name, charge, stats, t0)
+        stats.done(True, perf_counter() - t0)
         return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
 
-    async def _finish_async(self, aw, id_, notify: bool, name: str, charge=None):
+    async def _finish_async(self, aw, id_, notify: bool, name: str, charge=None, stats=None, t0=0.0):
         token = CHARGE.set(charge) if charge is not None else None
         try:
             result = await aw
         except Exception as exc:  # noqa: BLE001 - not CancelledError (a BaseException): cancellation propagates
+            if stats is not None:
+                stats.done(False, perf_counter() - t0)
             return None if notify else {"jsonrpc": "2.0", "id": id_, "error": map_exception(exc, name)}
         finally:
             if token is not None:
                 CHARGE.reset(token)
+        if stats is not None:
+            stats.done(True, perf_counter() - t0)
         return None if notify else {"jsonrpc": "2.0", "id": id_, "result": result}
+
+    def metrics(self) -> list[dict]:
+        """Requests by method and outcome, and their latency, for system.metrics."""
+        req, lat = [], []
+        for name in sorted(self.calls):
+            c = self.calls[name]
+            for outcome, n in (("ok", c.ok), ("error", c.error), ("denied", c.denied)):
+                req.append(sample(float(n), {"method": name, "outcome": outcome}))
+            lat.append(sample(c.latency.value(), {"method": name}))
+        return [family("aal_core_rpc_requests_total", "counter",
+                       "Requests by method and outcome (ok, error, denied: access level too low).", req),
+                family("aal_core_rpc_request_duration_seconds", "histogram",
+                       "From dispatch to result, per method (an async handler's await included).", lat),
+                family("aal_core_rpc_unknown_method_requests_total", "counter",
+                       "Requests naming a method that does not exist.", float(self.unknown_methods))]
+
+
+class MethodCalls:
+    """One method's calls: a counter per outcome and a latency histogram."""
+
+    __slots__ = ("ok", "error", "denied", "latency")
+
+    def __init__(self):
+        self.ok = self.error = self.denied = 0
+        self.latency = Histogram()
+
+    def done(self, ok: bool, seconds: float) -> None:
+        if ok:
+            self.ok += 1
+        else:
+            self.error += 1
+        self.latency.observe(seconds)
 
 
 def _reply_too_large(id_, size: int, limit: int, batch_bytes: int | None = None) -> dict:

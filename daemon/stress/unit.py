@@ -29,7 +29,7 @@ from ..sources.tegrastats import TegrastatsSource
 from ..sources.vmstat import VmstatReader
 from ..tasks import Ticker
 from ..units import Unit
-from . import thermal
+from . import metrics as _metrics, thermal
 from .classic import ClassicModel
 from .fused import FusedModel
 from .sample import BAND_ORDER, Reading, StressSample
@@ -148,6 +148,10 @@ class SensingUnit(Unit):
         self._fast = False                  # sampling at sample_hz_max
         self._vm_next: float | None = None  # when vmstat is read next
         self._ticker: Ticker | None = None
+        # The latest complete reading and vmstat figures, kept for metrics():
+        # two attribute stores per sample, nothing computed.
+        self._last_reading: Reading | None = None
+        self._last_vmstat = None
         self.meminfo = self.psi = self.vmstat = self.cgroup = self.nvml = None
         # The Reading behind the latest sample: the governor runs the same
         # model on it with each job cgroup in place of the watched one.
@@ -289,6 +293,23 @@ class SensingUnit(Unit):
             out.append(d)
         return {"sources": out, "stress_view": self.view()}
 
+    def metrics(self) -> list[dict]:
+        """Stress, band, components, time to exhaustion, the figures the
+        signal uses (meminfo, PSI, cgroup, vmstat), sources and tegrastats."""
+        r = self._last_reading
+        out = _metrics.stress_families(self._latest)
+        out.append(_metrics.family("aal_core_sample_rate_hertz", "gauge",
+                                   "Memory sampling rate now (faster under pressure).", 1.0 / self._interval))
+        if r is not None:
+            out += _metrics.meminfo_families(r.meminfo)
+            out += _metrics.psi_families(r.psi)
+            out += _metrics.cgroup_families(r.cgroup)
+        out += _metrics.vmstat_families(self._last_vmstat)
+        out += _metrics.anomaly_families(self.anomaly_counters())
+        out += _metrics.source_families([s.state() for s in self.sources] + [self.tegra.state()])
+        out += _metrics.tegrastats_families(self.tegra.latest, self.tegra.mode)
+        return out
+
     def summary(self) -> str:
         s = self._latest
         if s is None:
@@ -349,8 +370,10 @@ class SensingUnit(Unit):
         # they must not push this host's stress (tegrastats.latest shows them).
         tegra = self._fresh_tegra() if self.tegra.mode == "live" else None
         gpu = self.nvml.read() if self.nvml is not None else None
-        return Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi,
-                       tegra=tegra, gpu_mem=gpu)
+        r = Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi,
+                    tegra=tegra, gpu_mem=gpu)
+        self._last_reading, self._last_vmstat = r, vm
+        return r
 
     def _fresh_tegra(self) -> dict | None:
         """The latest tegrastats line, if read within the last three intervals."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from ..clock import Clock
 from ..log import get_logger
+from ..metrics import family, sample
 from .actions import Actuator, maybe_await
 from .actions import RELEASE_HOLD_S
 from .anomalies import KINDS, AnomalyCounter
@@ -259,6 +260,25 @@ class VenomLoop:
             out["last"] = self.last
             out["last_action"] = self.last["action"]
         return out
+
+    def metrics(self) -> list[dict]:
+        """Beats, decisions by action, anomalies by kind, lateness, ledger records."""
+        return [
+            family("aal_core_venom_beats_total", "counter", "Beats of the control loop since start.",
+                   float(self.arbiter.beats)),
+            family("aal_core_venom_decisions_total", "counter", "Decisions by action (NOOP included).",
+                   [sample(float(n), {"action": k}) for k, n in sorted(self.actions.items())]),
+            family("aal_core_venom_anomalies_total", "counter", "Anomalies the loop counted, by kind.",
+                   [sample(float(n), {"kind": k}) for k, n in sorted(self.anomaly_totals.items())]),
+            family("aal_core_venom_max_lateness_seconds", "gauge", "Largest lateness of a beat since start.",
+                   float(self.max_lateness_s)),
+            family("aal_core_venom_pid_stable", "gauge", "1 while the loop's PID is stable.",
+                   1.0 if self.arbiter.pid.stable else 0.0),
+            family("aal_core_venom_ledger_entries_total", "counter", "Ledger entries the loop appended.",
+                   float(self.ledger_entries)),
+            family("aal_core_venom_ledger_failures_total", "counter", "Ledger appends of the loop that failed.",
+                   float(self.ledger_failures)),
+        ]
 
     def close(self) -> None:
         self.arbiter.runner.close()

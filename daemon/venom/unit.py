@@ -109,6 +109,11 @@ class VenomUnit(Unit):
         if hub is not None and hub.subscribers("venom"):
             hub.publish("venom", decision)
 
+    def metrics(self) -> list[dict]:
+        running = {"name": "aal_core_venom_running", "type": "gauge", "help": "1 while the control loop runs.",
+                   "samples": [{"labels": {}, "value": 1.0 if self.loop is not None and self.loop.running else 0.0}]}
+        return [running] + (self.loop.metrics() if self.loop is not None else [])
+
     def summary(self) -> str:
         if self.loop is None:
             return "venom off" if not self.enabled else ""
