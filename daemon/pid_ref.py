@@ -59,11 +59,13 @@ class PID:
         err = measurement - self.setpoint
         deriv = (measurement - self._last_measurement) / dt if self.updates > 0 else 0.0
         integral = _clamp(self.integral + err * dt, -self.integral_limit, self.integral_limit)
-        raw = self.kp * err + self.ki * integral + self.kd * deriv
+        # The clamp test looks at P + I only: a noisy derivative must not
+        # unpin the output for one update and let the integral wind up.
+        raw = self.kp * err + self.ki * integral
         if (raw > self.out_max and err > 0.0) or (raw < self.out_min and err < 0.0):
             # conditional integration (anti-windup): keep the integral where it was
             integral = self.integral
-            raw = self.kp * err + self.ki * integral + self.kd * deriv
+        raw = self.kp * err + self.ki * integral + self.kd * deriv
         if abs(err) < self.epsilon:
             integral = 0.0
             raw = self.kp * err + self.kd * deriv

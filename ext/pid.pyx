@@ -11,7 +11,8 @@ Conventions (shared with pid_ref):
 - integral += error * dt, clamped to +/- integral_limit, and reset to 0 when
   |error| < epsilon (the seed's ε-reset and ±1 clamp);
 - anti-windup by conditional integration: the step's integration is not
-  taken when the unclamped output would pass out_max with error > 0 or
+  taken when the unclamped P + I output (the derivative left out, so its
+  noise cannot unpin the output) would pass out_max with error > 0 or
   out_min with error < 0 (integrating would only push further into the
   clamp).  Without it, a governor idle at stress 0.1 held the integral at −1
   while its output sat at 0, and the first steps of the next ramp came late;
@@ -84,11 +85,13 @@ cdef class PID:
         else:
             deriv = 0.0
         integral = _clamp(self.integral + err * dt, -self.integral_limit, self.integral_limit)
-        raw = self.kp * err + self.ki * integral + self.kd * deriv
+        # The clamp test looks at P + I only: a noisy derivative must not
+        # unpin the output for one update and let the integral wind up.
+        raw = self.kp * err + self.ki * integral
         if (raw > self.out_max and err > 0.0) or (raw < self.out_min and err < 0.0):
             # conditional integration: keep the integral where it was
             integral = self.integral
-            raw = self.kp * err + self.ki * integral + self.kd * deriv
+        raw = self.kp * err + self.ki * integral + self.kd * deriv
         if fabs(err) < self.epsilon:
             integral = 0.0
             raw = self.kp * err + self.kd * deriv

@@ -2,7 +2,7 @@
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from aal_core import pid as pid_c
 from aal_core import pid_ref
@@ -200,6 +200,9 @@ LEVEL_STEP = 0.05      # govern.level_per_step: the level one more step of a job
 @settings(max_examples=60, deadline=None)
 @given(idle=st.floats(0.0, 0.55), dt=st.floats(0.02, 1.0), noise=st.lists(st.floats(-0.05, 0.05), min_size=1,
                                                                             max_size=20))
+# a noisy idle just below the setpoint: the derivative's spikes unpinned the
+# output and let the integral wind up to -0.58 (found by hypothesis in CI)
+@example(idle=0.53125, dt=0.0234375, noise=[0.0, -0.046875])
 def test_after_ten_idle_minutes_a_step_is_answered_like_a_fresh_controller(idle, dt, noise):
     """10 simulated minutes at idle stress, then a step to 0.74: the level
     stays within one level step of a fresh controller's, on every update of
