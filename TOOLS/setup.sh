@@ -54,7 +54,7 @@ fi
 PIP=(.venv/bin/python -m pip install -q --disable-pip-version-check -c TOOLS/constraints.txt)
 "${PIP[@]}" setuptools wheel Cython grpcio-tools
 if [ "$want_test" = 1 ]; then
-    "${PIP[@]}" pytest pytest-timeout hypothesis jsonschema simple-pid jetson-stats torch
+    "${PIP[@]}" pytest pytest-timeout hypothesis jsonschema cryptography simple-pid jetson-stats torch
     if [ "$(uname -m)" = x86_64 ]; then
         "${PIP[@]}" virtme-ng
         TOOLS/guest_kernel.sh >/dev/null    # the guest's kernel, fetched once into ~/.cache/aal-core
