@@ -103,6 +103,11 @@ def test_two_boards_on_one_redis_and_the_consumer_sees_both(world):
     out = subprocess.run([AALCTL, "fleet", "status", "--redis-url", red.url], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and "b1: stress" in out.stdout and "b2: stress" in out.stdout
+    # and again at once: the group has read everything, every board is still shown
+    out = subprocess.run([AALCTL, "fleet", "status", "--redis-url", red.url, "--json"], capture_output=True,
+                         text=True, timeout=60)
+    st = json.loads(out.stdout)
+    assert set(st) == {"b1", "b2"} and all(st[n]["sample"] and st[n]["head"] for n in st), st
     w = subprocess.run([AALCTL, "fleet", "watch", "--redis-url", red.url, "--group", "w", "--count", "5"],
                        capture_output=True, text=True, timeout=60)
     assert w.returncode == 0 and len(w.stdout.splitlines()) >= 5

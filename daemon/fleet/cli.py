@@ -77,6 +77,7 @@ async def _run(args) -> int:
         if args.fleet_command == "status":
             c = FleetConsumer(r, args.group, args.consumer, min_idle_ms=args.min_idle_ms)
             await c.drain()
+            await c.fill_latest()
             if args.json:
                 print(json.dumps({n: b.to_dict() for n, b in c.boards.items()}, indent=2, sort_keys=True))
             else:

@@ -187,6 +187,25 @@ class FleetConsumer:
             if n == 0:
                 return total
 
+    async def fill_latest(self) -> None:
+        """Boards with nothing new for this group since its last read: their
+        latest sample and last verified head, so that a status shows every
+        board, not only those that published since (`aalctl fleet status`
+        run twice in a row showed only the board that had sampled between)."""
+        for s in self.streams:
+            node, kind = parse_stream(s)
+            b = self.boards.get(node)
+            if b is None:
+                b = self.boards[node] = Board(node)
+            if kind == "samples" and b.sample is None:
+                got = await self.r.xrevrange(s, count=1)
+                if got:
+                    b.sample = decode_fields(got[0][1])
+            elif kind == "heads" and b.head is None:
+                raw = await self.r.hget(self.verified_key, node)
+                if raw:
+                    b.head = json.loads(raw)
+
     async def _handle(self, stream: str, eid: str, raw: dict) -> None:
         node, kind = parse_stream(stream)
         b = self.boards.get(node)
