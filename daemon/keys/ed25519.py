@@ -12,6 +12,7 @@ import os
 import stat
 
 from ..errors import AalError
+from ..ledger.store import create_atomic
 from ..ossl_ed25519 import PrivateKey, verify as _verify
 
 ALGORITHM = "ed25519"
@@ -23,35 +24,8 @@ class KeyError_(AalError):
 
 
 def _write_private(path: str, key: PrivateKey) -> None:
-    """key to path: a 0600 temporary file, fsync, rename, directory fsync."""
-    pem = key.pem()
-    tmp = path + ".tmp"
-    try:
-        try:
-            os.unlink(tmp)          # a leftover of a crash: never reuse its mode
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)    # whatever the umask
-            view = memoryview(pem)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dfd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise KeyError_(f"cannot write signing key {path}: {exc.strerror}") from None
+    """key to path: a fresh 0600 temporary file, fsync, rename, directory fsync."""
+    create_atomic(path, key.pem(), "cannot write signing key", mode=0o600, error=KeyError_)
 
 
 class SigningKey:

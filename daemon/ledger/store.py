@@ -53,14 +53,22 @@ def pwrite_all(fd: int, data: bytes, pos: int) -> None:
         pos += n
 
 
-def create_atomic(path: str, data: bytes, what: str) -> None:
-    """Write data to path.tmp, fsync, rename over path, fsync the directory:
-    after a crash path either does not exist or holds all of data.  A
-    failure removes the temporary file and raises LedgerError(what ...)."""
+def create_atomic(path: str, data: bytes, what: str, *, mode: int | None = None, error=LedgerError) -> None:
+    """Write data to path.tmp (created afresh, whatever a crash left there:
+    0640 less the umask, or exactly `mode` when given, as for a secret),
+    fsync, rename over path, fsync the directory: after a crash path either
+    does not exist or holds all of data.  A failure removes the temporary
+    file and raises error(what ...)."""
     tmp = path + ".tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
         try:
+            os.unlink(tmp)      # a leftover of a crash: never reuse its mode
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640 if mode is None else mode)
+        try:
+            if mode is not None:
+                os.fchmod(fd, mode)     # whatever the umask
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -74,7 +82,7 @@ def create_atomic(path: str, data: bytes, what: str) -> None:
             os.unlink(tmp)
         except OSError:
             pass
-        raise LedgerError(_oserror(what, path, exc)) from None
+        raise error(_oserror(what, path, exc)) from None
 
 
 class MemoryStore:
