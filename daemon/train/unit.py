@@ -36,9 +36,10 @@ from ..rpc.registry import Access
 from ..runes import format_profile, resolve
 from ..units import Unit
 from ..v1 import train_pb2
-from ..stress.classic import level
+from ..stress import thermal
 from .checks import sign_command
 from .ladder import Knobs, Ladder, build_rungs, commands_between, knobs_at
+from .swing import learn, policy_stress
 
 __all__ = ["TrainUnit"]
 
@@ -53,8 +54,6 @@ OUTCOME = train_pb2.FieldReport.Outcome
 EXPIRY_GRACE_S = 5.0
 DEFAULT_PROFILE = "BALANCED"
 MIB = 1 << 20
-# The fused model's stress components (the rest of `components` are figures).
-STRESS_PARTS = ("level", "trend", "psi", "swap", "fragmentation", "gpu_mem")
 HEALTH = ("HEALTHY", "DEGRADED", "UNHEALTHY")
 
 
@@ -201,32 +200,16 @@ class TrainUnit(Unit):
             log.error("sample_failed", error=repr(exc))
 
     def _policy_stress(self, run: Run, s) -> float:
-        """The stress the ladder reads for this run: the sample's, unless its
-        trend is the run's own step.  A training step allocates its
-        activations and frees them again, a rise of `swing` (peak - trough
-        RSS, learned from the run's reports at each micro-batch) every step;
-        the fused trend reads that rise, a fraction of a second long, as a
-        ramp to exhaustion within a second.  The trend is left out while
-          - the run's swing at its current micro-batch was measured,
-          - the budget's use is within what that cycle explains
-            (trough_used + own_swing_margin x swing), and
-          - the trend has not lasted own_trend_max_s (a step's rise does not),
-        and the run's next peak (trough_used + swing: the used fraction it
-        will reach) is judged through the level curve instead, every other
-        component as it is.  Growth beyond the run's own swing, or growth that
-        goes on (another process, a leak), is seen in full."""
-        comp = getattr(s, "components", None) or {}
+        """The stress the ladder reads for this run: the sample's, its trend
+        left out while it is the run's own step (swing.py)."""
         swing = run.swings.get(run.reported.micro_batch) if run.reported is not None else None
-        if swing is None or run.trough_used is None or "trend" not in comp or "used" not in comp:
-            return float(s.stress)
-        if comp["trend"] <= 0.0 or comp["used"] > run.trough_used + self.cfg.own_swing_margin * swing:
-            return float(s.stress)
-        if self._trend_since is not None and \
-                self.ctx.clock.monotonic() - self._trend_since >= self.cfg.own_trend_max_s:
-            return float(s.stress)
-        others = max([float(comp.get(k, 0.0)) for k in STRESS_PARTS if k != "trend"])
-        run.discounted += 1
-        return min(float(s.stress), max(others, level(min(1.0, run.trough_used + swing))))
+        age = None if self._trend_since is None else self.ctx.clock.monotonic() - self._trend_since
+        stress, discounted = policy_stress(float(s.stress), getattr(s, "components", None) or {},
+                                           trough_used=run.trough_used, swing=swing,
+                                           margin=self.cfg.own_swing_margin, trend_age_s=age,
+                                           trend_max_s=self.cfg.own_trend_max_s)
+        run.discounted += discounted
+        return stress
 
     def _learn_swing(self, run: Run, pkt) -> None:
         """The run's trough (the budget's use in the latest sample, taken at
@@ -244,8 +227,7 @@ class TrainUnit(Unit):
             return
         micro = pkt.knobs.micro_batch_size
         swing = max(0, mem.peak_rss_bytes - mem.rss_bytes) / budget
-        old = run.swings.get(micro)
-        run.swings[micro] = swing if old is None else max(swing, 0.5 * (old + swing))
+        run.swings[micro] = learn(run.swings.get(micro), swing)
 
     def _breaker(self, run: Run, open_: bool, kind: str, why: str, stress: float) -> list[str]:
         """Open or close the run's circuit breaker: a circuit_breaker command, ledgered."""
@@ -492,6 +474,12 @@ class TrainUnit(Unit):
             temps = line.get("temps_c") or {}
             if temps:
                 hw["temperatures_c"] = {k: float(v) for k, v in temps.items()}
+            # Thermal and power of the same line (the sample may predate it).
+            sc = thermal.scalars(line, self.ctx.config.signal.throttle_c)
+            for key, name in (("temp_c", "temperature_c"), ("thermal_margin_c", "thermal_margin_c"),
+                              ("power_mw", "power_mw"), ("thermal_sensor", "thermal_sensor")):
+                if key in sc:
+                    hw[name] = sc[key] if key == "thermal_sensor" else float(sc[key])
         return hw
 
     def _tegra(self) -> tuple[dict, str] | None:
