@@ -116,3 +116,12 @@ def test_the_lr_scale_travels_with_its_batch_change_both_ways():
 def test_lr_rule_is_checked_at_load():
     with pytest.raises(ConfigError, match="lr_rule must be one of"):
         from_mapping({"train": {"lr_rule": "cubic"}}, "t.toml")
+
+
+def test_a_rung_is_not_lifted_while_the_rung_below_would_bring_its_own_peak_over_the_line():
+    lad = Ladder(build_rungs(CFG, 64), hold_s=1.0)
+    assert lad.evaluate(0.61, 0.0)[0] == 1             # halve_batch_1: exit below 0.5
+    for t in range(1, 10):                              # stress low, but the base peak would be 0.55
+        assert lad.evaluate(0.3, float(t), below=0.55) is None
+    assert lad.evaluate(0.3, 10.0, below=0.45) is None  # the hold starts now
+    assert lad.evaluate(0.3, 11.0, below=0.45)[0] == 0

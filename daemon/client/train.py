@@ -407,6 +407,7 @@ class GovernedTraining:
         self.orphan_resume_s = orphan_resume_s
         self.clock = clock
         self.global_step = 0
+        self._peak_step = 0             # the step whose packet last carried a peak
         self.epoch = 0
         self.last_loss = 0.0
         self.applied: list[dict] = []        # {command_id, type, step}, for the caller's records
@@ -517,7 +518,8 @@ class GovernedTraining:
     def state(self) -> dict:
         mem = {"rss_bytes": _rss_bytes()}
         peak = _peak_rss_bytes()
-        if peak is not None:
+        # Only over steps made since the last packet (a paused loop's peak is no step's).
+        if peak is not None and self.global_step > self._peak_step:
             mem["peak_rss_bytes"] = max(peak, mem["rss_bytes"])
         st = self._step_time
         loss = self.last_loss
@@ -533,7 +535,9 @@ class GovernedTraining:
         the next packet's peak is that of the steps between the two."""
         if self.channel is not None:
             self.channel.send_state(self.state())
-            reset_peak_rss()
+            if self.global_step > self._peak_step:
+                reset_peak_rss()
+                self._peak_step = self.global_step
 
     def _metrics(self) -> dict:
         return {"micro_batch": float(self.micro_batch), "grad_accum": float(self.grad_accum),

@@ -133,8 +133,10 @@ class Ladder:
                 n = i + 1
         return n
 
-    def evaluate(self, stress: float, now: float) -> tuple[int, str] | None:
-        """(new rung, why) when the rung changes, else None."""
+    def evaluate(self, stress: float, now: float, below: float | None = None) -> tuple[int, str] | None:
+        """(new rung, why) when the rung changes, else None.  `below`: the
+        stress the rung below would bring (the run's next peak there); a rung
+        is lifted only once that too is under its exit line."""
         want = self.target(stress)
         if want > self.rung:
             old, self.rung = self.rung, want
@@ -144,6 +146,8 @@ class Ladder:
         if self.rung == 0:
             return None
         top = self.rungs[self.rung - 1]
+        if below is not None and below > stress:
+            stress = below
         if stress >= top.exit_below:
             self.below_since = None
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..stress.classic import level
 
-__all__ = ["STRESS_PARTS", "learn", "policy_stress"]
+__all__ = ["STRESS_PARTS", "learn", "peak_level", "policy_stress"]
 
 # The fused model's stress components (the rest of `components` are figures).
 STRESS_PARTS = ("level", "trend", "psi", "swap", "fragmentation", "gpu_mem")
@@ -21,6 +21,11 @@ def learn(old: float | None, measured: float) -> float:
     """The swing kept for a micro-batch: the larger of this step's and its
     mean with the last (one short step is no proof of a smaller one)."""
     return measured if old is None else max(measured, 0.5 * (old + measured))
+
+
+def peak_level(trough_used: float, swing: float) -> float:
+    """The level curve at the run's next peak: trough + its own swing."""
+    return level(min(1.0, max(0.0, trough_used + swing)))
 
 
 def policy_stress(stress: float, comp: dict, *, trough_used: float | None, swing: float | None,
@@ -43,4 +48,4 @@ def policy_stress(stress: float, comp: dict, *, trough_used: float | None, swing
     if trend_age_s is not None and trend_age_s >= trend_max_s:
         return stress, False
     others = max(float(comp.get(k, 0.0)) for k in STRESS_PARTS if k != "trend")
-    return min(stress, max(others, level(min(1.0, trough_used + swing)))), True
+    return min(stress, max(others, peak_level(trough_used, swing))), True

@@ -39,7 +39,7 @@ from ..v1 import train_pb2
 from ..stress import thermal
 from .checks import sign_command
 from .ladder import Knobs, Ladder, build_rungs, commands_between, knobs_at
-from .swing import learn, policy_stress
+from .swing import learn, peak_level, policy_stress
 
 __all__ = ["TrainUnit"]
 
@@ -211,6 +211,16 @@ class TrainUnit(Unit):
         run.discounted += discounted
         return stress
 
+    def _below(self, run: Run) -> float | None:
+        """The level of the run's next peak one rung down (trough + its swing
+        at that rung's micro-batch), where that swing was measured: a rung is
+        not lifted for the run to be sent straight back by its own step."""
+        if run.ladder.rung == 0 or run.trough_used is None:
+            return None
+        lower = knobs_at(run.ladder.rungs, run.ladder.rung - 1, run.base, self.cfg.lr_rule)
+        swing = run.swings.get(lower.micro_batch)
+        return None if swing is None else peak_level(run.trough_used, swing)
+
     def _learn_swing(self, run: Run, pkt) -> None:
         """The run's trough (the budget's use in the latest sample, taken at
         its safe point) and its own per-step swing at this micro-batch, from
@@ -263,7 +273,7 @@ class TrainUnit(Unit):
 
     def _evaluate(self, run: Run, stress: float, now: float) -> list[str]:
         issued = self._check_breaker(run, stress, now)
-        change = run.ladder.evaluate(stress, now)
+        change = run.ladder.evaluate(stress, now, self._below(run))
         want = knobs_at(run.ladder.rungs, run.ladder.rung, run.base, self.cfg.lr_rule)
         if change is not None:
             rung, why = change
