@@ -39,6 +39,7 @@ import collections
 import math
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -85,6 +86,20 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def _torch_memory() -> dict:
+    """torch's CUDA allocator statistics, where the loop has initialised
+    CUDA (never initialised here); {} on a CPU-only loop."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return {}
+        return {"torch_allocated_bytes": int(torch.cuda.memory_allocated()),
+                "torch_reserved_bytes": int(torch.cuda.memory_reserved()),
+                "torch_max_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+    except (RuntimeError, AttributeError):
+        return {}
 
 
 class CircuitOpen(RuntimeError):
@@ -349,11 +364,19 @@ def atomic_checkpoint(path: str, model, optimizer, *, step: int, epoch: int, ext
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (disk full) leaves the previous checkpoint and no temporary file.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -521,6 +544,7 @@ class GovernedTraining:
         # Only over steps made since the last packet (a paused loop's peak is no step's).
         if peak is not None and self.global_step > self._peak_step:
             mem["peak_rss_bytes"] = max(peak, mem["rss_bytes"])
+        mem.update(_torch_memory())
         st = self._step_time
         loss = self.last_loss
         return {"version": 1, "packet_id": uuid.uuid4().hex, "training_run_id": self.run_id,
