@@ -308,3 +308,28 @@ def test_stress_that_pausing_cannot_bring_down_opens_the_breaker():
 def test_nan_state_is_sent_as_the_proto3_json_mapping():
     pkt = {"training_run_id": "x", "training_loss": "NaN", "knobs": KNOBS}
     assert math.isnan(_msg(train_pb2.SystemStatePacket, pkt).training_loss)
+
+
+def test_nvml_gpu_memory_is_taken_from_the_reading_behind_the_sample(tmp_path):
+    """NVML cannot exist on this machine: the sensing unit's latest sample and
+    the Reading behind it (the real dataclasses) stand in for one read with a
+    discrete GPU; the report path only reads them."""
+    from aal_core.clock import SYSTEM
+    from aal_core.config import Config
+    from aal_core.stress.sample import Reading, StressSample
+    from aal_core.train.unit import TrainUnit
+    from aal_core.units import Context
+
+    class Sensed:
+        tegra = None
+        last_reading = Reading(t=1.0, wall=2.0, meminfo=None, gpu_mem=(3 << 30, 8 << 30))
+
+        def latest(self):
+            return StressSample(stress=0.3, band="MODERATE", model="fused", timestamp=2.0,
+                                components={"used": 0.4, "headroom_mb": 100.0, "gpu_mem": 0.19})
+
+    u = TrainUnit(Context(config=Config(), clock=SYSTEM, hub=None, state_dir=str(tmp_path)), sensing=Sensed())
+    msg = _msg(train_pb2.HardwareContext, u._hardware())
+    assert (msg.gpu_memory_used_bytes, msg.gpu_memory_total_bytes) == (3 << 30, 8 << 30)
+    assert msg.unified_memory is False and not msg.HasField("tegrastats_mode")
+    assert msg.headroom_bytes == 100 << 20 and msg.used_fraction == 0.4
