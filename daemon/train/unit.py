@@ -453,7 +453,7 @@ class TrainUnit(Unit):
         if "used" in comp:
             hw["used_fraction"] = float(comp["used"])
         if "headroom_mb" in comp:
-            hw["headroom_bytes"] = str(max(0, int(round(float(comp["headroom_mb"]) * MIB))))
+            hw["headroom_bytes"] = max(0, int(round(float(comp["headroom_mb"]) * MIB)))
         for key, name in (("temp_c", "temperature_c"), ("thermal_margin_c", "thermal_margin_c"),
                           ("power_mw", "power_mw")):
             v = getattr(s, key, None)
@@ -464,7 +464,7 @@ class TrainUnit(Unit):
         r = getattr(self.sensing, "last_reading", None)
         gpu = getattr(r, "gpu_mem", None) if r is not None else None
         if gpu is not None and gpu[1]:
-            hw["gpu_memory_used_bytes"], hw["gpu_memory_total_bytes"] = str(int(gpu[0])), str(int(gpu[1]))
+            hw["gpu_memory_used_bytes"], hw["gpu_memory_total_bytes"] = int(gpu[0]), int(gpu[1])
             hw["unified_memory"] = False
         tg = self._tegra()
         if tg is not None:
@@ -473,8 +473,8 @@ class TrainUnit(Unit):
             hw["unified_memory"] = True
             ram = line.get("ram") or {}
             if "used_mb" in ram and "total_mb" in ram:
-                hw["ram_used_bytes"] = str(int(ram["used_mb"]) * MIB)
-                hw["ram_total_bytes"] = str(int(ram["total_mb"]) * MIB)
+                hw["ram_used_bytes"] = int(ram["used_mb"]) * MIB
+                hw["ram_total_bytes"] = int(ram["total_mb"]) * MIB
             g = line.get("gpu") or {}
             if "util_pct" in g:
                 hw["gpu_load_percent"] = float(g["util_pct"])
@@ -567,7 +567,10 @@ class TrainUnit(Unit):
         for m in pkt.metrics:
             key = (m.name, tuple(sorted(m.attributes.items())))
             run.metrics.pop(key, None)
-            run.metrics[key] = dict(_to_dict(m), value=m.value, updated_at=wall)
+            d = _to_dict(m)
+            # 0.0 is omitted by the JSON mapping; NaN/Infinity stay its strings.
+            d.setdefault("value", 0.0)
+            run.metrics[key] = dict(d, updated_at=wall)
             while len(run.metrics) > self.cfg.telemetry_metrics:
                 run.metrics.popitem(last=False)
         events = [_to_dict(e) for e in pkt.events]
