@@ -151,6 +151,7 @@ def test_telemetry_keeps_latest_metrics_bounded_and_ledgers_events_and_health():
      "telemetry_packet_max is 8"),
     ({"training_run_id": "r1", "metrics": [{"name": "x", "value": "high"}]}, "value must be number"),
     ({"training_run_id": "nobody"}, "no training run"),
+    ({"training_run_id": "r1", "events": [{"name": "log", "message": "x" * 40000}]}, "one ledger entry holds"),
 ])
 def test_bad_telemetry_gets_a_clear_error_and_changes_nothing(packet, words):
     d = start_daemon(config=QUIET + "telemetry_packet_max = 8\n")

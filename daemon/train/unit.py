@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -560,6 +561,13 @@ class TrainUnit(Unit):
         for i, e in enumerate(pkt.events):
             if not e.name:
                 raise invalid_params(f"packet.events[{i}].name is empty", param=f"packet.events[{i}].name")
+        events = [_to_dict(e) for e in pkt.events]
+        size = len(json.dumps(events, separators=(",", ":")))
+        limit = self.ctx.config.ledger.max_entry_bytes // 2
+        if size > limit:
+            raise invalid_params(f"packet.events take {size} bytes; one ledger entry holds at most {limit} "
+                                 f"of them (ledger.max_entry_bytes / 2): send them in several packets",
+                                 param="packet.events", bytes=size, limit=limit)
         wall = self.ctx.clock.wall()
         run.telemetry_packets += 1
         self.telemetry_packets_total += 1
@@ -573,7 +581,6 @@ class TrainUnit(Unit):
             run.metrics[key] = dict(d, updated_at=wall)
             while len(run.metrics) > self.cfg.telemetry_metrics:
                 run.metrics.popitem(last=False)
-        events = [_to_dict(e) for e in pkt.events]
         for e in events:
             run.events.append(e)
             while len(run.events) > self.cfg.telemetry_events:
