@@ -205,6 +205,13 @@ def main(argv=None) -> int:
         print(f"{cond:8s} killed {killed}/{len(rs)}  steps lost {lost}  mean wall {wall:.1f} s (reference "
               f"{ref['wall_s']:.1f} s)  max loss rel. diff "
               f"{(max(diffs) if diffs else float('nan')):.2e} (tolerance {LOSS_RTOL:g})", flush=True)
+    w = [r for r in rows if r["condition"] == "with"]
+    if w:
+        ratio = sum(r["wall_s"] for r in w) / len(w) / ref["wall_s"]
+        pauses = [r.get("commands", []).count("PAUSE") for r in w]
+        paused = sum(r.get("paused_s", 0.0) for r in w) / len(w)
+        print(f"with: mean wall {ratio:.2f}x the reference's (floor: 1.00x, the unperturbed run; the ramp's own "
+              f"hold is {args.hold:g} s), pauses per run {pauses}, mean paused {paused:.1f} s", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -160,6 +160,30 @@ class TrainConfig:
     history: int = 32
     # Runs registered at once.
     max_runs: int = 32
+    # A halving whose doubled accumulation would pass max_grad_accum cuts
+    # the effective batch instead (micro-batch halved, accumulation kept) and
+    # scales the learning rate with it by lr_rule: "sqrt" (x sqrt(1/2) per
+    # cut), "linear" (x 1/2) or "off" (no cuts: such a halving is no rung).
+    max_grad_accum: int = 16
+    lr_rule: str = "sqrt"
+    # The own-swing discount (README): a run's trend is left out while the
+    # budget's use is within its last trough + own_swing_margin x its own
+    # per-step swing and the trend has lasted less than own_trend_max_s; its
+    # next peak (trough + swing) is judged by the level curve instead.
+    own_swing_margin: float = 1.25
+    own_trend_max_s: float = 1.0
+    # Circuit breaker: opened when a paused run's stress stayed >= pause_at
+    # for breaker_paused_s (0: never), or a report's loss is not finite
+    # (breaker_nonfinite_loss); closed once stress fell below resume_below,
+    # or a later report's loss is finite.
+    breaker_paused_s: float = 120.0
+    breaker_nonfinite_loss: bool = True
+    # train.telemetry: metric series kept per run (latest value of each,
+    # the least recently updated forgotten first), events kept per run, and
+    # the most of each one packet may carry.
+    telemetry_metrics: int = 128
+    telemetry_events: int = 32
+    telemetry_packet_max: int = 256
 
 
 @dataclass(frozen=True)
@@ -337,6 +361,7 @@ class Config:
 CHOICES = {
     ("daemon", "log_level"): ("debug", "info", "warning", "error"),
     ("signal", "model"): ("classic", "fused"),
+    ("train", "lr_rule"): ("sqrt", "linear", "off"),
     ("govern", "mode"): ("seed", "progressive"),
     ("venom", "runner"): ("inline", "threads"),
 }
@@ -386,6 +411,13 @@ RANGES = {
     ("train", "reissue_s"): (0.1, 3600.0),
     ("train", "history"): (1, 10000),
     ("train", "max_runs"): (1, 10000),
+    ("train", "max_grad_accum"): (1, 1 << 20),
+    ("train", "own_swing_margin"): (1.0, 10.0),
+    ("train", "own_trend_max_s"): (0.0, 60.0),
+    ("train", "breaker_paused_s"): (0.0, 86400.0),
+    ("train", "telemetry_metrics"): (1, 100000),
+    ("train", "telemetry_events"): (1, 100000),
+    ("train", "telemetry_packet_max"): (1, 100000),
     ("sense", "tegrastats_interval_ms"): (10, 3600000),
     ("sense", "sample_hz"): (0.1, 1000.0),
     ("sense", "sample_hz_max"): (0.1, 1000.0),

@@ -174,7 +174,7 @@ def test_every_ledger_writer_charges_its_records():
     """job.submit and job.release (LEDGER_WRITERS) are charged the bytes they append."""
     assert {"job.submit", "job.release", "ledger.append", "venom.set_model", "venom.release",
             "system.rotate_key", "overlay.invoke", "train.register", "train.report",
-            "train.field_report"} == LEDGER_WRITERS
+            "train.field_report", "train.telemetry"} == LEDGER_WRITERS
     d = _daemon()
     path = os.path.join(d.base, "state", "ledger.aal")
     try:

@@ -86,3 +86,42 @@ def test_commands_between_in_ladder_order_both_ways():
 def test_bad_train_config_is_refused_with_its_key(body, words):
     with pytest.raises(ConfigError, match=words):
         from_mapping({"train": body}, "t.toml")
+
+
+def test_a_halving_past_max_grad_accum_cuts_the_effective_batch_and_scales_the_lr():
+    cfg = dataclasses.replace(CFG, batch_halvings=3, max_grad_accum=4, checkpointing_at=0.75, halve_step=0.05)
+    rungs = build_rungs(cfg, 64, 2)
+    assert [r.name for r in rungs] == ["halve_batch_1", "cut_batch_1", "cut_batch_2",
+                                       "activation_checkpointing", "pause"]
+    base = Knobs(64, 2)
+    seen = [knobs_at(rungs, i, base, "sqrt") for i in range(4)]
+    assert [(k.micro_batch, k.grad_accum) for k in seen] == [(64, 2), (32, 4), (16, 4), (8, 4)]
+    assert [k.lr_scale for k in seen] == [1.0, 1.0, pytest.approx(0.5 ** 0.5), pytest.approx(0.5)]
+    assert knobs_at(rungs, 3, base, "linear").lr_scale == pytest.approx(0.25)
+    # "off": no cut rungs, the ladder goes on with checkpointing.
+    off = dataclasses.replace(cfg, lr_rule="off")
+    assert [r.name for r in build_rungs(off, 64, 2)] == ["halve_batch_1", "activation_checkpointing", "pause"]
+
+
+def test_the_lr_scale_travels_with_its_batch_change_both_ways():
+    base, cut = Knobs(64, 4), Knobs(32, 4, lr_scale=0.5)
+    up = commands_between(base, cut, resume_below=0.6)
+    assert up == [("optimizer_adjustment", {"lr_scale": 0.5}),
+                  ("batch_adjustment", {"micro_batch": 32, "grad_accum_steps": 4})]
+    down = commands_between(cut, base, resume_below=0.6)
+    assert down == [("optimizer_adjustment", {"lr_scale": 1.0}),
+                    ("batch_adjustment", {"micro_batch": 64, "grad_accum_steps": 4})]
+
+
+def test_lr_rule_is_checked_at_load():
+    with pytest.raises(ConfigError, match="lr_rule must be one of"):
+        from_mapping({"train": {"lr_rule": "cubic"}}, "t.toml")
+
+
+def test_a_rung_is_not_lifted_while_the_rung_below_would_bring_its_own_peak_over_the_line():
+    lad = Ladder(build_rungs(CFG, 64), hold_s=1.0)
+    assert lad.evaluate(0.61, 0.0)[0] == 1             # halve_batch_1: exit below 0.5
+    for t in range(1, 10):                              # stress low, but the base peak would be 0.55
+        assert lad.evaluate(0.3, float(t), below=0.55) is None
+    assert lad.evaluate(0.3, 10.0, below=0.45) is None  # the hold starts now
+    assert lad.evaluate(0.3, 11.0, below=0.45)[0] == 0

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import os
 import random
+import sys
 import threading
 import time
 import uuid
@@ -48,7 +50,7 @@ from ..train.checks import CommandVerifier, Rejected
 from ..v1 import train_pb2
 from . import AsyncClient, ConnectError, RpcCallError, default_socket
 
-__all__ = ["CommandChannel", "GovernedTraining", "atomic_checkpoint", "load_checkpoint",
+__all__ = ["CircuitOpen", "CommandChannel", "GovernedTraining", "atomic_checkpoint", "load_checkpoint",
            "set_activation_checkpointing"]
 
 R = train_pb2.RejectReason
@@ -61,6 +63,52 @@ def _rss_bytes() -> int:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def _peak_rss_bytes() -> int | None:
+    """The resident high-water mark (VmHWM) since the last reset_peak_rss();
+    None where /proc/self/status has none."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the RSS now (Linux: "5" to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _torch_memory() -> dict:
+    """torch's CUDA allocator statistics, where the loop has initialised
+    CUDA (never initialised here); {} on a CPU-only loop."""
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+            return {}
+        return {"torch_allocated_bytes": int(torch.cuda.memory_allocated()),
+                "torch_reserved_bytes": int(torch.cuda.memory_reserved()),
+                "torch_max_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+    except (RuntimeError, AttributeError):
+        return {}
+
+
+class CircuitOpen(RuntimeError):
+    """The daemon opened this run's circuit breaker: the loop must not step
+    until it is closed (GovernedTraining.wait_closed), or should stop."""
+
+    def __init__(self, reason: str):
+        super().__init__(f"aal-core opened the circuit breaker: {reason}")
+        self.reason = reason
 
 
 class CommandChannel:
@@ -86,7 +134,9 @@ class CommandChannel:
         self.errors: collections.deque = collections.deque(maxlen=32)
         self._inbox: collections.deque = collections.deque()
         self._reports: collections.deque = collections.deque(maxlen=256)
+        self._telemetry: collections.deque = collections.deque(maxlen=64)
         self._state: dict | None = None
+        self._busy = False          # a batch taken from the queues is being sent
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,13 +164,20 @@ class CommandChannel:
             self._reports.append(report)
         self._poke()
 
+    def send_telemetry(self, packet: dict) -> None:
+        """Queue a TelemetryPacket (as a dict); the oldest of 64 unsent is dropped."""
+        with self._lock:
+            self._telemetry.append(packet)
+        self._poke()
+
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
 
     def close(self, flush_s: float = 2.0) -> None:
         """Send what is queued (for up to flush_s), then stop the thread."""
         deadline = time.monotonic() + flush_s
-        while time.monotonic() < deadline and self.connected.is_set() and (self._reports or self._state):
+        while time.monotonic() < deadline and self.connected.is_set() and \
+                (self._reports or self._state or self._telemetry or self._busy):
             time.sleep(0.01)
         self._stop.set()
         self._poke()
@@ -192,16 +249,25 @@ class CommandChannel:
                 state, self._state = self._state, None
                 reports = list(self._reports)
                 self._reports.clear()
+                tel = list(self._telemetry)
+                self._telemetry.clear()
+                self._busy = True
             try:
                 if state is not None:
                     await self._call(client, "train.report", {"state": state})
                 while reports:
                     await self._call(client, "train.field_report", {"report": reports[0]})
                     reports.pop(0)
+                while tel:
+                    await self._call(client, "train.telemetry", {"packet": tel[0]})
+                    tel.pop(0)
             finally:
-                if reports:       # the connection failed: keep them for the next one
-                    with self._lock:
+                with self._lock:
+                    if reports:       # the connection failed: keep them for the next one
                         self._reports.extendleft(reversed(reports))
+                    if tel:
+                        self._telemetry.extendleft(reversed(tel))
+                    self._busy = False
             if client._closed is not None:
                 raise client._closed
             try:
@@ -298,11 +364,19 @@ def atomic_checkpoint(path: str, model, optimizer, *, step: int, epoch: int, ext
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (disk full) leaves the previous checkpoint and no temporary file.
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
     dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dfd)
@@ -346,6 +420,8 @@ class GovernedTraining:
         self.lr_scale = 1.0
         self._base_lrs = [g["lr"] for g in optimizer.param_groups]
         self.paused = False
+        self.circuit_open = False
+        self.circuit_reason = ""
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_path = os.path.join(checkpoint_dir, f"{run_id}.pt") if checkpoint_dir else None
         self.seed = seed
@@ -354,6 +430,7 @@ class GovernedTraining:
         self.orphan_resume_s = orphan_resume_s
         self.clock = clock
         self.global_step = 0
+        self._peak_step = 0             # the step whose packet last carried a peak
         self.epoch = 0
         self.last_loss = 0.0
         self.applied: list[dict] = []        # {command_id, type, step}, for the caller's records
@@ -375,10 +452,15 @@ class GovernedTraining:
         self.epoch = epoch
         g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
         perm = torch.randperm(self.dataset_size, generator=g)
-        eff = self.effective_batch
-        for start in range(0, self.dataset_size - eff + 1, eff):
+        start = 0
+        while True:
+            # Read per step: a change applies from the next one (an
+            # effective-batch cut takes fewer samples per step from here on).
+            eff, m = self.effective_batch, self.micro_batch
+            if start + eff > self.dataset_size:
+                return
             chunk = perm[start:start + eff]
-            m = self.micro_batch        # read per step: a change applies from the next one
+            start += eff
             yield [chunk[i:i + m] for i in range(0, eff, m)]
 
     def backward(self, loss, n: int) -> None:
@@ -389,41 +471,102 @@ class GovernedTraining:
     # ---------------------------------------------------------- safe point
 
     def step_done(self, loss: float | None = None) -> None:
-        """Call after optimizer.step(): reports, applies commands, pauses."""
+        """Call after optimizer.step(): reports, applies commands, pauses.
+        Raises CircuitOpen while the daemon holds the run's breaker open."""
         now = time.monotonic()
         self._step_time = now - self._step_t
         self.global_step += 1
         if loss is not None:
             self.last_loss = float(loss)
         if self.channel is not None:
-            if self.global_step % self.report_every == 0:
+            if self.global_step % self.report_every == 0 or not math.isfinite(self.last_loss):
                 self.report()
             self._apply_all()
-            while self.paused:
+            while self.paused and not self.circuit_open:
                 self._wait_paused()
         self._step_t = time.monotonic()
+        if self.circuit_open:
+            raise CircuitOpen(self.circuit_reason)
+
+    def wait_closed(self, timeout: float | None = None, loss: float | None = None) -> bool:
+        """Block until the daemon closes the breaker (True) or timeout passes
+        (False), applying what arrives and reporting each second; `loss`
+        (e.g. the restored checkpoint's) is reported as the run's loss."""
+        if loss is not None:
+            self.last_loss = float(loss)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        last = 0.0
+        while self.circuit_open and self.channel is not None:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if now - last >= 1.0:
+                self.report()
+                last = now
+            time.sleep(0.05)
+            self._apply_all()
+        while self.paused and not self.circuit_open and self.channel is not None:
+            self._wait_paused()
+        self._step_t = time.monotonic()
+        return not self.circuit_open
+
+    def telemetry(self, metrics: dict | list | None = None, *, events: list | None = None,
+                  health: str = "") -> dict:
+        """Send a TelemetryPacket: metrics as {name: value} or MetricPoint
+        dicts, events as TelemetryEvent dicts (or names), health HEALTHY /
+        DEGRADED / UNHEALTHY (or "" to leave it).  Never blocks."""
+        pts = []
+        if isinstance(metrics, dict):
+            pts = [{"name": k, "value": float(v)} for k, v in metrics.items()]
+        elif metrics:
+            pts = [dict(m) for m in metrics]
+        now = self.clock()
+        evs = [({"name": e} if isinstance(e, str) else dict(e)) for e in (events or [])]
+        for e in evs:
+            e.setdefault("timestamp", now)
+        pkt = {"packet_id": uuid.uuid4().hex, "training_run_id": self.run_id, "timestamp": now,
+               "metrics": pts, "events": evs}
+        if health:
+            pkt["health"] = health
+        if self.channel is not None:
+            self.channel.send_telemetry(pkt)
+        return pkt
 
     def knobs(self) -> dict:
         return {"micro_batch_size": self.micro_batch, "grad_accum_steps": self.grad_accum,
                 "activation_checkpointing": self.checkpointing, "precision": self.precision,
                 "base_micro_batch_size": self.base_micro, "base_grad_accum_steps": self.base_accum,
-                "paused": self.paused, "lr_scale": self.lr_scale}
+                "paused": self.paused, "lr_scale": self.lr_scale, "circuit_open": self.circuit_open}
 
     def state(self) -> dict:
         mem = {"rss_bytes": _rss_bytes()}
+        peak = _peak_rss_bytes()
+        # Only over steps made since the last packet (a paused loop's peak is no step's).
+        if peak is not None and self.global_step > self._peak_step:
+            mem["peak_rss_bytes"] = max(peak, mem["rss_bytes"])
+        mem.update(_torch_memory())
         st = self._step_time
+        loss = self.last_loss
         return {"version": 1, "packet_id": uuid.uuid4().hex, "training_run_id": self.run_id,
                 "experiment_name": self.experiment, "current_epoch": self.epoch, "global_step": self.global_step,
-                "training_loss": self.last_loss, "samples_per_s": (self.effective_batch / st) if st > 0 else 0.0,
+                "training_loss": loss if math.isfinite(loss) else str(loss).replace("nan", "NaN")
+                .replace("inf", "Infinity"),
+                "samples_per_s": (self.effective_batch / st) if st > 0 else 0.0,
                 "step_time_s": st, "knobs": self.knobs(), "memory": mem, "timestamp": self.clock()}
 
     def report(self) -> None:
+        """Send a state packet; the RSS high-water mark restarts from here, so
+        the next packet's peak is that of the steps between the two."""
         if self.channel is not None:
             self.channel.send_state(self.state())
+            if self.global_step > self._peak_step:
+                reset_peak_rss()
+                self._peak_step = self.global_step
 
     def _metrics(self) -> dict:
         return {"micro_batch": float(self.micro_batch), "grad_accum": float(self.grad_accum),
                 "activation_checkpointing": float(self.checkpointing), "paused": float(self.paused),
+                "lr_scale": float(self.lr_scale), "circuit_open": float(self.circuit_open),
                 "rss_bytes": float(_rss_bytes()), "global_step": float(self.global_step)}
 
     def _apply_all(self) -> None:
@@ -455,11 +598,16 @@ class GovernedTraining:
         kind = cmd.WhichOneof("payload")
         if kind == "batch_adjustment":
             b = cmd.batch_adjustment
-            if b.micro_batch < 1 or b.micro_batch * b.grad_accum_steps != self.effective_batch:
-                raise ValueError(f"micro {b.micro_batch} x accum {b.grad_accum_steps} != effective batch "
-                                 f"{self.effective_batch}")
+            eff = b.micro_batch * b.grad_accum_steps
+            base = self.base_micro * self.base_accum
+            # The effective batch is kept, or cut to a divisor of the run's own
+            # (the daemon's cut_batch rungs, sent with their LR scale).
+            if b.micro_batch < 1 or b.grad_accum_steps < 1 or eff > base or base % eff:
+                raise ValueError(f"micro {b.micro_batch} x accum {b.grad_accum_steps} = {eff} is not the "
+                                 f"effective batch {base} or a divisor of it")
             self.micro_batch, self.grad_accum = b.micro_batch, b.grad_accum_steps
-            return f"micro-batch {b.micro_batch}, accumulation {b.grad_accum_steps}"
+            self.effective_batch = eff
+            return f"micro-batch {b.micro_batch}, accumulation {b.grad_accum_steps}, effective batch {eff}"
         if kind == "memory_saving":
             m = cmd.memory_saving
             n = set_activation_checkpointing(self.model, m.activation_checkpointing)
@@ -479,18 +627,20 @@ class GovernedTraining:
             self._resume()
             return "resumed"
         if kind == "optimizer_adjustment":
-            self.lr_scale = cmd.optimizer_adjustment.lr_scale
+            scale = cmd.optimizer_adjustment.lr_scale
+            if not (math.isfinite(scale) and 0.0 < scale <= 1.0):
+                raise ValueError(f"lr_scale {scale} is not in (0, 1]")
+            self.lr_scale = scale
             for g, lr in zip(self.optimizer.param_groups, self._base_lrs):
                 g["lr"] = lr * self.lr_scale
-            return f"lr scale {self.lr_scale:g}"
+            lrs = ", ".join(f"{g['lr']:g}" for g in self.optimizer.param_groups)
+            return f"lr scale {self.lr_scale:g} (lr {lrs})"
         if kind == "circuit_breaker":
-            if cmd.circuit_breaker.open:
-                self.save_checkpoint()
-                self.paused = True
-                self._paused_at = time.monotonic()
-                return f"circuit open: {cmd.circuit_breaker.reason}"
-            self._resume()
-            return "circuit closed"
+            # No checkpoint here: a run opened for a non-finite loss would
+            # overwrite its last good one with poisoned weights.
+            self.circuit_open = cmd.circuit_breaker.open
+            self.circuit_reason = cmd.circuit_breaker.reason
+            return f"circuit {'open' if self.circuit_open else 'closed'}: {cmd.circuit_breaker.reason}"
         raise Rejected(R.UNSUPPORTED, f"payload {kind!r} is not applied by this client")
 
     def _fresh_checkpoint(self) -> bool:
@@ -515,7 +665,7 @@ class GovernedTraining:
         alone once the daemon has been away for orphan_resume_s."""
         away_since = None
         last_report = 0.0
-        while self.paused:
+        while self.paused and not self.circuit_open:
             time.sleep(0.05)
             self._apply_all()
             now = time.monotonic()

@@ -43,6 +43,7 @@ LEDGER_WRITERS = frozenset({
     "train.field_report",  # train.field_report
     "train.register",   # train.register and the governor's govern.submit
     "train.report",     # train.command for the commands issued in answer
+    "train.telemetry",  # train.telemetry for a packet's events or change of health
     "venom.set_model",  # venom.model
     "venom.release",    # venom.release and the lifted quarantine's govern.directive
 })

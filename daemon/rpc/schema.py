@@ -19,6 +19,7 @@ _UINTS = {_FD.TYPE_UINT32, _FD.TYPE_UINT64, _FD.TYPE_FIXED32, _FD.TYPE_FIXED64}
 _FLOATS = {_FD.TYPE_DOUBLE, _FD.TYPE_FLOAT}
 _WKT_ANY_JSON = {"google.protobuf.Value", "google.protobuf.Struct", "google.protobuf.ListValue"}
 _INT64_LIMIT = 1 << 63
+_NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 
 def _is_map(field: FieldDescriptor) -> bool:
@@ -48,7 +49,8 @@ def _check_scalar(field: FieldDescriptor, value, where: str):
         if ok and t in _UINTS and value < 0:
             raise invalid_params(f"{where} must be >= 0", param=where, expected="unsigned integer", got=value)
     elif t in _FLOATS:
-        ok = type(value) in (int, float)
+        # proto3 JSON: a number, or one of the three strings for non-finite values.
+        ok = type(value) in (int, float) or value in _NON_FINITE
     elif t == _FD.TYPE_BOOL:
         ok = type(value) is bool
     elif t in (_FD.TYPE_STRING, _FD.TYPE_BYTES):

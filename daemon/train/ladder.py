@@ -9,6 +9,12 @@ the bottom (README, "Training loops", and config [train]):
                            (k = train.batch_halvings, fewer when the base
                            micro-batch is not divisible; the effective batch
                            micro x accum, hence the optimisation, is unchanged)
+    cut_batch_1..          a halving whose doubled accumulation would pass
+                           train.max_grad_accum: the micro-batch is halved and
+                           accumulation kept, so the effective batch halves,
+                           and the learning rate is scaled by train.lr_rule
+                           (sqrt: x 0.707, linear: x 0.5 per cut) with an
+                           optimizer_adjustment; "off": no such rung
     activation_checkpointing  recompute activations in the backward pass
     pause                  checkpoint to disk, then wait for `resume`
 
@@ -39,6 +45,11 @@ class Knobs:
     grad_accum: int
     checkpointing: bool = False
     paused: bool = False
+    # The learning rate's factor (1.0 unless the effective batch was cut).
+    lr_scale: float = 1.0
+
+
+LR_CUT = {"sqrt": 0.5 ** 0.5, "linear": 0.5, "off": 1.0}
 
 
 def halvings_possible(base_micro: int, wanted: int, min_micro: int) -> int:
@@ -51,31 +62,44 @@ def halvings_possible(base_micro: int, wanted: int, min_micro: int) -> int:
     return n
 
 
-def build_rungs(cfg, base_micro: int) -> tuple[Rung, ...]:
-    """The rungs above 0 for a run whose base micro-batch is base_micro."""
+def build_rungs(cfg, base_micro: int, base_accum: int = 1) -> tuple[Rung, ...]:
+    """The rungs above 0 for a run whose base knobs are base_micro x base_accum."""
     out = []
+    accum, cuts = base_accum, 0
     for i in range(halvings_possible(base_micro, cfg.batch_halvings, cfg.min_micro_batch)):
         at = cfg.halve_at + i * cfg.halve_step
-        out.append(Rung(f"halve_batch_{i + 1}", at, at - cfg.hysteresis))
+        if accum * 2 <= cfg.max_grad_accum:
+            accum *= 2
+            out.append(Rung(f"halve_batch_{i + 1}", at, at - cfg.hysteresis))
+        elif cfg.lr_rule != "off":
+            cuts += 1
+            out.append(Rung(f"cut_batch_{cuts}", at, at - cfg.hysteresis))
+        else:
+            break
     out.append(Rung("activation_checkpointing", cfg.checkpointing_at, cfg.checkpointing_at - cfg.hysteresis))
     out.append(Rung("pause", cfg.pause_at, cfg.resume_below))
     return tuple(out)
 
 
-def knobs_at(rungs: tuple[Rung, ...], rung: int, base: Knobs) -> Knobs:
+def knobs_at(rungs: tuple[Rung, ...], rung: int, base: Knobs, lr_rule: str = "sqrt") -> Knobs:
     """The knobs rung `rung` stands for, from the run's base knobs."""
     names = [r.name for r in rungs[:rung]]
     halved = sum(1 for n in names if n.startswith("halve_batch_"))
-    return Knobs(micro_batch=base.micro_batch >> halved, grad_accum=base.grad_accum << halved,
+    cut = sum(1 for n in names if n.startswith("cut_batch_"))
+    return Knobs(micro_batch=base.micro_batch >> (halved + cut), grad_accum=base.grad_accum << halved,
                  checkpointing=base.checkpointing or "activation_checkpointing" in names,
-                 paused="pause" in names)
+                 paused="pause" in names, lr_scale=round(LR_CUT[lr_rule] ** cut, 12) if cut else 1.0)
 
 
 def commands_between(now: Knobs, want: Knobs, *, resume_below: float) -> list[tuple[str, dict]]:
     """(payload field, payload) for each command that takes `now` to `want`,
     in ladder order: batch, checkpointing, checkpoint + pause going up;
-    resume, checkpointing, batch coming down."""
+    resume, checkpointing, batch coming down (an LR scale travels just
+    before the batch change it belongs to)."""
     batch = []
+    if abs(now.lr_scale - want.lr_scale) > 1e-9:
+        # With the batch change it goes with: the LR follows the effective batch.
+        batch.append(("optimizer_adjustment", {"lr_scale": want.lr_scale}))
     if (now.micro_batch, now.grad_accum) != (want.micro_batch, want.grad_accum):
         batch.append(("batch_adjustment", {"micro_batch": want.micro_batch, "grad_accum_steps": want.grad_accum}))
     saving = []
@@ -109,8 +133,10 @@ class Ladder:
                 n = i + 1
         return n
 
-    def evaluate(self, stress: float, now: float) -> tuple[int, str] | None:
-        """(new rung, why) when the rung changes, else None."""
+    def evaluate(self, stress: float, now: float, below: float | None = None) -> tuple[int, str] | None:
+        """(new rung, why) when the rung changes, else None.  `below`: the
+        stress the rung below would bring (the run's next peak there); a rung
+        is lifted only once that too is under its exit line."""
         want = self.target(stress)
         if want > self.rung:
             old, self.rung = self.rung, want
@@ -120,6 +146,8 @@ class Ladder:
         if self.rung == 0:
             return None
         top = self.rungs[self.rung - 1]
+        if below is not None and below > stress:
+            stress = below
         if stress >= top.exit_below:
             self.below_since = None
             return None

@@ -6,6 +6,8 @@
     train.report        WRITE  a SystemStatePacket; the daemon fills its
                                HardwareContext and answers with commands
     train.field_report  WRITE  a FieldReport (APPLIED / REJECTED / FAILED)
+    train.telemetry     WRITE  a TelemetryPacket: metric series (latest value,
+                               bounded), events (bounded; ledgered), health
     train.status        READ   runs, knobs, pending and answered commands
     train.list          READ   one line per run
 
@@ -20,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import json
+import math
 import uuid
 from dataclasses import dataclass, field
 
@@ -33,8 +37,10 @@ from ..rpc.registry import Access
 from ..runes import format_profile, resolve
 from ..units import Unit
 from ..v1 import train_pb2
+from ..stress import thermal
 from .checks import sign_command
 from .ladder import Knobs, Ladder, build_rungs, commands_between, knobs_at
+from .swing import learn, peak_level, policy_stress
 
 __all__ = ["TrainUnit"]
 
@@ -48,6 +54,8 @@ OUTCOME = train_pb2.FieldReport.Outcome
 # Seconds past its deadline a command still pending is called expired.
 EXPIRY_GRACE_S = 5.0
 DEFAULT_PROFILE = "BALANCED"
+MIB = 1 << 20
+HEALTH = ("HEALTHY", "DEGRADED", "UNHEALTHY")
 
 
 def _to_dict(msg) -> dict:
@@ -81,6 +89,28 @@ class Run:
     commands_total: int = 0
     rejections: collections.Counter = field(default_factory=collections.Counter)
     last_issue: float = float("-inf")  # monotonic
+    # The own-swing discount: the budget's used fraction at the run's latest
+    # report (its trough: reports are sent at the safe point) and its own
+    # per-step swing (peak - trough RSS, as a fraction of the budget).
+    trough_used: float | None = None
+    swings: dict = field(default_factory=dict)      # micro-batch -> swing
+    discounted: int = 0                # samples whose trend was the run's own
+    # The circuit breaker: open or not, why, since when (wall), and which
+    # trigger ("stress" or "loss") opened it; stress >= pause_at while paused since.
+    breaker_open: bool = False
+    breaker_reason: str = ""
+    breaker_kind: str = ""
+    breaker_since: float | None = None
+    breaker_opened_total: int = 0
+    critical_paused_since: float | None = None
+    reported_breaker: bool = False
+    # train.telemetry: the latest value of each metric series, recent events, health.
+    telemetry_packets: int = 0
+    metrics: collections.OrderedDict = field(default_factory=collections.OrderedDict)
+    events: collections.deque = field(default_factory=collections.deque)
+    health: str = ""
+    health_since: float | None = None
+    last_telemetry_at: float | None = None
 
     @property
     def connected(self) -> bool:
@@ -104,6 +134,9 @@ class TrainUnit(Unit):
         self.field_reports_total = collections.Counter()  # by outcome name
         self.rejections = collections.Counter()          # by RejectReason name
         self.expired_total = 0
+        self.telemetry_packets_total = 0
+        self._trend_since: float | None = None     # monotonic: the trend > 0 since
+        self.telemetry_events_total = 0
 
     # ------------------------------------------------------------ lifecycle
 
@@ -129,7 +162,9 @@ class TrainUnit(Unit):
                           "pending": sum(len(r.pending) for r in self.runs.values()),
                           "commands_total": sum(self.commands_total.values()),
                           "field_reports_total": sum(self.field_reports_total.values()),
-                          "rejections": dict(self.rejections), "expired_total": self.expired_total}}
+                          "rejections": dict(self.rejections), "expired_total": self.expired_total,
+                          "breakers_open": sum(1 for r in self.runs.values() if r.breaker_open),
+                          "telemetry_packets_total": self.telemetry_packets_total}}
 
     def summary(self) -> str:
         if not self.runs:
@@ -145,7 +180,7 @@ class TrainUnit(Unit):
 
     def _build_ladder(self, run: Run) -> None:
         old = run.ladder
-        run.ladder = Ladder(build_rungs(self.cfg, run.base.micro_batch), self.cfg.hold_s)
+        run.ladder = Ladder(build_rungs(self.cfg, run.base.micro_batch, run.base.grad_accum), self.cfg.hold_s)
         if old is not None:
             run.ladder.rung = min(old.rung, len(run.ladder.rungs))
 
@@ -153,17 +188,94 @@ class TrainUnit(Unit):
         """Every stress sample: each run's ladder, and expiry of pending commands."""
         try:
             now = self.ctx.clock.monotonic()
+            trend = (getattr(sample, "components", None) or {}).get("trend", 0.0)
+            if trend <= 0.0:
+                self._trend_since = None
+            elif self._trend_since is None:
+                self._trend_since = now
             for run in list(self.runs.values()):
                 self._expire(run)
                 if run.ladder is not None and run.connected:
-                    self._evaluate(run, float(sample.stress), now)
+                    self._evaluate(run, self._policy_stress(run, sample), now)
         except Exception as exc:  # noqa: BLE001 - a bad run must not stop sensing's loop
             log.error("sample_failed", error=repr(exc))
 
+    def _policy_stress(self, run: Run, s) -> float:
+        """The stress the ladder reads for this run: the sample's, its trend
+        left out while it is the run's own step (swing.py)."""
+        swing = run.swings.get(run.reported.micro_batch) if run.reported is not None else None
+        age = None if self._trend_since is None else self.ctx.clock.monotonic() - self._trend_since
+        stress, discounted = policy_stress(float(s.stress), getattr(s, "components", None) or {},
+                                           trough_used=run.trough_used, swing=swing,
+                                           margin=self.cfg.own_swing_margin, trend_age_s=age,
+                                           trend_max_s=self.cfg.own_trend_max_s)
+        run.discounted += discounted
+        return stress
+
+    def _below(self, run: Run) -> float | None:
+        """The level of the run's next peak one rung down (trough + its swing
+        at that rung's micro-batch), where that swing was measured: a rung is
+        not lifted for the run to be sent straight back by its own step."""
+        if run.ladder.rung == 0 or run.trough_used is None:
+            return None
+        lower = knobs_at(run.ladder.rungs, run.ladder.rung - 1, run.base, self.cfg.lr_rule)
+        swing = run.swings.get(lower.micro_batch)
+        return None if swing is None else peak_level(run.trough_used, swing)
+
+    def _learn_swing(self, run: Run, pkt) -> None:
+        """The run's trough (the budget's use in the latest sample, taken at
+        its safe point) and its own per-step swing at this micro-batch, from
+        the packet's RSS trough and peak (the larger of this step's and the
+        mean with the last: one short step is no proof)."""
+        s = self.sensing.latest() if self.sensing is not None else None
+        comp = getattr(s, "components", None) or {}
+        if "used" not in comp or "headroom_mb" not in comp or comp["used"] >= 1.0:
+            return
+        run.trough_used = float(comp["used"])
+        budget = float(comp["headroom_mb"]) * MIB / (1.0 - run.trough_used)
+        mem = pkt.memory
+        if not (mem.HasField("peak_rss_bytes") and mem.rss_bytes and budget > 0):
+            return
+        micro = pkt.knobs.micro_batch_size
+        swing = max(0, mem.peak_rss_bytes - mem.rss_bytes) / budget
+        run.swings[micro] = learn(run.swings.get(micro), swing)
+
+    def _breaker(self, run: Run, open_: bool, kind: str, why: str, stress: float) -> list[str]:
+        """Open or close the run's circuit breaker: a circuit_breaker command, ledgered."""
+        run.breaker_open, run.breaker_reason = open_, why
+        run.breaker_kind = kind if open_ else ""
+        run.breaker_since = self.ctx.clock.wall()
+        if open_:
+            run.breaker_opened_total += 1
+        log.warning("circuit_breaker", run_id=run.run_id, open=open_, why=why)
+        return self._issue(run, [("circuit_breaker", {"open": open_, "reason": why})], why, stress)
+
+    def _check_breaker(self, run: Run, stress: float, now: float) -> list[str]:
+        """Stress trigger: paused, and stress stayed >= pause_at for
+        breaker_paused_s: the run cannot be kept alive by pausing; closed
+        once stress fell below resume_below."""
+        cfg = self.cfg
+        paused = "pause" in run.ladder.names()
+        if paused and stress >= cfg.pause_at:
+            if run.critical_paused_since is None:
+                run.critical_paused_since = now
+        else:
+            run.critical_paused_since = None
+        if not run.breaker_open and cfg.breaker_paused_s > 0 and run.critical_paused_since is not None:
+            held = now - run.critical_paused_since
+            if held >= cfg.breaker_paused_s:
+                return self._breaker(run, True, "stress", f"stress {stress:.3f} >= pause_at {cfg.pause_at:g} for "
+                                     f"{held:.0f} s while paused (breaker_paused_s {cfg.breaker_paused_s:g})",
+                                     stress)
+        if run.breaker_open and run.breaker_kind == "stress" and stress < cfg.resume_below:
+            return self._breaker(run, False, "stress", f"stress {stress:.3f} below resume_below "
+                                 f"{cfg.resume_below:g}: circuit closed", stress)
+        return []
+
     def _evaluate(self, run: Run, stress: float, now: float) -> list[str]:
-        issued = []
-        change = run.ladder.evaluate(stress, now)
-        want = knobs_at(run.ladder.rungs, run.ladder.rung, run.base)
+        issued = self._check_breaker(run, stress, now)
+        change = run.ladder.evaluate(stress, now, self._below(run))
+        want = knobs_at(run.ladder.rungs, run.ladder.rung, run.base, self.cfg.lr_rule)
         if change is not None:
             rung, why = change
             log.info("rung", run_id=run.run_id, rung=rung, why=why)
@@ -176,6 +288,11 @@ class TrainUnit(Unit):
             issued += self._issue(run, commands_between(run.reported, want, resume_below=self.cfg.resume_below),
                                   why, stress)
             run.assumed = want
+        elif not run.pending and run.reported is not None and run.reported_breaker != run.breaker_open \
+                and now - run.last_issue >= self.cfg.reissue_s:
+            issued += self._issue(run, [("circuit_breaker", {"open": run.breaker_open,
+                                                             "reason": run.breaker_reason})],
+                                  "reported circuit state differs: sent again", stress)
         return issued
 
     def _issue(self, run: Run, payloads: list, why: str, stress: float) -> list[str]:
@@ -252,6 +369,9 @@ class TrainUnit(Unit):
               result="TrainFieldReportResult", access=Access.WRITE,
               example={"report": {"command_id": "0" * 32, "training_run_id": "no-such-run",
                                   "outcome": "APPLIED"}}, example_error=E.NOT_FOUND)
+        r.add("train.telemetry", self.rpc_telemetry, params="TrainTelemetryParams", result="TrainTelemetryResult",
+              access=Access.WRITE, example={"packet": {"training_run_id": "no-such-run", "health": "HEALTHY"}},
+              example_error=E.NOT_FOUND)
         r.add("train.status", self.rpc_status, params="TrainStatusParams", result="TrainStatusResult")
         r.add("train.list", self.rpc_list, result="TrainListResult")
 
@@ -320,18 +440,68 @@ class TrainUnit(Unit):
             log.info("run_disconnected", run_id=run_id, pending=len(run.pending))
 
     def _hardware(self) -> dict:
+        """HardwareContext from what sensing last read (no new sampling): the
+        sample, the Reading behind it (NVML) and the latest fresh tegrastats
+        line.  A figure nothing measured is left out, never sent as 0."""
         s = self.sensing.latest() if self.sensing is not None else None
         if s is None:
             return {}
         hw = {"stress": float(s.stress), "band": s.band, "model": s.model, "view": s.view,
               "trend_per_s": float(s.trend_per_s), "sample_timestamp": float(s.timestamp)}
+        comp = s.components or {}
         if s.seconds_to_exhaustion is not None:
             hw["seconds_to_exhaustion"] = float(s.seconds_to_exhaustion)
-        if s.temp_c is not None:
-            hw["temperature_c"] = float(s.temp_c)
-        if s.thermal_margin_c is not None:
-            hw["thermal_margin_c"] = float(s.thermal_margin_c)
+        if "used" in comp:
+            hw["used_fraction"] = float(comp["used"])
+        if "headroom_mb" in comp:
+            hw["headroom_bytes"] = max(0, int(round(float(comp["headroom_mb"]) * MIB)))
+        for key, name in (("temp_c", "temperature_c"), ("thermal_margin_c", "thermal_margin_c"),
+                          ("power_mw", "power_mw")):
+            v = getattr(s, key, None)
+            if v is not None:
+                hw[name] = float(v)
+        if s.thermal_sensor is not None:
+            hw["thermal_sensor"] = s.thermal_sensor
+        r = getattr(self.sensing, "last_reading", None)
+        gpu = getattr(r, "gpu_mem", None) if r is not None else None
+        if gpu is not None and gpu[1]:
+            hw["gpu_memory_used_bytes"], hw["gpu_memory_total_bytes"] = int(gpu[0]), int(gpu[1])
+            hw["unified_memory"] = False
+        tg = self._tegra()
+        if tg is not None:
+            line, mode = tg
+            hw["tegrastats_mode"] = mode
+            hw["unified_memory"] = True
+            ram = line.get("ram") or {}
+            if "used_mb" in ram and "total_mb" in ram:
+                hw["ram_used_bytes"] = int(ram["used_mb"]) * MIB
+                hw["ram_total_bytes"] = int(ram["total_mb"]) * MIB
+            g = line.get("gpu") or {}
+            if "util_pct" in g:
+                hw["gpu_load_percent"] = float(g["util_pct"])
+            e = line.get("emc") or {}
+            if "util_pct" in e:
+                hw["emc_load_percent"] = float(e["util_pct"])
+            temps = line.get("temps_c") or {}
+            if temps:
+                hw["temperatures_c"] = {k: float(v) for k, v in temps.items()}
+            # Thermal and power of the same line (the sample may predate it).
+            sc = thermal.scalars(line, self.ctx.config.signal.throttle_c)
+            for key, name in (("temp_c", "temperature_c"), ("thermal_margin_c", "thermal_margin_c"),
+                              ("power_mw", "power_mw"), ("thermal_sensor", "thermal_sensor")):
+                if key in sc:
+                    hw[name] = sc[key] if key == "thermal_sensor" else float(sc[key])
         return hw
+
+    def _tegra(self) -> tuple[dict, str] | None:
+        """(the latest tegrastats line, its mode) if read within three
+        intervals (as sensing judges freshness), else None."""
+        t = getattr(self.sensing, "tegra", None)
+        if t is None or t.latest is None or t.last_read is None:
+            return None
+        if self.ctx.clock.monotonic() - t.last_read > 3 * self.ctx.config.sense.tegrastats_interval_ms / 1000:
+            return None
+        return t.latest, t.mode
 
     def rpc_report(self, p, call):
         """A SystemStatePacket from a run: stored with the daemon's HardwareContext; commands answer it."""
@@ -347,20 +517,91 @@ class TrainUnit(Unit):
         run.knobs = _to_dict(k)
         run.reports += 1
         run.last_report_at = self.ctx.clock.wall()
-        run.reported = Knobs(k.micro_batch_size, k.grad_accum_steps, k.activation_checkpointing, k.paused)
+        run.reported = Knobs(k.micro_batch_size, k.grad_accum_steps, k.activation_checkpointing, k.paused,
+                             k.lr_scale or 1.0)
+        run.reported_breaker = k.circuit_open
         if run.base is None:
             run.base = Knobs(k.base_micro_batch_size or k.micro_batch_size,
                              k.base_grad_accum_steps or k.grad_accum_steps)
             self._build_ladder(run)
         if not run.pending:
             run.assumed = run.reported
+        self._learn_swing(run, pkt)
         issued = []
-        stress = self._stress()
-        if stress is not None:
+        loss = pkt.training_loss
+        if self.cfg.breaker_nonfinite_loss and not math.isfinite(loss) and not run.breaker_open:
+            issued += self._breaker(run, True, "loss", f"training loss {loss} at step {pkt.global_step} "
+                                    f"is not finite", self._stress() or 0.0)
+        elif run.breaker_open and run.breaker_kind == "loss" and math.isfinite(loss):
+            issued += self._breaker(run, False, "loss", f"training loss {loss:.6g} at step {pkt.global_step} "
+                                    f"is finite again: circuit closed", self._stress() or 0.0)
+        s = self.sensing.latest() if self.sensing is not None else None
+        if s is not None:
             self._expire(run)
-            issued = self._evaluate(run, stress, self.ctx.clock.monotonic())
+            issued += self._evaluate(run, self._policy_stress(run, s), self.ctx.clock.monotonic())
         return {"run_id": run.run_id, "rung": run.ladder.rung, "issued": issued,
                 "pending": len(run.pending), "hardware": run.last_state.get("hardware", {})}
+
+    async def rpc_telemetry(self, p, call):
+        """A TelemetryPacket: each metric kept as the series' latest value
+        (bounded), events kept (bounded) and ledgered with a change of health."""
+        pkt = _parse(p["packet"], train_pb2.TelemetryPacket, "packet")
+        run = self._run_of(pkt.training_run_id, call)
+        cap = self.cfg.telemetry_packet_max
+        if len(pkt.metrics) > cap or len(pkt.events) > cap:
+            raise invalid_params(f"packet carries {len(pkt.metrics)} metrics and {len(pkt.events)} events; "
+                                 f"train.telemetry_packet_max is {cap} of each", param="packet",
+                                 metrics=len(pkt.metrics), events=len(pkt.events))
+        if pkt.health and pkt.health not in HEALTH:
+            raise invalid_params(f"packet.health must be one of {', '.join(HEALTH)} or empty, got {pkt.health!r}",
+                                 param="packet.health", got=pkt.health[:40])
+        for i, m in enumerate(pkt.metrics):
+            if not m.name:
+                raise invalid_params(f"packet.metrics[{i}].name is empty", param=f"packet.metrics[{i}].name")
+        for i, e in enumerate(pkt.events):
+            if not e.name:
+                raise invalid_params(f"packet.events[{i}].name is empty", param=f"packet.events[{i}].name")
+        events = [_to_dict(e) for e in pkt.events]
+        size = len(json.dumps(events, separators=(",", ":")))
+        limit = self.ctx.config.ledger.max_entry_bytes // 2
+        if size > limit:
+            raise invalid_params(f"packet.events take {size} bytes; one ledger entry holds at most {limit} "
+                                 f"of them (ledger.max_entry_bytes / 2): send them in several packets",
+                                 param="packet.events", bytes=size, limit=limit)
+        wall = self.ctx.clock.wall()
+        run.telemetry_packets += 1
+        self.telemetry_packets_total += 1
+        run.last_telemetry_at = wall
+        for m in pkt.metrics:
+            key = (m.name, tuple(sorted(m.attributes.items())))
+            run.metrics.pop(key, None)
+            d = _to_dict(m)
+            # 0.0 is omitted by the JSON mapping; NaN/Infinity stay its strings.
+            d.setdefault("value", 0.0)
+            run.metrics[key] = dict(d, updated_at=wall)
+            while len(run.metrics) > self.cfg.telemetry_metrics:
+                run.metrics.popitem(last=False)
+        for e in events:
+            run.events.append(e)
+            while len(run.events) > self.cfg.telemetry_events:
+                run.events.popleft()
+        self.telemetry_events_total += len(events)
+        changed = bool(pkt.health) and pkt.health != run.health
+        was = run.health
+        if changed:
+            run.health, run.health_since = pkt.health, wall
+            log.info("run_health", run_id=run.run_id, health=pkt.health, was=was or "-")
+        index = 0
+        if events or changed:
+            entry = {"type": "train.telemetry", "run_id": run.run_id, "packet_id": pkt.packet_id,
+                     "events": events}
+            if changed:
+                entry.update(health=pkt.health, previous_health=was)
+            fut = self._record(entry)
+            if fut is not None:
+                index, _ = await fut
+        return {"packet_id": pkt.packet_id, "metrics": len(pkt.metrics), "events": len(events),
+                "health": run.health, "health_changed": changed, "ledger_index": index}
 
     async def rpc_field_report(self, p, call):
         """A run's answer to a command: APPLIED, REJECTED (with its reason) or FAILED; ledgered."""
@@ -408,6 +649,24 @@ class TrainUnit(Unit):
                "registered_at": run.registered_at}
         if run.last_state is not None:
             out["last_state"] = run.last_state
+        cb = {"open": run.breaker_open, "opened_total": run.breaker_opened_total}
+        if run.breaker_reason:
+            cb["reason"] = run.breaker_reason
+        if run.breaker_since is not None:
+            cb["since"] = run.breaker_since
+        out["circuit_breaker"] = cb
+        tel = {"packets": run.telemetry_packets, "metrics": list(run.metrics.values()), "events": list(run.events)}
+        if run.health:
+            tel["health"] = run.health
+            tel["health_since"] = run.health_since
+        if run.last_telemetry_at is not None:
+            tel["last_packet_at"] = run.last_telemetry_at
+        out["telemetry"] = tel
+        policy = {"own_swing_discounted_samples": run.discounted,
+                  "own_swing": {str(k): round(v, 6) for k, v in sorted(run.swings.items())}}
+        if run.trough_used is not None:
+            policy["trough_used"] = round(run.trough_used, 6)
+        out["policy"] = policy
         if run.last_report_at is not None:
             out["last_report_at"] = run.last_report_at
         return out
@@ -422,6 +681,8 @@ class TrainUnit(Unit):
                 "commands_total": sum(self.commands_total.values()),
                 "field_reports_total": sum(self.field_reports_total.values()),
                 "rejections": dict(self.rejections), "expired_total": self.expired_total,
+                "telemetry_packets_total": self.telemetry_packets_total,
+                "telemetry_events_total": self.telemetry_events_total,
                 "public_key": self.keys.public_hex if self.keys is not None and self.keys.key else ""}
 
     def rpc_list(self, p, call):
