@@ -43,8 +43,12 @@ def tegrastats_tool(path: str, flag: str) -> str:
     return path
 
 
+HOST_VMSTAT = open("/proc/vmstat").read()
+
+
 def vmstat(oom_kill: int) -> str:
-    text = open("/proc/vmstat").read()
+    """This host's vmstat as read once, with the given oom_kill counter."""
+    text = HOST_VMSTAT
     return re.sub(r"^oom_kill \d+$", f"oom_kill {oom_kill}", text, flags=re.M) if "oom_kill" in text \
         else text + f"oom_kill {oom_kill}\n"
 
