@@ -2,7 +2,7 @@
 blocking socket (redis://, rediss://, unix:// URLs as redis-py reads them).
 
 Why not redis-py here: `import redis` (8.x) loads redis.asyncio, the cluster
-commands, asyncio and importlib.metadata, +9.6 MiB of the exporter's RSS
+commands, asyncio and importlib.metadata, +9.5 MiB of the exporter's RSS
 (README "The exporter's unit and its cost"), for PING, AUTH, SELECT, XADD and
 XREVRANGE.  The consumer side (aal_core.fleet, `aalctl fleet`) keeps
 redis-py.  TLS (rediss://) imports ssl only when asked for.
