@@ -1,11 +1,13 @@
 """The README's metric reference table is exact: every name in it is in a
 real scrape with the type and labels it says, and every family of the scrape
-is in it (README "Observability and the fleet")."""
+is in it (README "Observability and the fleet"); the scrape, with a
+watched cgroup, passes `promtool check metrics`."""
 from __future__ import annotations
 
 import fnmatch
 import os
 import re
+import subprocess
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -47,8 +49,20 @@ def scrape_families(text: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scraped():
-    return scrape_families(real_scrape_text(cgroup=True))
+def text():
+    return real_scrape_text(cgroup=True)
+
+
+@pytest.fixture(scope="module")
+def scraped(text):
+    return scrape_families(text)
+
+
+def test_promtool_check_metrics_passes_with_a_watched_cgroup(text):
+    """The families only a watched cgroup brings (its usage, limit and PSI) lint clean too."""
+    assert "aal_core_cgroup_pressure_memory_some_ratio{" in text
+    r = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stdout.strip() and not r.stderr.strip(), r.stdout + r.stderr
 
 
 def test_table_parses():
