@@ -231,7 +231,9 @@ def main(argv=None) -> int:
         for name in names:
             r = acc[name]
             share = r["cpu"] / r["wall"]
-            per = f"{(share - base_share) * r['wall'] / r['scrapes'] * 1000:.2f}" if r["scrapes"] else "–"
+            # Per scrape only where scrapes are all that changed (the fleet row's rise is mostly the fleet's).
+            per = f"{(share - base_share) * r['wall'] / r['scrapes'] * 1000:.2f}" \
+                if r["scrapes"] and "fleet" not in name else "–"
             mw = "–" if r is base else f"{mann_whitney_p(base['jit'], r['jit']):.3f}"
             say(f"| {name} | {share * 100:.3f} | {(share - base_share) * 100:+.3f} | {per} | "
                 f"{pct(r['jit'], .5):.2f} | {pct(r['jit'], .99):.2f} | {mw} | {r['ex_cpu'] / r['wall'] * 100:.3f} |")
