@@ -104,8 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=f"aal-core {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
-    from .venom import standalone as venom_cli
-    venom_cli.add_parser(sub)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] != ["export"]:
+        # `aal-core export` keeps the control loop's modules (and asyncio)
+        # out of its RSS (README "The exporter's unit and its cost").
+        from .venom import standalone as venom_cli
+        venom_cli.add_parser(sub)
     from .export import cli as export_cli
     export_cli.add_parser(sub)
     args = parser.parse_args(argv)

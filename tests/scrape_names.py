@@ -2,6 +2,7 @@
 and dashboard tests."""
 from __future__ import annotations
 
+import os
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,22 +16,44 @@ KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
-def real_scrape_names() -> set[str]:
-    """Family and sample names (with _bucket, _sum, _count, _total) of one
-    scrape of `aal-core export` beside a daemon with the bundled tegrastats
-    replay, fleet publishing configured (to a Redis that is not there)."""
-    d = start_daemon(base=short_tmpdir(), tegrastats="replay")
+def write_v2_cgroup(path) -> str:
+    """A cgroup v2 memory directory with every file the cgroup source reads
+    (this host has v1 only, where no such directory can exist): 100 MiB of a
+    4 GiB limit, its own PSI."""
+    os.makedirs(path, exist_ok=True)
+    files = {"memory.max": f"{4 << 30}\n", "memory.current": f"{100 << 20}\n",
+             "memory.stat": "anon 1\nfile 0\nactive_file 0\ninactive_file 1048576\n",
+             "memory.events": "oom 0\noom_kill 0\n",
+             "memory.pressure": "some avg10=0.10 avg60=0.05 avg300=0.01 total=1234\n"
+                                "full avg10=0.00 avg60=0.00 avg300=0.00 total=56\n"}
+    for name, text in files.items():
+        with open(os.path.join(path, name), "w") as fh:
+            fh.write(text)
+    return path
+
+
+def real_scrape_text(cgroup: bool = False) -> str:
+    """One scrape of `aal-core export` beside a daemon with the bundled
+    tegrastats replay, fleet publishing configured (to a Redis that is not
+    there), and with `cgroup` a watched cgroup."""
+    base = short_tmpdir()
+    args = ("--cgroup", write_v2_cgroup(os.path.join(base, "cg"))) if cgroup else ()
+    d = start_daemon(*args, base=base, tegrastats="replay")
     ex = None
     try:
         import time
         time.sleep(2.5)       # a tegrastats line and a few samples
         ex = start_exporter(d, f'[fleet]\nredis_url = "redis://127.0.0.1:{free_port()}/0"\n')
-        text = ex.metrics_text()
+        return ex.metrics_text()
     finally:
         if ex is not None:
             ex.stop()
         cleanup(d)
-    fams = list(text_string_to_metric_families(text))
+
+
+def real_scrape_names() -> set[str]:
+    """Family and sample names (with _bucket, _sum, _count, _total) of real_scrape_text()."""
+    fams = list(text_string_to_metric_families(real_scrape_text()))
     return {f.name for f in fams} | {s.name for f in fams for s in f.samples}
 
 

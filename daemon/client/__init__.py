@@ -10,13 +10,24 @@ JSON-RPC code, message and data; a missing or refused socket raises
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import errno
+import importlib
 import itertools
 import json
 import os
 import socket
+
+
+class _LazyAsyncio:
+    """asyncio at AsyncClient's first use: a Client-only process (the
+    exporter) keeps it, and the ssl it loads, out of its RSS."""
+
+    def __getattr__(self, name):
+        return getattr(importlib.import_module("asyncio"), name)
+
+
+asyncio = _LazyAsyncio()
 
 DEFAULT_SOCKET = "/run/aal-core/aal-core.sock"
 

@@ -10,32 +10,39 @@
 
 Two halves that share only a bounded buffer:
 
-    Watcher     reads the daemon (subscriptions and a 1 s poll) and puts entries
-                in the buffer; never waits for Redis
-    Publisher   drains the buffer into Redis with XADD MAXLEN ~ (pipelined);
+    Watcher     reads the daemon (one connection: band changes and venom
+                decisions pushed, one batch call per tick for the sample, the
+                ledger's length and the sources) and puts entries in the
+                buffer; never waits for Redis
+    Publisher   drains the buffer into Redis with XADD MAXLEN ~ (pipelined,
+                RESP spoken directly: resp.py says why not redis-py);
                 while Redis is unreachable it reconnects with backoff (0.5 s
                 doubling to fleet.reconnect_max_s) and the buffer holds at most
                 fleet.buffer_max entries, dropping the oldest and counting them
                 (samples and events first: heads go only when nothing else is left)
 
-The daemon never waits for either: a slow exporter only makes the daemon
-drop (and count) notifications to it.  Every entry has `type`, `ts` (wall
-seconds) and `seq` (the exporter's counter, so a consumer can spot the
-gap a drop left and duplicates after a retried pipeline).
+Each is one thread (no asyncio: it and redis-py were 9.5 MiB of the
+exporter's RSS).  The daemon never waits for either: a slow exporter only
+makes the daemon drop (and count) notifications to it.  Every entry has
+`type`, `ts` (wall seconds) and `seq` (the exporter's counter, so a
+consumer can spot the gap a drop left and duplicates after a retried
+pipeline).
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
+import selectors
 import socket
+import threading
 import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..clock import SYSTEM
-from ..client import AsyncClient, ConnectError, RpcCallError
+from ..client import Client, ConnectError, RpcCallError
 from ..log import get_logger
+from .resp import Resp, RespError
 
 log = get_logger("export.fleet")
 
@@ -75,7 +82,7 @@ class FleetState:
         # the watcher, which knows the key); heads are linked to it.
         self.prev_head: tuple[int, str] | None = None
         self.prev_candidates: list[dict] = []
-        self.prev_known = asyncio.Event()
+        self.prev_known = threading.Event()
 
     def status(self) -> dict:
         return {"node_id": self.node, "redis_up": self.redis_up, "redis_error": "" if self.redis_up else self.redis_error,
@@ -101,25 +108,28 @@ class FleetState:
 
 
 class Buffer:
-    """Bounded FIFO of (stream kind, fields); full -> the oldest is dropped and counted."""
+    """Bounded FIFO of (stream kind, fields), shared by two threads; full ->
+    the oldest is dropped and counted."""
 
     def __init__(self, state: FleetState):
         self.state = state
         self.items: collections.deque = collections.deque()
         self.seq = 0
-        self._ready = asyncio.Event()
+        self._cond = threading.Condition()
 
     def __len__(self) -> int:
         return len(self.items)
 
     def put(self, kind: str, fields: dict) -> None:
-        self.seq += 1
-        f = {"seq": str(self.seq), "ts": repr(round(SYSTEM.wall(), 6))}
+        f = {"ts": repr(round(SYSTEM.wall(), 6))}
         f.update((k, v if isinstance(v, str) else json.dumps(v) if isinstance(v, (dict, list)) else str(v))
                  for k, v in fields.items() if v is not None)
-        self.items.append((kind, f))
-        self._trim()
-        self._ready.set()
+        with self._cond:
+            self.seq += 1
+            f["seq"] = str(self.seq)
+            self.items.append((kind, f))
+            self._trim()
+            self._cond.notify()
 
     def _trim(self) -> None:
         """Drop the oldest sample or event; a head only when nothing else is
@@ -135,24 +145,21 @@ class Buffer:
 
     def take(self, n: int) -> list:
         out = []
-        while self.items and len(out) < n:
-            out.append(self.items.popleft())
-        if not self.items:
-            self._ready.clear()
+        with self._cond:
+            while self.items and len(out) < n:
+                out.append(self.items.popleft())
         return out
 
     def give_back(self, batch: list) -> None:
         """A batch Redis did not take goes back in front (the bound still holds)."""
-        self.items.extendleft(reversed(batch))
-        self._trim()
-        if self.items:
-            self._ready.set()
+        with self._cond:
+            self.items.extendleft(reversed(batch))
+            self._trim()
 
-    async def wait(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+    def wait(self, timeout: float) -> None:
+        with self._cond:
+            if not self.items:
+                self._cond.wait(timeout)
 
 
 class Publisher:
@@ -161,38 +168,38 @@ class Publisher:
         self.maxlen = {"samples": state.cfg.samples_maxlen, "events": state.cfg.events_maxlen,
                        "heads": state.cfg.heads_maxlen}
 
-    async def run(self) -> None:
-        import redis.asyncio as aioredis
-        from redis.exceptions import RedisError
+    def run(self, stop: threading.Event) -> None:
         st, cfg = self.state, self.state.cfg
         backoff = 0.5
-        while True:
-            r = aioredis.from_url(cfg.redis_url, socket_connect_timeout=2.0, socket_timeout=5.0)
+        while not stop.is_set():
+            r = Resp(cfg.redis_url, connect_timeout=2.0, timeout=5.0)
             batch: list = []
             try:
-                await r.ping()
+                r.command("PING")
                 if not st.prev_known.is_set():
-                    await self._read_prev_head(r)
+                    self._read_prev_head(r)
                 if not st.redis_up:
                     log.info("redis_up", url=_safe_url(cfg.redis_url))
                 st.redis_up, backoff = True, 0.5
-                while True:
+                while not stop.is_set():
                     batch = self.buffer.take(BATCH)
                     if not batch:
-                        await self.buffer.wait(1.0)
+                        self.buffer.wait(1.0)
                         continue
-                    pipe = r.pipeline(transaction=False)
+                    cmds = []
                     for kind, fields in batch:
-                        pipe.xadd(st.streams[kind], fields, maxlen=self.maxlen[kind], approximate=True)
-                    await pipe.execute()
+                        cmd = ["XADD", st.streams[kind], "MAXLEN", "~", self.maxlen[kind], "*"]
+                        for k, v in fields.items():
+                            cmd += (k, v)
+                        cmds.append(cmd)
+                    for reply in r.pipeline(cmds):
+                        if isinstance(reply, RespError):
+                            raise reply
                     for kind, _ in batch:
                         st.published[kind] += 1
                     batch = []
-            except asyncio.CancelledError:
                 self.buffer.give_back(batch)
-                await _close(r)
-                raise
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (RespError, OSError, ValueError) as exc:
                 self.buffer.give_back(batch)
                 if st.redis_up or st.reconnects == 0:
                     log.warning("redis_down", url=_safe_url(cfg.redis_url), error=str(exc) or type(exc).__name__,
@@ -200,22 +207,20 @@ class Publisher:
                 st.redis_up = False
                 st.redis_error = str(exc) or type(exc).__name__
                 st.reconnects += 1
-                await _close(r)
-                await asyncio.sleep(backoff)
+                r.close()
+                stop.wait(backoff)
                 backoff = min(backoff * 2, cfg.reconnect_max_s)
+            finally:
+                r.close()
 
-    async def _read_prev_head(self, r) -> None:
+    def _read_prev_head(self, r: Resp) -> None:
         st = self.state
-        st.prev_candidates = [{k.decode(): v.decode() for k, v in f.items()}
-                              for _, f in await r.xrevrange(st.streams["heads"], count=PREV_SCAN)]
+        got = r.command("XREVRANGE", st.streams["heads"], "+", "-", "COUNT", PREV_SCAN) or []
+        cands = []
+        for _, flat in got:
+            cands.append({flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat) - 1, 2)})
+        st.prev_candidates = cands
         st.prev_known.set()
-
-
-async def _close(r) -> None:
-    try:
-        await r.aclose()
-    except Exception:  # noqa: BLE001 - closing a broken connection
-        pass
 
 
 def _safe_url(url: str) -> str:
@@ -227,95 +232,122 @@ def _safe_url(url: str) -> str:
 
 
 class Watcher:
-    """Turns the daemon's state into stream entries (buffer.put); reconnects to it with backoff."""
+    """Turns the daemon's state into stream entries (buffer.put); reconnects to it with backoff.
+
+    One connection and one thread: `stress` (mode "band": band changes only)
+    and `venom` are pushed; every tick (1 / fleet.sample_hz, and POLL_S for
+    the rest) one batch call fetches the sample (stress.get), the ledger's
+    length (ledger.manifest) and the sources (sense.sources).  Between ticks
+    the thread sleeps in select() on the socket, so a pushed notification is
+    handled when it arrives and nothing runs per daemon sample."""
 
     def __init__(self, socket_path: str, state: FleetState, buffer: Buffer):
         self.socket_path, self.state, self.buffer = socket_path, state, buffer
         self.cfg = state.cfg
-        self.last_sample_t = 0.0
         self.band: str | None = None
+        self.last_seq = None
         self.ledger_next: int | None = None       # next ledger index to scan for events
         self.head_size = 0
         self.head_t = 0.0
         self.sources: dict[str, bool] = {}
         self.oom_kills: int | None = None
+        self.subs: dict[str, str] = {}
 
-    async def run(self) -> None:
+    def run(self, stop: threading.Event) -> None:
         backoff = 0.5
-        while True:
+        while not stop.is_set():
             try:
-                async with AsyncClient(self.socket_path) as c:
+                with Client(self.socket_path, timeout=10.0) as c:
                     if not self.state.daemon_up:
                         self.buffer.put("events", {"type": "daemon_up"})
                     self.state.daemon_up, backoff = True, 0.5
-                    await self._session(c)
-            except (ConnectError, RpcCallError, OSError) as exc:
+                    self._session(c, stop)
+            except (ConnectError, RpcCallError, OSError, ValueError) as exc:
                 if self.state.daemon_up:
                     self.buffer.put("events", {"type": "daemon_down", "reason": str(exc)})
                     log.warning("daemon_down", error=str(exc))
                 self.state.daemon_up = False
                 self.state.daemon_error = str(exc)
-            await asyncio.sleep(backoff)
+            stop.wait(backoff)
             backoff = min(backoff * 2, 10.0)
 
-    async def _session(self, c: AsyncClient) -> None:
-        _, stress_q = await c.subscribe("stress")
-        _, venom_q = await c.subscribe("venom")
-        tasks = [asyncio.ensure_future(self._stress(stress_q)), asyncio.ensure_future(self._venom(venom_q)),
-                 asyncio.ensure_future(self._poll(c))]
+    def _session(self, c: Client, stop: threading.Event) -> None:
+        self.subs = {c.call("stress.subscribe", {"mode": "band"})["subscription"]: "stress",
+                     c.call("venom.subscribe")["subscription"]: "venom"}
+        self.band = c.call("stress.get").get("band")
+        sample_period = 1.0 / self.cfg.sample_hz
+        next_sample = next_poll = time.monotonic()
+        sel = selectors.DefaultSelector()
+        sel.register(c.sock, selectors.EVENT_READ)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                t.result()
-            raise ConnectError("the daemon closed the connection")
+            while not stop.is_set():
+                self._notes(c)
+                now = time.monotonic()
+                if now >= next_sample or now >= next_poll:
+                    calls = []
+                    if now >= next_sample:
+                        calls.append(("stress.get", None))
+                        next_sample = max(next_sample + sample_period, now)
+                    if now >= next_poll:
+                        calls += [("ledger.manifest", None), ("sense.sources", None)]
+                        next_poll = max(next_poll + POLL_S, now)
+                    self._tick(c, dict(zip((m for m, _ in calls), c.batch(calls))))
+                    self._notes(c)
+                # Nothing left unhandled (the client's own buffer included):
+                # sleep until the daemon pushes something or the next tick.
+                if b"\n" not in c._buf and sel.select(max(0.0, min(next_sample, next_poll) - time.monotonic())):
+                    c._keep(c._read_msg())
         finally:
-            for t in tasks:
-                t.cancel()
+            sel.close()
 
-    async def _stress(self, q) -> None:
-        period = 1.0 / self.cfg.sample_hz
-        while True:
-            note = await q.get()
-            if note is None:
-                return
-            d = note["data"]
-            if self.band is not None and d["band"] != self.band:
-                self.buffer.put("events", {"type": "band_change", "from": self.band, "to": d["band"],
-                                           "stress": d["stress"]})
-            self.band = d["band"]
-            now = time.monotonic()
-            if now - self.last_sample_t >= period:
-                self.last_sample_t = now
-                self.buffer.put("samples", {"type": "sample", "stress": d["stress"], "band": d["band"],
-                                            "seconds_to_exhaustion": d.get("seconds_to_exhaustion"),
-                                            "view": d.get("view"), "daemon_seq": d.get("seq"),
-                                            "dropped": note.get("dropped") or None})
+    def _notes(self, c: Client) -> None:
+        """Handle the notifications read so far (kept by the client while it waited for replies)."""
+        while c.notifications or b"\n" in c._buf:
+            if c.notifications:
+                n = c.notifications.popleft()
+            else:
+                n = c._read_msg()
+            params = n.get("params") or {}
+            kind = self.subs.get(params.get("subscription"))
+            if kind == "stress":
+                self._band(params.get("data") or {})
+            elif kind == "venom":
+                d = params.get("data") or {}
+                self.buffer.put("events", {"type": "venom_decision", "action": d.get("action"),
+                                           "beat": d.get("beat"), "effect": d.get("effect")})
 
-    async def _venom(self, q) -> None:
-        while True:
-            note = await q.get()
-            if note is None:
-                return
-            d = note["data"]
-            self.buffer.put("events", {"type": "venom_decision", "action": d.get("action"), "beat": d.get("beat"),
-                                       "effect": d.get("effect")})
+    def _band(self, d: dict) -> None:
+        if self.band is not None and d.get("band") != self.band:
+            self.buffer.put("events", {"type": "band_change", "from": self.band, "to": d.get("band"),
+                                       "stress": d.get("stress")})
+        self.band = d.get("band")
 
-    async def _poll(self, c: AsyncClient) -> None:
-        while True:
-            m = await c.call("ledger.manifest")
-            await self._ledger_events(c, m["chain_length"])
-            await self._maybe_head(c, m["chain_length"])
-            await self._sources(c)
-            await asyncio.sleep(POLL_S)
+    def _tick(self, c: Client, res: dict) -> None:
+        for r in res.values():
+            if isinstance(r, RpcCallError):
+                raise r
+        d = res.get("stress.get")
+        if d is not None and d.get("seq") != self.last_seq:
+            self.last_seq = d.get("seq")
+            self.buffer.put("samples", {"type": "sample", "stress": d["stress"], "band": d["band"],
+                                        "seconds_to_exhaustion": d.get("seconds_to_exhaustion"),
+                                        "view": d.get("view"), "daemon_seq": d.get("seq")})
+        m = res.get("ledger.manifest")
+        if m is not None:
+            self._ledger_events(c, m["chain_length"])
+            self._maybe_head(c, m["chain_length"])
+        s = res.get("sense.sources")
+        if s is not None:
+            self._sources(s)
 
-    async def _ledger_events(self, c, length: int) -> None:
+    def _ledger_events(self, c, length: int) -> None:
         """Directives (and other governance records) as events, from the ledger's new entries."""
         if self.ledger_next is None:
             self.ledger_next = length        # from now on, not the history
             return
         while self.ledger_next < length:
             end = min(length, self.ledger_next + 1000)
-            got = await c.call("ledger.get", {"start": self.ledger_next, "end": end})
+            got = c.call("ledger.get", {"start": self.ledger_next, "end": end})
             for e in got["entries"]:
                 data = e.get("data") or {}
                 if data.get("type") == "govern.directive":
@@ -324,7 +356,7 @@ class Watcher:
                                                "reason": data.get("reason"), "ledger_index": e.get("index")})
             self.ledger_next = end
 
-    async def _maybe_head(self, c, length: int) -> None:
+    def _maybe_head(self, c, length: int) -> None:
         st = self.state
         if not st.prev_known.is_set():
             return                 # linked to the stream's last head: wait until Redis said which
@@ -332,7 +364,7 @@ class Watcher:
         if self.head_size and length - self.head_size < self.cfg.head_every_entries \
                 and now - self.head_t < self.cfg.head_every_s:
             return
-        head = await c.call("ledger.head")
+        head = c.call("ledger.head")
         if st.prev_candidates:
             # Only a head this board signed is a base: anyone who can write
             # to Redis can add one that is not.
@@ -348,7 +380,7 @@ class Watcher:
             fields["prev_size"] = prev[0]
             if prev[0] <= head["size"]:
                 try:
-                    proof = await c.call("ledger.consistency", {"first": prev[0], "second": head["size"]})
+                    proof = c.call("ledger.consistency", {"first": prev[0], "second": head["size"]})
                     fields["consistency"] = proof["path"]
                     fields["prev_root"] = proof["first_root"]
                 except RpcCallError as exc:
@@ -361,8 +393,7 @@ class Watcher:
         st.heads += 1
         self.head_size, self.head_t = head["size"], now
 
-    async def _sources(self, c) -> None:
-        s = await c.call("sense.sources")
+    def _sources(self, s: dict) -> None:
         for src in s["sources"]:
             if src.get("mode") == "off" or src.get("state") == "off":
                 continue

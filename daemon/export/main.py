@@ -9,12 +9,13 @@ Reads the daemon's config file ([metrics], [fleet], daemon.socket).  Serves
 
 on metrics.listen (unless "off"), rewrites metrics.textfile atomically every
 metrics.textfile_interval_s (if set), and publishes to Redis when
-fleet.redis_url is set.  Exit codes: 0 stopped by a signal, 2 configuration
+fleet.redis_url is set.  Threads, not asyncio: the HTTP server's, the
+textfile's, the fleet watcher's and publisher's; the main thread waits for
+SIGTERM or SIGINT.  Exit codes: 0 stopped by a signal, 2 configuration
 or usage error, 3 cannot listen.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
@@ -99,30 +100,34 @@ class Exporter:
         threading.Thread(target=self.httpd.serve_forever, name="metrics-http", daemon=True).start()
         log.info("serving", listen=f"{host}:{self.httpd.server_address[1]}", socket=self.socket_path)
 
-    async def textfile_loop(self) -> None:
+    def textfile_loop(self, stop: threading.Event) -> None:
         path = self.cfg.metrics.textfile
-        loop = asyncio.get_running_loop()
-        while True:
+        while not stop.is_set():
             try:
                 # write_to_textfile writes a temporary file beside it and renames it over.
-                await loop.run_in_executor(None, write_to_textfile, path, self.registry)
+                write_to_textfile(path, self.registry)
             except OSError as exc:
                 log.error("textfile_failed", path=path, error=str(exc))
-            await asyncio.sleep(self.cfg.metrics.textfile_interval_s)
+            stop.wait(self.cfg.metrics.textfile_interval_s)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        tasks = []
+    def run(self, stop: threading.Event) -> None:
+        threads = []
         if self.cfg.metrics.textfile:
-            tasks.append(asyncio.ensure_future(self.textfile_loop()))
+            threads.append(threading.Thread(target=self.textfile_loop, args=(stop,), name="textfile"))
         if self.fleet_state is not None:
             from .fleet import Publisher, Watcher, _safe_url
-            tasks.append(asyncio.ensure_future(Publisher(self.fleet_state, self.buffer).run()))
-            tasks.append(asyncio.ensure_future(Watcher(self.socket_path, self.fleet_state, self.buffer).run()))
+            threads.append(threading.Thread(target=Publisher(self.fleet_state, self.buffer).run, args=(stop,),
+                                            name="fleet-publisher"))
+            threads.append(threading.Thread(target=Watcher(self.socket_path, self.fleet_state, self.buffer).run,
+                                            args=(stop,), name="fleet-watcher"))
             log.info("fleet", redis=_safe_url(self.cfg.fleet.redis_url), node_id=self.fleet_state.node)
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for t in threads:
+            t.daemon = True
+            t.start()
+        while not stop.wait(3600):
+            pass
+        for t in threads:
+            t.join(timeout=5.0)
         if self.httpd is not None:
             self.httpd.shutdown()
             self.httpd.server_close()
@@ -152,13 +157,9 @@ def cmd_export(args) -> int:
         log.error("cannot_listen", listen=cfg.metrics.listen, reason=exc.strerror or str(exc))
         return EXIT_LISTEN
 
-    async def main():
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await ex.run(stop)
-
-    asyncio.run(main())
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ex.run(stop)
     log.info("stopped")
     return EXIT_OK

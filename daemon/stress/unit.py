@@ -372,7 +372,9 @@ class SensingUnit(Unit):
         gpu = self.nvml.read() if self.nvml is not None else None
         r = Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi,
                     tegra=tegra, gpu_mem=gpu)
-        self._last_reading, self._last_vmstat = r, vm
+        self._last_reading = r
+        if vm is not None:      # read once a second at the base rate: metrics() keeps the last
+            self._last_vmstat = vm
         return r
 
     def _fresh_tegra(self) -> dict | None:
