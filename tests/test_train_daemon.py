@@ -76,6 +76,14 @@ def test_report_is_answered_by_a_signed_command_and_its_field_report_closes_it(d
         c.call("train.report", {"state": _state(micro_batch_size=32, grad_accum_steps=2)})
         time.sleep(0.7)
         assert _commands(c) == []
+        # An unknown command id is counted apart from the run's own commands.
+        c.call("train.field_report", {"report": {"command_id": "never-sent", "training_run_id": "r1",
+                                                 "outcome": "FAILED"}})
+        fams = {f["name"]: f for f in c.call("system.metrics")["families"]}
+        reports = {(s["labels"]["type"], s["labels"]["outcome"]): s["value"]
+                   for s in fams["aal_core_train_field_reports_total"]["samples"]}
+        assert reports[("batch_adjustment", "APPLIED")] == 1.0 and reports[("unknown", "FAILED")] == 1.0
+        assert sum(reports.values()) == 2.0
     ledgered = wait_for(lambda: ledger_data(d, "train.command"), what="the command ledgered")
     assert [e["command"]["command_id"] for e in ledgered] == [cmd["command_id"]]
     assert ledgered[0]["command"]["signature"] == cmd["signature"]

@@ -62,6 +62,16 @@ def _to_dict(msg) -> dict:
     return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 
+def _payload_type(run, command_id: str, rec) -> str:
+    """The payload field of the command a field report answers ("unknown" if it is not one of this run's)."""
+    cands = [rec] if rec is not None else []
+    cands += [run.pending.get(command_id)] + [h for h in run.history if h["command"]["command_id"] == command_id]
+    for c in cands:
+        if c is not None:
+            return next((f for f in TYPE_OF if f in c["command"]), "unknown")
+    return "unknown"
+
+
 def _parse(obj, cls, what: str):
     try:
         return json_format.ParseDict(obj, cls(), ignore_unknown_fields=False)
@@ -132,6 +142,7 @@ class TrainUnit(Unit):
         self._ledger_tasks: set = set()
         self.commands_total = collections.Counter()      # by payload field
         self.field_reports_total = collections.Counter()  # by outcome name
+        self.field_reports_by_type = collections.Counter()  # by (payload type, outcome name)
         self.rejections = collections.Counter()          # by RejectReason name
         self.expired_total = 0
         self.telemetry_packets_total = 0
@@ -618,6 +629,7 @@ class TrainUnit(Unit):
         # A replay's refusal says nothing of the first delivery's fate.
         replay = rep.outcome == OUTCOME.REJECTED and rep.reject_reason == train_pb2.RejectReason.REPLAYED
         rec = None if replay else run.pending.pop(rep.command_id, None)
+        self.field_reports_by_type[(_payload_type(run, rep.command_id, rec), outcome)] += 1
         if rec is not None:
             rec["status"] = outcome
             if rep.outcome == OUTCOME.REJECTED:
@@ -704,9 +716,10 @@ class TrainUnit(Unit):
                   "value": float(sum(1 for r in self.runs.values() if r.connected == c))} for c in (True, False)]),
             fam("aal_core_train_commands_total", "counter", "AdaptationCommands issued, by payload.",
                 [{"labels": {"type": t}, "value": float(self.commands_total[t])} for t in TYPE_OF]),
-            fam("aal_core_train_field_reports_total", "counter", "Field reports received, by outcome.",
-                [{"labels": {"outcome": o}, "value": float(self.field_reports_total[o])}
-                 for o in ("APPLIED", "REJECTED", "FAILED")]),
+            fam("aal_core_train_field_reports_total", "counter",
+                "Field reports received, by the command's payload type and outcome.",
+                [{"labels": {"type": t, "outcome": o}, "value": float(self.field_reports_by_type[(t, o)])}
+                 for t in (*TYPE_OF, "unknown") for o in ("APPLIED", "REJECTED", "FAILED")]),
             fam("aal_core_train_rejections_total", "counter", "Commands clients refused, by reason.",
                 [{"labels": {"reason": v.name}, "value": float(self.rejections[v.name])}
                  for v in train_pb2.RejectReason.DESCRIPTOR.values if v.number]),
