@@ -531,8 +531,8 @@ def test_prepared_rejects_bad_input():
         confine.Prepared(seccomp=b"1234567")
     with pytest.raises(ValueError, match="not a usable path"):
         confine.Prepared(cwd="a\0b")
-    with pytest.raises(ValueError, match="at most 8 Landlock rules"):
-        confine.Prepared(landlock=(1, 2, 0, 0, [("/", 2)] * 9))
+    with pytest.raises(ValueError, match=f"at most {confine.MAX_RULES} Landlock rules"):
+        confine.Prepared(landlock=(1, 2, 0, 0, [("/", 2)] * (confine.MAX_RULES + 1)))
 
 
 # ------------------------------------------- the reference, cgroup, cleanup

@@ -474,23 +474,175 @@ def _failure(conf: Confinement, step: int, err: int, cwd: str | None) -> str:
     return f"the overlay's confinement failed in the child at {name} ({why}); nothing of the overlay ran"
 
 
+class Process:
+    """An overlay process started by `Confinement`'s C spawn: the part of
+    asyncio.subprocess.Process the runners use (pid, stdin/stdout/stderr
+    streams, returncode, wait, communicate).  Its exit is read from its
+    pidfd, so no child watcher is involved."""
+
+    def __init__(self, pid: int, pidfd: int, loop):
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = self.stdout = self.stderr = None
+        self._loop = loop
+        self._exited = loop.create_future()
+        self._pidfd = pidfd
+        if pidfd >= 0:
+            loop.add_reader(pidfd, self._reap)
+        else:                                  # a kernel without CLONE_PIDFD (< 5.2)
+            self._poll()
+
+    def _reap(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 255 << 8   # reaped by someone else: status unknown
+        if pid == 0:
+            return
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if not self._exited.done():
+            self._exited.set_result(self.returncode)
+
+    def _poll(self) -> None:
+        self._reap()
+        if self.returncode is None:
+            self._loop.call_later(0.005, self._poll)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    async def communicate(self, input: bytes | None = None):
+        async def feed():
+            if self.stdin is None:
+                return
+            try:
+                if input:
+                    self.stdin.write(input)
+                    await self.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                self.stdin.close()
+
+        async def read(s):
+            return await s.read() if s is not None else None
+        _, out, err = await asyncio.gather(feed(), read(self.stdout), read(self.stderr))
+        await self.wait()
+        return out, err
+
+
+async def _pipe_ends(loop, which: int, spec, fds_child: list, close_after: list):
+    """(the child's descriptor, the parent's stream or None) for one of stdin/stdout/stderr."""
+    PIPE, DEVNULL = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    if spec == PIPE:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        mine, theirs = (w, r) if which == 0 else (r, w)
+        close_after.append(theirs)
+        return theirs, mine
+    if spec == DEVNULL or spec is None:
+        fd = os.open(os.devnull, (os.O_RDONLY if which == 0 else os.O_WRONLY) | os.O_CLOEXEC)
+        close_after.append(fd)
+        return fd, None
+    if isinstance(spec, int) and spec >= 0:
+        return spec, None
+    raise ValueError(f"stdio must be PIPE, DEVNULL or a descriptor, got {spec!r}")
+
+
+async def _stream(loop, fd: int, write: bool):
+    f = os.fdopen(fd, "wb" if write else "rb", buffering=0)
+    if write:
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, f)
+        return asyncio.StreamWriter(transport, protocol, None, loop)
+    reader = asyncio.StreamReader(limit=1 << 16, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), f)
+    return reader
+
+
+def _which(name: str, env: dict) -> str:
+    if "/" in name:
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno_mod.ENOENT, f"{name!r} not found in PATH={env.get('PATH', os.defpath)}",
+                                name)
+    return found
+
+
 async def spawn(argv, conf: Confinement, *, env: dict, cwd: str | None = None, cgroup_procs: str | None = None,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, impl=None, **kwargs) -> asyncio.subprocess.Process:
+                stderr=asyncio.subprocess.PIPE, impl=None):
     """Start argv confined by `conf`, in its own session and process group.
     The child joins `cgroup_procs` (writes its pid there) first, as the
     daemon, then drops to the overlay's identity, chdirs to `cwd` as that
     user, and applies the rest; env gets `conf.env` (TMPDIR, HOME = the
-    scratch directory).  ConfinementFailed when the child could not."""
+    scratch directory).  ConfinementFailed when the child could not;
+    OSError (FileNotFoundError, PermissionError, ...) when execve failed.
+
+    The daemon's path is the C spawn (no fork of the daemon, no Python in
+    the child: ext/includes/aal_spawn.h).  `impl` (the pure-Python
+    reference's Prepared, for the differential tests) runs the same steps
+    as a preexec_fn through asyncio instead."""
+    full_env = dict(env)
+    full_env.update(conf.env)
+    if impl is not None:
+        return await _spawn_preexec(argv, conf, full_env, cwd, cgroup_procs, stdin, stdout, stderr, impl)
+    loop = asyncio.get_running_loop()
+    path = _which(argv[0], full_env)
+    prep = conf.prepare(cwd=cwd, cgroup_procs=cgroup_procs)
+    close_after: list = []
+    ends = []
+    try:
+        for i, spec in enumerate((stdin, stdout, stderr)):
+            ends.append(await _pipe_ends(loop, i, spec, [], close_after))
+        envp = [f"{k}={v}" for k, v in full_env.items()]
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        pid, pidfd, step, err = prep.spawn(path, argv, envp, tuple(e[0] for e in ends),
+                                           min(nofile if nofile != resource.RLIM_INFINITY else 65536, 1 << 20))
+    except BaseException:
+        for _, mine in ends:
+            if mine is not None:
+                os.close(mine)
+        raise
+    finally:
+        for fd in close_after:
+            os.close(fd)
+    if step != 0:
+        for _, mine in ends:
+            if mine is not None:
+                os.close(mine)
+        os.waitpid(pid, 0)
+        if pidfd >= 0:
+            os.close(pidfd)
+        if step == _c.STEP_EXEC:
+            raise OSError(err, f"{os.strerror(err)}: {argv[0]!r}", argv[0])
+        raise ConfinementFailed(_failure(conf, step, err, cwd))
+    proc = Process(pid, pidfd, loop)
+    try:
+        for i, (_, mine) in enumerate(ends):
+            if mine is not None:
+                stream = await _stream(loop, mine, write=(i == 0))
+                setattr(proc, ("stdin", "stdout", "stderr")[i], stream)
+                ends[i] = (None, None)
+    except BaseException:
+        for _, mine in ends:
+            if mine is not None:
+                os.close(mine)
+        raise
+    return proc
+
+
+async def _spawn_preexec(argv, conf, full_env, cwd, cgroup_procs, stdin, stdout, stderr, impl):
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     try:
         try:
             prep = conf.prepare(cwd=cwd, cgroup_procs=cgroup_procs, status_fd=wfd, impl=impl)
-            full_env = dict(env)
-            full_env.update(conf.env)
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env, start_new_session=True,
-                preexec_fn=prep.apply, close_fds=True, **kwargs)
+                preexec_fn=prep.apply, close_fds=True)
         finally:
             os.close(wfd)
         os.set_blocking(rfd, False)
