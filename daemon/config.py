@@ -268,6 +268,10 @@ class OverlaysConfig:
     # user (only where the daemon changes to that user).
     max_open_files: int = 1024
     max_processes: int = 512
+    # More paths a CLEAR overlay may read, ":"-separated, absolute (a directory
+    # with what is under it), besides its own directory, its executable's
+    # installation and the system's (README "What each phase may read").
+    read_paths: str = ""
 
 
 @dataclass(frozen=True)
