@@ -622,3 +622,24 @@ def test_provenance_rotates_prunes_and_still_verifies_against_the_ledger():
         assert not v["ok"] and v["first_bad"]["seq"] == rec["seq"] and "edited" in v["first_bad"]["reason"], v
     finally:
         cleanup(d2)
+
+
+def test_scratch_directories_are_removed_after_the_reply():
+    """The scratch directory goes after the reply (off its path), and none is
+    left once the calls are done, in CLEAR and ASCEND."""
+    from helpers import short_tmpdir
+    base = short_tmpdir()
+    scratch = os.path.join(base, "scratch")
+    d = reachable(start_daemon(base=base, config=CONFIG + f'scratch_dir = "{scratch}"\n'))
+    try:
+        d.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
+        d.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas_exec")})
+        for _ in range(3):
+            assert invoke(d, "abraxas", "scan", "CLEAR", {"text": "x"})["ok"]
+        assert invoke(d, "abraxas_exec", "apply", "ASCEND", {"text": "x"})["ok"]
+        deadline = time.monotonic() + 10
+        while os.listdir(scratch) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.listdir(scratch) == []
+    finally:
+        cleanup(d)
