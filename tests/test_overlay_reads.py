@@ -73,22 +73,29 @@ def daemon():
                              AAL_CORE, "run", "--local", base, "--tegrastats", "off", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=err, env=without_systemd_env())
     sock = os.path.join(base, "aal-core.sock")
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, open(os.path.join(base, "daemon.stderr")).read()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, open(os.path.join(base, "daemon.stderr")).read()
+            try:
+                with Client(sock) as c:
+                    c.call("system.health")
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert time.monotonic() < deadline, open(os.path.join(base, "daemon.stderr")).read()
+                time.sleep(0.05)
+        with Client(sock) as c:
+            c.call("overlay.install", {"path": str(src)})
+        yield base, sock, pw
+    finally:        # the daemon goes whatever failed above
+        proc.terminate()
         try:
-            with Client(sock) as c:
-                c.call("system.health")
-            break
-        except Exception:  # noqa: BLE001 - not up yet
-            assert time.monotonic() < deadline, open(os.path.join(base, "daemon.stderr")).read()
-            time.sleep(0.05)
-    with Client(sock) as c:
-        c.call("overlay.install", {"path": str(src)})
-    yield base, sock, pw
-    proc.terminate()
-    proc.wait(15)
-    shutil.rmtree(base, ignore_errors=True)
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        err.close()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _invoke(sock, cap, phase, paths):
