@@ -279,6 +279,11 @@ class OverlaysConfig:
     http_backoff_s: float = 0.05
     # File name of the provenance log inside the state directory.
     provenance_file: str = "provenance.jsonl"
+    # Rotation: past this many bytes the file becomes a segment <file>.<first
+    # seq> (with its .idx of line offsets); at most provenance_keep segments
+    # are kept (0: all), a deletion being recorded in the ledger.
+    provenance_max_bytes: int = 64 << 20
+    provenance_keep: int = 0
     # The unprivileged user a root daemon runs every overlay as (never root).
     user: str = "aal-overlay"
     # Run CLEAR calls even where no kernel mechanism can make them read-only.
@@ -292,6 +297,10 @@ class OverlaysConfig:
     # user (only where the daemon changes to that user).
     max_open_files: int = 1024
     max_processes: int = 512
+    # More paths a CLEAR overlay may read, ":"-separated, absolute (a directory
+    # with what is under it), besides its own directory, its executable's
+    # installation and the system's (README "What each phase may read").
+    read_paths: str = ""
 
 
 @dataclass(frozen=True)

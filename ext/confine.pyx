@@ -11,13 +11,17 @@ The pure-Python reference (aal_core.overlays.confine_ref) does the same
 steps with ctypes; tests run the probe programs under both.
 """
 from libc.string cimport memset, memcpy
+from libc.stdlib cimport malloc, free
 from posix.types cimport uid_t, gid_t
 
 # The order of the steps in aal_confine_steps (the enum in aal_confine.h).
 STEP_NAMES = ("ok", "join the cgroup", "setgroups", "setresgid", "setresuid", "verify the ids",
               "PR_SET_PDEATHSIG", "create the scratch directory", "chdir to the overlay directory",
               "setrlimit", "unshare a user and network namespace", "PR_SET_NO_NEW_PRIVS", "landlock_create_ruleset", "open a Landlock rule path",
-              "landlock_add_rule", "landlock_restrict_self", "install the seccomp filter")
+              "landlock_add_rule", "landlock_restrict_self", "install the seccomp filter",
+              "setsid", "set up stdin/stdout/stderr", "mark descriptors close-on-exec", "reset signals",
+              "execve")
+STEP_EXEC = 21
 
 AUDIT_ARCH = AAL_AUDIT_ARCH
 X32_BIT = AAL_X32_BIT
@@ -28,6 +32,7 @@ MAX_FILTER = AAL_MAX_FILTER
 # This architecture's numbers (-1: no such call here).
 SYSCALLS = {
     "socket": AAL_NR_socket, "socketpair": AAL_NR_socketpair, "io_uring_setup": AAL_NR_io_uring_setup,
+    "io_uring_enter": AAL_NR_io_uring_enter, "io_uring_register": AAL_NR_io_uring_register,
     "truncate": AAL_NR_truncate,
     "chmod": AAL_NR_chmod, "fchmod": AAL_NR_fchmod, "fchmodat": AAL_NR_fchmodat, "fchmodat2": AAL_NR_fchmodat2,
     "chown": AAL_NR_chown, "fchown": AAL_NR_fchown, "lchown": AAL_NR_lchown, "fchownat": AAL_NR_fchownat,
@@ -105,6 +110,57 @@ cdef class Prepared:
         """In the child only (preexec_fn): returns, confined, or never returns."""
         with nogil:
             aal_confine_apply(&self.spec)
+
+    def spawn(self, path, argv, envp, stdio, long max_fd=65536):
+        """Start `path` confined by this spec without forking the daemon
+        (clone(CLONE_VM | CLONE_VFORK), ext/includes/aal_spawn.h): the child
+        starts a new session, takes `stdio` (three descriptors) as 0, 1, 2,
+        marks every other descriptor close-on-exec, applies the spec and
+        execs.  Returns (pid, pidfd or -1, step, errno): step 0 means it
+        exec'd; otherwise it has exited 127 at that step (reap it).
+        OSError if no child could be made."""
+        cdef bytes bpath = _b(path)
+        cdef list keep = [_b(a) for a in argv]
+        cdef list keepe = [_b(e) for e in envp]
+        cdef Py_ssize_t i, na = len(keep), ne = len(keepe)
+        cdef char **cargv = <char **>malloc((na + 1) * sizeof(char *))
+        cdef char **cenv = <char **>malloc((ne + 1) * sizeof(char *))
+        cdef aal_exec x
+        cdef aal_spawn_result res
+        cdef int pidfd = -1, pid
+        if cargv == NULL or cenv == NULL:
+            free(cargv)
+            free(cenv)
+            raise MemoryError()
+        try:
+            for i in range(na):
+                cargv[i] = <char *>(<bytes>keep[i])
+            cargv[na] = NULL
+            for i in range(ne):
+                cenv[i] = <char *>(<bytes>keepe[i])
+            cenv[ne] = NULL
+            memset(&x, 0, sizeof(x))
+            x.path = <const char *>bpath
+            x.argv = cargv
+            x.envp = cenv
+            x.stdio[0], x.stdio[1], x.stdio[2] = stdio
+            x.max_fd = max_fd
+            with nogil:
+                pid = aal_spawn(&self.spec, &x, &pidfd, &res)
+        finally:
+            free(cargv)
+            free(cenv)
+        if pid < 0:
+            import os
+            raise OSError(-pid, f"cannot start {path!r}: {os.strerror(-pid)}")
+        return pid, pidfd, res.step, res.err
+
+
+cdef bytes _b(s):
+    cdef bytes b = s.encode() if isinstance(s, str) else bytes(s)
+    if b"\0" in b:
+        raise ValueError(f"a NUL byte in {s!r}")
+    return b
 
 
 def probe(ids=None) -> dict:

@@ -576,3 +576,70 @@ def test_cgroups_left_by_a_killed_daemon_are_swept_at_start(daemon_factory):
     assert os.path.isdir(cg)                      # nobody removed it
     daemon_factory(base=d1.base)
     assert not os.path.exists(cg)
+
+
+def test_provenance_rotates_prunes_and_still_verifies_against_the_ledger():
+    """overlays.provenance_max_bytes / provenance_keep on a real daemon: the
+    log rotates into segments, the oldest beyond `keep` are deleted (and the
+    ledger says so), verify checks what is on disk, lookups reach into the
+    segments, and an edit inside a rotated segment is named after a restart."""
+    from helpers import short_tmpdir
+    base = short_tmpdir()
+    config = CONFIG + "provenance_max_bytes = 3000\nprovenance_keep = 2\n"
+    d1 = reachable(start_daemon(base=base, config=config))
+    try:
+        d1.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
+        runs = [invoke(d1, "abraxas", "scan", "OPEN", {"text": f"t{i}"}) for i in range(16)]
+        assert all(r["ok"] for r in runs)
+        st = d1.call("system.status")["overlays"]
+        assert st["provenance_segments"] == 2 and st["provenance_first"] > 0
+        first = st["provenance_first"]
+        v = d1.call("provenance.verify")
+        assert v["ok"] and v["pruned_before"] == first and v["records"] == v["anchored"] == 16 - first, v
+        with d1.client() as c:
+            kept = c.call("provenance.get", {"run_id": runs[first]["run_id"]})
+            assert kept["index"] == first and kept["record"]["payload"] == {"text": f"t{first}"}
+            with pytest.raises(Exception, match="deleted with its segment"):
+                c.call("provenance.get", {"index": 0})
+            with pytest.raises(Exception, match="no provenance record with run_id"):
+                c.call("provenance.get", {"run_id": runs[0]["run_id"]})
+            listed = c.call("provenance.list", {"overlay": "abraxas", "limit": 3})["records"]
+            assert [r["seq"] for r in listed] == [13, 14, 15]
+    finally:
+        d1.stop()
+    seg = sorted(f for f in os.listdir(os.path.join(base, "state")) if f.startswith("provenance.jsonl.0")
+                 and not f.endswith(".idx"))[0]
+    path = os.path.join(base, "state", seg)
+    lines = open(path, "rb").read().splitlines(keepends=True)
+    rec = json.loads(lines[0])
+    rec["outcome"] = "timeout"
+    lines[0] = json.dumps(rec, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    with open(path, "wb") as fh:
+        fh.writelines(lines)
+    d2 = reachable(start_daemon(base=base, config=config))
+    try:
+        v = d2.call("provenance.verify")
+        assert not v["ok"] and v["first_bad"]["seq"] == rec["seq"] and "edited" in v["first_bad"]["reason"], v
+    finally:
+        cleanup(d2)
+
+
+def test_scratch_directories_are_removed_after_the_reply():
+    """The scratch directory goes after the reply (off its path), and none is
+    left once the calls are done, in CLEAR and ASCEND."""
+    from helpers import short_tmpdir
+    base = short_tmpdir()
+    scratch = os.path.join(base, "scratch")
+    d = reachable(start_daemon(base=base, config=CONFIG + f'scratch_dir = "{scratch}"\n'))
+    try:
+        d.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
+        d.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas_exec")})
+        for _ in range(3):
+            assert invoke(d, "abraxas", "scan", "CLEAR", {"text": "x"})["ok"]
+        assert invoke(d, "abraxas_exec", "apply", "ASCEND", {"text": "x"})["ok"]
+        deadline = time.monotonic() + 10
+        while os.listdir(scratch) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.listdir(scratch) == []
+    finally:
+        cleanup(d)

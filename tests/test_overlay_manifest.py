@@ -197,3 +197,24 @@ def test_directory_name_must_match(tmp_path):
 def test_parse_is_pure_without_a_root():
     m = parse(json.dumps(GOOD).encode(), "x/manifest.json")
     assert m.capabilities["scan"].timeout_s == 2.0
+
+
+def test_registry_state_is_written_atomically_over_a_crashs_leftover(tmp_path):
+    """save_state goes through the ledger store's create_atomic: a temporary
+    file a crash left (with a loose mode and garbage) is replaced, the state
+    file is whole and 0600, and no temporary file stays."""
+    state = tmp_path / "state"
+    state.mkdir()
+    reg = OverlayRegistry(str(tmp_path / "installed"), str(state))
+    leftover = reg.state_path + ".tmp"
+    with open(leftover, "w") as fh:
+        fh.write("{half")
+    os.chmod(leftover, 0o666)
+    reg.enabled = {"ov": True, "other": False}
+    reg.save_state()
+    assert not os.path.exists(leftover)
+    assert json.loads(open(reg.state_path).read()) == {"enabled": {"other": False, "ov": True}}
+    assert os.stat(reg.state_path).st_mode & 0o777 == 0o600
+    again = OverlayRegistry(str(tmp_path / "installed"), str(state))
+    again.load_state()
+    assert again.enabled == {"ov": True, "other": False}

@@ -3,6 +3,7 @@ rules, and verify() naming the first edited, removed, reordered or added record.
 from __future__ import annotations
 
 import json
+import os
 
 from aal_core.overlays import provenance as prov
 
@@ -25,7 +26,7 @@ def test_records_are_canonical_lines_linked_by_hash(tmp_path):
     assert recs[0]["prev"] == "0" * 64 and recs[1]["prev"] == prov.record_hash(lines[0])
     assert lines[0] == json.dumps(recs[0], sort_keys=True, separators=(",", ":")).encode()
     assert prov.verify(lines, anchors) == {"ok": True, "records": 4, "anchored": 4}
-    assert log.get(2)["run_id"] == "r2" and log.by_run["r3"] == [3]
+    assert log.get(2)["run_id"] == "r2" and log.find_run("r3") == [3]
 
 
 def test_edited_record_is_named(tmp_path):
@@ -65,7 +66,7 @@ def test_a_torn_last_line_is_cut_off_and_kept(tmp_path):
         assert fh.read() == b'{"run_id":"half\n'
     seq, _ = again.append({"run_id": "r2"})
     assert seq == 2 and len(prov.read_lines(log.path)) == 3
-    assert json.loads(prov.read_lines(log.path)[2])["prev"] == again.hashes[1]
+    assert json.loads(prov.read_lines(log.path)[2])["prev"] == again.hash_of(1)
 
 
 def test_run_id_rules():
@@ -105,3 +106,102 @@ def test_unit_metrics_families(tmp_path):
     counts = [n for _, n in h["buckets"]]
     assert counts == sorted(counts)                # cumulative
     assert fams["aal_core_overlay_running"]["type"] == "gauge"
+
+
+# ------------------------------------------------------------ at scale
+
+def _rotating(tmp_path, n, max_bytes=600, keep=0):
+    log = prov.ProvenanceLog(str(tmp_path / "p.jsonl"), max_bytes=max_bytes, keep=keep).open()
+    anchors, pruned = [], 0
+    for i in range(n):
+        seq, h = log.append({"run_id": f"r{i % 7}", "overlay": "ov_a" if i % 3 else "ov_b", "n": i})
+        anchors.append({"seq": seq, "run_id": f"r{i % 7}", "record_hash": h, "ledger_index": 100 + i})
+        if log.rotate_if_full():
+            pruned = log.pruned_before
+    return log, anchors, pruned
+
+
+def _all_lines(log):
+    return [line for _, line in log.lines(log.pruned_before)]
+
+
+def test_rotation_makes_segments_that_still_verify_and_index_on_disk(tmp_path):
+    log, anchors, _ = _rotating(tmp_path, 60)
+    assert len(log.segments) >= 5 and log.count == 60
+    # Memory holds the active file's offsets only; the segments' are in .idx files.
+    assert len(log.offsets) == log.count - log.first < 60
+    for s in log.segments:
+        assert os.path.getsize(s.path + ".idx") == 8 * s.count
+    assert [json.loads(line)["n"] for line in _all_lines(log)] == list(range(60))
+    assert prov.verify(_all_lines(log), anchors) == {"ok": True, "records": 60, "anchored": 60}
+    for seq in (0, 1, log.segments[1].first, log.first - 1, 59):
+        assert log.get(seq)["n"] == seq
+    assert log.find_run("r3") == [i for i in range(60) if i % 7 == 3]
+    assert log.find_run("nope") == []
+    assert [r["n"] for r in log.latest(5, "ov_b")] == [i for i in range(60) if i % 3 == 0][-5:]
+    assert [r["n"] for r in log.latest(4)] == [56, 57, 58, 59]
+    assert [r["n"] for r in log.latest(3, "ov_a", start=10)] == [10, 11, 13]
+    # Reopened: the same view, and the chain continues across the segments.
+    log.close()
+    again = prov.ProvenanceLog(log.path, max_bytes=600).open()
+    assert again.count == 60 and again.last_hash() == anchors[-1]["record_hash"]
+    seq, h = again.append({"run_id": "r9", "overlay": "ov_a", "n": 60})
+    anchors.append({"seq": seq, "run_id": "r9", "record_hash": h})
+    assert prov.verify(_all_lines(again), anchors)["ok"]
+
+
+def test_edits_removals_and_reorders_inside_rotated_segments_are_named(tmp_path):
+    log, anchors, _ = _rotating(tmp_path, 40)
+    seg = log.segments[1]
+    lines = _all_lines(log)
+    k = seg.first + 1
+    rec = json.loads(lines[k])
+    rec["n"] = -1
+    edited = lines[:k] + [prov.canonical(rec)] + lines[k + 1:]
+    v = prov.verify(edited, anchors)
+    assert v["first_bad"]["seq"] == k and f"record {k} was edited" in v["first_bad"]["reason"]
+    v = prov.verify(lines[:seg.first] + lines[seg.first + seg.count:], anchors)      # a segment deleted
+    assert v["first_bad"]["seq"] == seg.first and "removed or reordered" in v["first_bad"]["reason"]
+    swapped = lines[:k] + [lines[k + 1], lines[k]] + lines[k + 2:]
+    assert prov.verify(swapped, anchors)["first_bad"]["seq"] == k
+
+
+def test_keep_deletes_the_oldest_segments_and_verify_starts_where_the_ledger_says(tmp_path):
+    log, anchors, pruned = _rotating(tmp_path, 60, keep=2)
+    assert len(log.segments) == 2 and pruned == log.pruned_before == log.segments[0].first > 0
+    assert not log.has(0) and log.has(pruned)
+    lines = _all_lines(log)
+    assert prov.verify(lines, anchors, start=pruned) == {"ok": True, "records": 60 - pruned,
+                                                          "anchored": 60 - pruned, "pruned_before": pruned}
+    # Without the ledger's word (start=0) the deleted records are missing.
+    assert not prov.verify(lines, anchors)["ok"]
+    # The first kept record must still link to the deleted one's anchor.
+    rec = json.loads(lines[0])
+    rec["prev"] = "f" * 64
+    v = prov.verify([prov.canonical(rec)] + lines[1:], anchors, start=pruned)
+    assert not v["ok"] and v["first_bad"]["seq"] == pruned
+    assert log.find_run("r0") == [i for i in range(pruned, 60) if i % 7 == 0]
+
+
+def test_verifier_fed_in_chunks_agrees_with_verify(tmp_path):
+    log, anchors, _ = _rotating(tmp_path, 50)
+    lines = _all_lines(log)
+    for variant in (lines, lines[:20] + lines[21:], lines[:30], lines + [lines[3]]):
+        v = prov.Verifier(0, window=4)
+        la, ll = list(anchors), list(variant)
+        while not (v.lines_done and v.anchors_done):
+            if la:
+                v.feed_anchors([la.pop(0) for _ in range(min(3, len(la)))])
+            else:
+                v.anchors_done = True
+            if ll:
+                v.feed_lines([ll.pop(0) for _ in range(min(5, len(ll)))])
+            else:
+                v.lines_done = True
+            if v.run():
+                break
+        got = v.finish()
+        want = prov.verify(variant, anchors)
+        assert got["ok"] == want["ok"] and got.get("first_bad", {}).get("seq") == want.get("first_bad", {}).get("seq")
+        if got["ok"]:       # what is left in memory is the window, not the whole ledger
+            assert len(v.anchors) <= 4 + 1

@@ -516,6 +516,44 @@ def test_seccomp_program_checks_the_architecture_first():
                                                             x32_bit=0))
 
 
+@pytest.mark.parametrize("phase,cls,network", [("OPEN", "analysis", False), ("ASCEND", "exec", True),
+                                               ("SEAL", "analysis", False), ("CLEAR", "analysis", False)])
+def test_every_phase_filters_io_uring(phase, cls, network):
+    conf = sb.plan(phase, cls, network, mechanisms=_mech(), config=OverlaysConfig(scratch_dir=short_tmpdir("ovio")))
+    nrs = [confine.SYSCALLS[n] for n in sb.IO_URING_CALLS]
+    assert conf.seccomp and set(nrs) <= _denied_numbers(conf.seccomp)
+    assert any("io_uring" in e for e in conf.enforced)
+    without = sb.plan(phase, cls, network, mechanisms=_mech(seccomp=False, seccomp_error="EINVAL"),
+                      config=OverlaysConfig(scratch_dir=short_tmpdir("ovio")))
+    assert without.seccomp == b"" and any("io_uring allowed" in u for u in without.unconfined)
+
+
+def test_clear_reads_only_its_allow_list():
+    """CLEAR handles the read rights: granted only under the listed paths;
+    prepare() adds the overlay's directory and its executable's installation."""
+    scratch = short_tmpdir("ovrl")
+    conf = sb.plan("CLEAR", "analysis", mechanisms=_mech(), config=OverlaysConfig(scratch_dir=scratch))
+    assert conf.landlock_fs & sb.LL_FS_READS == sb.LL_FS_READS
+    ruled = dict(conf.landlock_rules)
+    assert ruled[conf.scratch_dir] == conf.landlock_fs
+    assert ruled["/usr"] == sb.LL_FS_READS and ruled["/dev/urandom"] == sb.LL_FS_READ_FILE
+    assert not any(p in ("/", "/tmp", "/var", "/root", "/home", scratch) for p in ruled)
+    venv = Path(scratch) / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    own = short_tmpdir("ovrd")
+    extra = conf.read_rules(own, str(venv / "bin" / "python"))
+    assert extra == [(own, sb.LL_FS_READS), (str(venv), sb.LL_FS_READS)]
+    os.rmdir(own)
+    assert conf.read_rules(None, "/usr/bin/python3") == []        # under /usr already
+    other = sb.plan("OPEN", "analysis", mechanisms=_mech(), config=OverlaysConfig(scratch_dir=scratch))
+    assert other.read_rights == 0 and other.read_rules("/x", "/y/bin/z") == []
+    with pytest.raises(sb.SandboxUnavailable, match="read_paths"):
+        sb.plan("CLEAR", "analysis", mechanisms=_mech(),
+                config=OverlaysConfig(scratch_dir=scratch, read_paths="/usr:relative/path"))
+    shutil.rmtree(scratch, ignore_errors=True)
+
+
 def test_probe_reports_what_it_found():
     m = sb.probe(OverlaysConfig())
     d = m.to_dict(OverlaysConfig())
@@ -531,8 +569,8 @@ def test_prepared_rejects_bad_input():
         confine.Prepared(seccomp=b"1234567")
     with pytest.raises(ValueError, match="not a usable path"):
         confine.Prepared(cwd="a\0b")
-    with pytest.raises(ValueError, match="at most 8 Landlock rules"):
-        confine.Prepared(landlock=(1, 2, 0, 0, [("/", 2)] * 9))
+    with pytest.raises(ValueError, match=f"at most {confine.MAX_RULES} Landlock rules"):
+        confine.Prepared(landlock=(1, 2, 0, 0, [("/", 2)] * (confine.MAX_RULES + 1)))
 
 
 # ------------------------------------------- the reference, cgroup, cleanup
@@ -650,13 +688,14 @@ def test_cleanup_removes_what_the_overlay_left_even_in_a_sticky_directory(mech, 
     assert conf.cleanup()  # twice is fine
 
 
-def test_a_service_that_already_denies_inet_gets_no_second_filter_outside_clear(cfg):
+def test_a_service_that_already_denies_inet_gets_no_socket_rule_outside_clear(cfg):
     """Under the unit (RestrictAddressFamilies=AF_UNIX, inherited by every
-    child) a filter of our own for ASCEND would cost a spawn up to ~1.3 ms for
-    nothing; CLEAR keeps its own filter (it denies more than sockets)."""
+    child) ASCEND's filter has no socket rule of its own, only the io_uring
+    one every phase has; CLEAR keeps its own (it denies more than sockets)."""
     m = _mech(inet_denied=True)
     a = sb.plan("ASCEND", "exec", network=False, mechanisms=m, config=cfg)
-    assert a.seccomp == b"" and not a.unshare_net
+    assert confine.SYSCALLS["socket"] not in _denied_numbers(a.seccomp) and not a.unshare_net
+    assert confine.SYSCALLS["io_uring_setup"] in _denied_numbers(a.seccomp)
     assert any("inherited" in e for e in a.enforced)
     clear = sb.plan("CLEAR", "analysis", mechanisms=m, config=cfg)
     assert confine.SYSCALLS["socket"] in _denied_numbers(clear.seccomp)
@@ -697,7 +736,8 @@ def _run_bpf(prog: bytes, nr: int, arch: int, arg0: int) -> int:
     raise AssertionError("ran off the program")
 
 
-_SYS = {"socket": 41, "io_uring_setup": 425, "chmod": 90, "utimensat": 280, "truncate": 76, "fchmodat2": 452}
+_SYS = {"socket": 41, "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "chmod": 90,
+        "utimensat": 280, "truncate": 76, "fchmodat2": 452}
 _X86, _I386, _EACCES, _ENOSYS, _ALLOW = 0xC000003E, 0x40000003, 0x00050000 | 13, 0x00050000 | 38, 0x7FFF0000
 
 
@@ -708,7 +748,7 @@ def _expected(deny, sockets, nr, arch, arg0) -> int:
     name = names.get(nr & 0xFFFFFFFF)
     if name in deny:
         return _EACCES
-    if sockets != "any" and name == "io_uring_setup":
+    if name in ("io_uring_setup", "io_uring_enter", "io_uring_register"):   # every phase
         return _EACCES
     if name == "socket" and (sockets == "none" or (sockets == "unix" and arg0 & 0xFFFFFFFF != 1)):
         return _EACCES

@@ -10,18 +10,30 @@ reordered or added by hand.
 A crash can leave a torn last line (written in part, never acknowledged):
 `ProvenanceLog.open` detects it, moves its bytes to `<file>.torn` and cuts
 the log back to the last whole line.
+
+Bounded at any size: the file is rotated at `max_bytes` into segments
+`<file>.<first seq, 12 digits>`, each with an offsets file `.idx` (8 bytes
+per line), and the oldest beyond `keep` are deleted (0: keep them all; a
+deletion is announced in the ledger by the unit, so verify knows where the
+log legitimately begins).  In memory: the active segment's offsets only,
+and a bounded cache of run_id lookups; finding a run_id or an overlay's
+records scans the files (backwards for the latest), never holds them.
 """
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import os
 import uuid
+from collections import OrderedDict, deque
 
 from ..ledger.canonical import canonical
 
 SCHEMA = 1
 LEDGER_TYPE = "overlay.provenance"
+PRUNE_TYPE = "overlay.provenance.pruned"
+CHUNK = 1 << 20
 
 
 def sha256_json(value) -> str:
@@ -44,26 +56,101 @@ class ProvenanceError(Exception):
     pass
 
 
-class ProvenanceLog:
-    """The file and its in-memory index (line offsets, run_id -> seqs)."""
+def _fsync_dir(path: str) -> None:
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
-    def __init__(self, path: str):
+
+class _Segment:
+    """A rotated, read-only segment: lines first..first+count-1."""
+
+    def __init__(self, path: str, first: int):
+        self.path, self.first = path, first
+        self.count = os.path.getsize(path + ".idx") // 8
+        self.size = os.path.getsize(path)
+
+    def offset(self, i: int) -> int:
+        with open(self.path + ".idx", "rb") as fh:
+            fh.seek(8 * i)
+            return int.from_bytes(fh.read(8), "little")
+
+    def line(self, i: int) -> bytes:
+        start = self.offset(i)
+        end = self.offset(i + 1) if i + 1 < self.count else self.size
+        with open(self.path, "rb") as fh:
+            fh.seek(start)
+            return fh.read(end - start - 1)
+
+
+class ProvenanceLog:
+    """The active file, its rotated segments and a bounded index."""
+
+    def __init__(self, path: str, max_bytes: int = 64 << 20, keep: int = 0, cache: int = 4096):
         self.path = path
+        self.max_bytes = max_bytes
+        self.keep = keep
         self.fd: int | None = None
-        self.offsets: list[int] = []   # byte offset of each line
-        self.hashes: list[str] = []    # record hash of each line
-        self.by_run: dict[str, list[int]] = {}
+        self.segments: list[_Segment] = []     # oldest first
+        self.first = 0                         # seq of the active file's first line
+        self.offsets = array.array("Q")        # of the active file's lines
         self.size = 0
+        self._last_hash = "0" * 64
+        self._cache: OrderedDict[str, list[int]] = OrderedDict()
+        self._cache_max = cache
         self.torn: int = 0             # bytes cut off at open (a torn last line)
+        self.pruned_before = 0         # first seq still on disk (older segments deleted)
+
+    # -------------------------------------------------------------- open
+
+    def _find_segments(self) -> None:
+        d, base = os.path.split(self.path)
+        segs = []
+        for name in os.listdir(d or "."):
+            rest = name[len(base) + 1:] if name.startswith(base + ".") else ""
+            if len(rest) == 12 and rest.isdigit():
+                full = os.path.join(d, name)
+                if os.path.exists(full + ".idx"):
+                    segs.append(_Segment(full, int(rest)))
+            elif rest.endswith(".idx") and rest[:-4].isdigit() and not os.path.exists(
+                    os.path.join(d, name[:-4])):
+                os.unlink(os.path.join(d, name))    # a rotation cut short before its rename
+        self.segments = sorted(segs, key=lambda s: s.first)
+        if self.segments:
+            last = self.segments[-1]
+            self.first = last.first + last.count
+            self.pruned_before = self.segments[0].first
 
     def open(self) -> "ProvenanceLog":
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        self._find_segments()
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        size = os.fstat(self.fd).st_size
+        # One pass in chunks: offsets of whole lines; the last whole line's hash.
+        pos, last_start, last_end = 0, None, None
+        carry = b""
         with open(self.path, "rb") as fh:
-            data = fh.read()
-        good = data.rfind(b"\n") + 1
-        if good < len(data):
-            tail = data[good:]
+            while True:
+                chunk = fh.read(CHUNK)
+                if not chunk:
+                    break
+                data = carry + chunk
+                base = pos - len(carry)
+                i = 0
+                while True:
+                    j = data.find(b"\n", i)
+                    if j < 0:
+                        break
+                    self.offsets.append(base + i)
+                    last_start, last_end = base + i, base + j
+                    i = j + 1
+                carry = data[i:]
+                pos += len(chunk)
+        good = (last_end + 1) if last_end is not None else 0
+        if good < size:
+            tail = os.pread(self.fd, size - good, good)
             self.torn = len(tail)
             with open(self.path + ".torn", "ab") as fh:
                 fh.write(tail + b"\n")
@@ -71,31 +158,143 @@ class ProvenanceLog:
                 os.fsync(fh.fileno())
             os.ftruncate(self.fd, good)
             os.fsync(self.fd)
-            data = data[:good]
-        pos = 0
-        for line in data.splitlines():
-            self._index(line, pos)
-            pos += len(line) + 1
-        self.size = pos
+        self.size = good
+        if last_start is not None:
+            self._last_hash = record_hash(os.pread(self.fd, last_end - last_start, last_start))
+        elif self.segments:
+            s = self.segments[-1]
+            self._last_hash = record_hash(s.line(s.count - 1)) if s.count else "0" * 64
         return self
 
-    def _index(self, line: bytes, pos: int) -> None:
-        seq = len(self.offsets)
-        self.offsets.append(pos)
-        self.hashes.append(record_hash(line))
-        try:
-            rid = json.loads(line).get("run_id")
-        except (ValueError, AttributeError):
-            rid = None
-        if isinstance(rid, str):
-            self.by_run.setdefault(rid, []).append(seq)
+    # ------------------------------------------------------------ access
 
     @property
     def count(self) -> int:
-        return len(self.offsets)
+        return self.first + len(self.offsets)
 
     def last_hash(self) -> str:
-        return self.hashes[-1] if self.hashes else "0" * 64
+        return self._last_hash
+
+    def read_line(self, seq: int) -> bytes:
+        if seq >= self.first:
+            i = seq - self.first
+            start = self.offsets[i]
+            end = self.offsets[i + 1] if i + 1 < len(self.offsets) else self.size
+            return os.pread(self.fd, end - start - 1, start)
+        for s in self.segments:
+            if s.first <= seq < s.first + s.count:
+                return s.line(seq - s.first)
+        raise KeyError(f"provenance record {seq} is not on disk (pruned before {self.pruned_before})")
+
+    def has(self, seq: int) -> bool:
+        return self.pruned_before <= seq < self.count
+
+    def get(self, seq: int) -> dict:
+        return json.loads(self.read_line(seq))
+
+    def hash_of(self, seq: int) -> str:
+        return record_hash(self.read_line(seq))
+
+    def _files(self):
+        """(first seq, path, end) of every file on disk, oldest first."""
+        for s in self.segments:
+            yield s.first, s.path, s.size
+        yield self.first, self.path, self.size
+
+    def lines(self, start: int = 0):
+        """(seq, line) from `start` on, oldest first, read in chunks."""
+        for first, path, end in self._files():
+            seq = first
+            with open(path, "rb") as fh:
+                carry, pos = b"", 0
+                while pos < end:
+                    chunk = fh.read(min(CHUNK, end - pos))
+                    if not chunk:
+                        break
+                    pos += len(chunk)
+                    parts = (carry + chunk).split(b"\n")
+                    carry = parts.pop()
+                    for line in parts:
+                        if seq >= start:
+                            yield seq, line
+                        seq += 1
+
+    def lines_backwards(self):
+        """(seq, line) newest first, read backwards in chunks."""
+        files = list(self._files())
+        for first, path, end in reversed(files):
+            with open(path, "rb") as fh:
+                pos, carry = end, b""
+                seq = None
+                while pos > 0:
+                    n = min(CHUNK, pos)
+                    pos -= n
+                    fh.seek(pos)
+                    data = fh.read(n) + carry
+                    parts = data.split(b"\n")
+                    carry = parts[0] if pos > 0 else b""
+                    body = parts[1:] if pos > 0 else parts
+                    for line in reversed(body):
+                        if not line:
+                            continue
+                        if seq is None:
+                            seq = first + self._count_of(first, path) - 1
+                        yield seq, line
+                        seq -= 1
+
+    def _count_of(self, first: int, path: str) -> int:
+        if path == self.path:
+            return len(self.offsets)
+        return next(s.count for s in self.segments if s.first == first)
+
+    def find_run(self, run_id: str) -> list[int]:
+        """The seqs of records with this run_id, oldest first (a scan of the
+        files, at most `cache` answers kept)."""
+        hit = self._cache.get(run_id)
+        if hit is not None:
+            self._cache.move_to_end(run_id)
+            return list(hit)
+        needle = b'"run_id":' + json.dumps(run_id).encode()
+        out = [seq for seq, line in self.lines() if needle in line and _run_id(line) == run_id]
+        self._remember(run_id, out)
+        return list(out)
+
+    def _remember(self, run_id: str, seqs: list[int]) -> None:
+        self._cache[run_id] = seqs
+        self._cache.move_to_end(run_id)
+        while len(self._cache) > self._cache_max:
+            self._cache.popitem(last=False)
+
+    def latest(self, limit: int, overlay: str | None = None, start: int | None = None) -> list[dict]:
+        """Up to `limit` records in log order: from `start` on, or the last
+        ones (of `overlay` when given), scanning from the end."""
+        if start is not None:
+            out = []
+            needle = b'"overlay":' + json.dumps(overlay).encode() if overlay is not None else None
+            for _, line in self.lines(max(start, self.pruned_before)):
+                if needle is None or needle in line:
+                    rec = json.loads(line)
+                    if overlay is None or rec.get("overlay") == overlay:
+                        out.append(rec)
+                        if len(out) >= limit:
+                            break
+            return out
+        got: deque = deque()
+        needle = b'"overlay":' + json.dumps(overlay).encode() if overlay is not None else None
+        if overlay is None:
+            for seq in range(self.count - 1, max(self.pruned_before, self.count - limit) - 1, -1):
+                got.appendleft(self.get(seq))
+            return list(got)
+        for _, line in self.lines_backwards():
+            if needle in line:
+                rec = json.loads(line)
+                if rec.get("overlay") == overlay:
+                    got.appendleft(rec)
+                    if len(got) >= limit:
+                        break
+        return list(got)
+
+    # ------------------------------------------------------------ append
 
     def append(self, record: dict) -> tuple[int, str]:
         """Write one record durably (write + fsync); returns (seq, record hash).
@@ -110,17 +309,48 @@ class ProvenanceLog:
         while n < len(buf):
             n += os.write(self.fd, buf[n:])
         os.fsync(self.fd)
-        self._index(line, self.size)
+        self.offsets.append(self.size)
         self.size += len(buf)
-        return seq, self.hashes[-1]
+        h = record_hash(line)
+        self._last_hash = h
+        rid = record.get("run_id")
+        if isinstance(rid, str) and rid in self._cache:
+            self._cache[rid].append(seq)
+        return seq, h
 
-    def read_line(self, seq: int) -> bytes:
-        start = self.offsets[seq]
-        end = self.offsets[seq + 1] if seq + 1 < self.count else self.size
-        return os.pread(self.fd, end - start - 1, start)
-
-    def get(self, seq: int) -> dict:
-        return json.loads(self.read_line(seq))
+    def rotate_if_full(self) -> list[int]:
+        """Rotate the active file once it holds `max_bytes`; returns the first
+        seqs of the segments deleted past `keep` (for the ledger)."""
+        if self.max_bytes <= 0 or self.size < self.max_bytes or not self.offsets:
+            return []
+        seg = f"{self.path}.{self.first:012d}"
+        tmp = seg + ".idx.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(self.offsets.tobytes() if self.offsets.itemsize == 8 and _LITTLE else
+                     b"".join(o.to_bytes(8, "little") for o in self.offsets))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, seg + ".idx")
+        _fsync_dir(seg)
+        os.rename(self.path, seg)       # the segment is whole: its idx is already there
+        os.close(self.fd)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        _fsync_dir(self.path)
+        self.segments.append(_Segment(seg, self.first))
+        self.first = self.count
+        self.offsets = array.array("Q")
+        self.size = 0
+        pruned = []
+        while self.keep > 0 and len(self.segments) > self.keep:
+            old = self.segments.pop(0)
+            os.unlink(old.path)
+            os.unlink(old.path + ".idx")
+            pruned.append(old.first)
+        if pruned:
+            _fsync_dir(self.path)
+            self.pruned_before = self.segments[0].first
+            self._cache.clear()
+        return pruned
 
     def close(self) -> None:
         if self.fd is not None:
@@ -128,8 +358,19 @@ class ProvenanceLog:
             self.fd = None
 
 
+_LITTLE = array.array("Q", [1]).tobytes()[0] == 1
+
+
+def _run_id(line: bytes):
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    return rec.get("run_id") if isinstance(rec, dict) else None
+
+
 def read_lines(path: str) -> list[bytes]:
-    """Every whole line of a log file, as written (a torn tail is left out)."""
+    """Every whole line of one log file, as written (a torn tail is left out)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
@@ -139,35 +380,80 @@ def read_lines(path: str) -> list[bytes]:
     return data[:end].splitlines()
 
 
-def verify(lines: list[bytes], anchors: list[dict]) -> dict:
-    """Check log lines against the ledger's overlay.provenance entries, in order.
+class Verifier:
+    """Checks log lines against the ledger's overlay.provenance anchors, in
+    order, fed in chunks (memory: a window of `window` anchors around the
+    line being checked, used to name a moved record).  `start`: the first
+    seq the log holds (older segments deleted, as the ledger says)."""
 
-    `anchors`: the ledger entries' data in ledger order, each {seq, run_id,
-    record_hash}.  Returns {ok, records, anchored, first_bad?}; first_bad
-    names the record's line (seq), run_id when readable, and why."""
-    out = {"ok": True, "records": len(lines), "anchored": len(anchors)}
-    where = {a.get("record_hash"): i for i, a in enumerate(anchors)}
-    prev = "0" * 64
-    for i in range(max(len(lines), len(anchors))):
-        bad = None
-        if i >= len(lines):
-            a = anchors[i]
-            bad = {"seq": i, "run_id": a.get("run_id", ""),
-                   "reason": f"record {i} is in the ledger but missing from the log (removed or truncated)"}
-        else:
-            line = lines[i]
+    def __init__(self, start: int = 0, window: int = 4096):
+        self.start = start
+        self.window = window
+        self.i = start                        # the next seq to check
+        self.lines: deque = deque()
+        self.anchors: dict[int, dict] = {}    # seq position -> anchor, for [i - window, loaded)
+        self.where: dict[str, int] = {}
+        self.loaded = 0                       # anchors seen (positions 0..loaded-1)
+        self.lines_seen = 0
+        self.lines_done = self.anchors_done = False
+        self.prev = "0" * 64 if start == 0 else None   # the hash the next record must link to
+        self.result: dict | None = None
+
+    def feed_anchors(self, anchors) -> None:
+        for a in anchors:
+            pos = self.loaded
+            self.loaded += 1
+            if pos < self.start:
+                if pos == self.start - 1:
+                    self.prev = a.get("record_hash")
+                continue
+            self.anchors[pos] = a
+            self.where[a.get("record_hash")] = pos
+
+    def feed_lines(self, lines) -> None:
+        for line in lines:
+            self.lines.append(line)
+            self.lines_seen += 1
+
+    def _bad(self, seq, rid, reason, anchor=None):
+        bad = {"seq": seq, "run_id": rid if isinstance(rid, str) else "", "reason": reason}
+        if anchor is not None and "ledger_index" in anchor:
+            bad["ledger_index"] = anchor["ledger_index"]
+        self.result = {"ok": False, "first_bad": bad}
+
+    def run(self) -> bool:
+        """Check what can be decided now; True once finished (self.result)."""
+        while self.result is None:
+            i = self.i
+            if not self.lines:
+                if not self.lines_done:
+                    return False
+                if i < self.loaded:
+                    a = self.anchors.get(i, {})
+                    self._bad(i, a.get("run_id", ""),
+                              f"record {i} is in the ledger but missing from the log (removed or truncated)", a)
+                elif not self.anchors_done:
+                    return False
+                else:
+                    self.result = {"ok": True}
+                break
+            if not self.anchors_done and self.loaded <= i + self.window:
+                return False
+            line = self.lines.popleft()
             h = record_hash(line)
             try:
                 rec = json.loads(line)
                 rid = rec.get("run_id", "") if isinstance(rec, dict) else ""
             except ValueError:
                 rec, rid = None, ""
-            if i >= len(anchors):
-                bad = {"seq": i, "run_id": rid if isinstance(rid, str) else "",
-                       "reason": f"record {i} has no ledger entry (added to the log by hand, or "
-                                 f"its anchor was never written)"}
-            elif anchors[i].get("record_hash") != h:
-                j = where.get(h)
+            a = self.anchors.get(i)
+            if self.prev is None:     # the first record after deleted segments whose anchor is unknown
+                self.prev = rec.get("prev") if isinstance(rec, dict) else None
+            if a is None:
+                self._bad(i, rid, f"record {i} has no ledger entry (added to the log by hand, or "
+                                  f"its anchor was never written)")
+            elif a.get("record_hash") != h:
+                j = self.where.get(h)
                 if j is not None:
                     reason = f"line {i} holds record {j} (records removed or reordered)"
                 elif not isinstance(rec, dict):
@@ -176,18 +462,41 @@ def verify(lines: list[bytes], anchors: list[dict]) -> dict:
                     reason = (f"line {i} holds a record numbered {rec.get('seq')!r} whose hash is in no "
                               f"ledger entry (records removed or reordered, and edited)")
                 else:
-                    reason = f"record {i} was edited (its hash differs from ledger entry {anchors[i].get('ledger_index', '?')})"
-                bad = {"seq": i, "run_id": rid if isinstance(rid, str) else "", "reason": reason}
-            elif isinstance(rec, dict) and rec.get("prev") != prev:
-                bad = {"seq": i, "run_id": rid, "reason": f"record {i} does not link to record {i - 1}"}
-            prev = h
-        if bad is not None:
-            if "ledger_index" in (anchors[i] if i < len(anchors) else {}):
-                bad["ledger_index"] = anchors[i]["ledger_index"]
-            out["ok"] = False
-            out["first_bad"] = bad
-            return out
-    return out
+                    reason = f"record {i} was edited (its hash differs from ledger entry {a.get('ledger_index', '?')})"
+                self._bad(i, rid, reason, a)
+            elif isinstance(rec, dict) and rec.get("prev") != self.prev:
+                self._bad(i, rid, f"record {i} does not link to record {i - 1}", a)
+            self.prev = h
+            self.i += 1
+            old = self.i - 1 - self.window
+            if old in self.anchors:
+                self.where.pop(self.anchors.pop(old).get("record_hash"), None)
+        return True
+
+    def finish(self) -> dict:
+        self.lines_done = self.anchors_done = True
+        self.run()
+        out = dict(self.result)
+        out["records"] = self.lines_seen
+        out["anchored"] = self.loaded - self.start
+        if self.start:
+            out["pruned_before"] = self.start
+        if not out["ok"]:
+            out["first_bad"] = out.pop("first_bad")
+        return out
+
+
+def verify(lines, anchors, start: int = 0) -> dict:
+    """Check log lines against the ledger's overlay.provenance entries, in order.
+
+    `anchors`: the ledger entries' data in ledger order, each {seq, run_id,
+    record_hash}; `lines` begin at seq `start`.  Returns {ok, records,
+    anchored, first_bad?}; first_bad names the record's line (seq), run_id
+    when readable, and why."""
+    v = Verifier(start)
+    v.feed_anchors(anchors)
+    v.feed_lines(lines)
+    return v.finish()
 
 
 def anchors_from_entries(entries) -> list[dict]:
@@ -199,3 +508,13 @@ def anchors_from_entries(entries) -> list[dict]:
             out.append({"seq": d.get("seq"), "run_id": d.get("run_id", ""),
                         "record_hash": d.get("record_hash"), "ledger_index": e.get("index")})
     return out
+
+
+def pruned_from_entries(entries) -> int:
+    """The highest `before` of the ledger's overlay.provenance.pruned entries (0: none)."""
+    best = 0
+    for e in entries:
+        d = e.get("data")
+        if isinstance(d, dict) and d.get("type") == PRUNE_TYPE and isinstance(d.get("before"), int):
+            best = max(best, d["before"])
+    return best

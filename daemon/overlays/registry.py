@@ -16,6 +16,7 @@ import shutil
 import uuid
 from dataclasses import dataclass, field
 
+from ..ledger.store import create_atomic
 from ..log import get_logger
 from .manifest import NAME, Manifest, ManifestError, load
 
@@ -134,13 +135,11 @@ class OverlayRegistry:
             self.enabled = {}
 
     def save_state(self) -> None:
-        tmp = self.state_path + ".tmp"
+        """Durably (the ledger store's temp file, fsync, rename, directory
+        fsync): after a crash the state is the old one or the new one."""
         os.makedirs(os.path.dirname(self.state_path), exist_ok=True)
-        with open(tmp, "w") as fh:
-            json.dump({"enabled": self.enabled}, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.state_path)
+        data = json.dumps({"enabled": self.enabled}, sort_keys=True).encode()
+        create_atomic(self.state_path, data, "cannot write the overlay state", mode=0o600, error=OSError)
 
     # ------------------------------------------------------------- scan
 

@@ -53,7 +53,10 @@ class ConfinementFailed(SandboxUnavailable):
 
 # ---------------------------------------------------------------- Landlock
 # include/uapi/linux/landlock.h.  Access rights by the ABI that added them.
+LL_FS_EXECUTE = 1 << 0
 LL_FS_WRITE_FILE = 1 << 1
+LL_FS_READ_FILE = 1 << 2
+LL_FS_READ_DIR = 1 << 3
 LL_FS_REMOVE_DIR = 1 << 4
 LL_FS_REMOVE_FILE = 1 << 5
 LL_FS_MAKE_CHAR = 1 << 6
@@ -75,6 +78,17 @@ LL_SCOPE_SIGNAL = 1 << 1
 _LL_WRITES_ABI1 = (LL_FS_WRITE_FILE | LL_FS_REMOVE_DIR | LL_FS_REMOVE_FILE | LL_FS_MAKE_CHAR
                    | LL_FS_MAKE_DIR | LL_FS_MAKE_REG | LL_FS_MAKE_SOCK | LL_FS_MAKE_FIFO
                    | LL_FS_MAKE_BLOCK | LL_FS_MAKE_SYM)
+
+
+LL_FS_READS = LL_FS_EXECUTE | LL_FS_READ_FILE | LL_FS_READ_DIR
+LL_FILE_RIGHTS = LL_FS_EXECUTE | LL_FS_WRITE_FILE | LL_FS_READ_FILE | LL_FS_TRUNCATE  # what a rule on a file may grant
+
+# What CLEAR may read besides its own directory (its cwd), its scratch
+# directory, its executable's installation and overlays.read_paths: what
+# running a program needs, and nothing of the daemon's (its state directory,
+# signing key, ledger and provenance log are under none of these).
+CLEAR_READ_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc", "/proc")
+CLEAR_READ_FILES = ("/dev/null", "/dev/zero", "/dev/urandom", "/dev/random", "/dev/full")
 
 
 def landlock_writes(abi: int) -> int:
@@ -99,11 +113,15 @@ _OFF_NR, _OFF_ARCH, _OFF_ARG0 = 0, 4, 16
 AF_UNIX = 1
 
 # What CLEAR's filter refuses besides sockets: the metadata writes Landlock
-# does not cover (mode, owner, extended attributes, times), and io_uring,
-# whose requests would bypass the socket rule.
+# does not cover (mode, owner, extended attributes, times).  Every phase's
+# filter also refuses io_uring (IO_URING_CALLS): overlays never need it, and
+# its requests are not seen by seccomp, and on older kernels not by Landlock.
 _CLEAR_DENY = ("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
                "setxattr", "lsetxattr", "fsetxattr", "setxattrat", "removexattr", "lremovexattr",
                "fremovexattr", "removexattrat", "utime", "utimes", "futimesat", "utimensat")
+
+
+IO_URING_CALLS = ("io_uring_setup", "io_uring_enter", "io_uring_register")
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
@@ -114,7 +132,7 @@ def seccomp_program(deny: tuple[str, ...], sockets: str, *, syscalls: dict | Non
                     arch: int | None = None, x32_bit: int | None = None) -> bytes:
     """A classic-BPF seccomp program: each call in `deny` fails with EACCES;
     `sockets` is "none" (socket() always fails), "unix" (only AF_UNIX) or
-    "any".  Another architecture's calls (x86's int 0x80, x32) fail with
+    "any"; the io_uring calls always fail.  Another architecture's calls (x86's int 0x80, x32) fail with
     ENOSYS, so a 32-bit socketcall cannot walk around the rule."""
     syscalls = _c.SYSCALLS if syscalls is None else syscalls
     arch = _c.AUDIT_ARCH if arch is None else arch
@@ -126,9 +144,7 @@ def seccomp_program(deny: tuple[str, ...], sockets: str, *, syscalls: dict | Non
          _insn(_BPF_LD_W_ABS, 0, 0, _OFF_NR)]
     if x32_bit:
         p += [_insn(_BPF_JGE_K, 0, 1, x32_bit), _insn(_BPF_RET_K, 0, 0, _RET_ERRNO | errno_mod.ENOSYS)]
-    names = list(deny)
-    if sockets != "any":
-        names.append("io_uring_setup")
+    names = list(deny) + [n for n in IO_URING_CALLS if n not in deny]
     if sockets == "none":
         names.append("socket")
     for name in names:
@@ -298,16 +314,47 @@ class Confinement:
     rlimits: tuple               # ((name, soft, hard), ...)
     enforced: tuple              # what is enforced, in words (for logs and provenance)
     unconfined: tuple = ()       # what CLEAR lacks where overlays.allow_unconfined let it run
+    read_rights: int = 0         # reads are handled by Landlock (CLEAR): prepare() grants these
+                                 # on the overlay's cwd and its executable's installation
     env: dict = field(default_factory=dict)  # added to the overlay's environment
 
+    def read_rules(self, cwd: str | None, exe: str | None) -> list:
+        """The read rules of one process: its directory (cwd) and where its
+        executable is installed (its directory; a venv's or a prefix's root,
+        so an interpreter finds its library), unless a rule covers them."""
+        if not self.read_rights:
+            return []
+        have = [p for p, _ in self.landlock_rules]
+        want: list[str] = []
+        if cwd:
+            want.append(cwd)
+        if exe:
+            for e in dict.fromkeys((os.path.abspath(exe), os.path.realpath(exe))):
+                d = os.path.dirname(e)
+                root = os.path.dirname(d)
+                if os.path.basename(d) == "bin" and root != "/" and (
+                        os.path.exists(os.path.join(root, "pyvenv.cfg")) or os.path.isdir(os.path.join(root, "lib"))):
+                    want.append(root)
+                else:
+                    want.append(d)
+        out = []
+        for w in want:
+            w = os.path.abspath(w)
+            if any(w == h or w.startswith(h.rstrip("/") + "/") for h in have):
+                continue
+            if os.path.isdir(w):
+                out.append((w, self.read_rights))
+                have.append(w)
+        return out
+
     def prepare(self, *, cwd: str | None = None, cgroup_procs: str | None = None, status_fd: int = -1,
-                impl=None):
+                impl=None, exe: str | None = None):
         """The child's half (aal_core.confine.Prepared; `impl` = the pure-Python
         reference's class, for the differential tests only)."""
         landlock = None
         if self.landlock_abi > 0:
             landlock = (self.landlock_abi, self.landlock_fs, self.landlock_net, self.landlock_scope,
-                        list(self.landlock_rules))
+                        list(self.landlock_rules) + self.read_rules(cwd, exe))
         return (impl or _c.Prepared)(cgroup_procs=cgroup_procs, ids=(self.uid, self.gid) if self.change_ids else None,
                            umask=self.umask, scratch=self.scratch_dir, cwd=cwd,
                            rlimits=[(getattr(resource, name), s, h) for name, s, h in self.rlimits],
@@ -382,7 +429,7 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
     enforced = [f"uid {m.overlay_uid}" + (f" ({m.overlay_user})" if m.change_ids else " (the daemon's own)"),
                 "no_new_privs"]
     unconfined: list[str] = []
-    ll_abi = ll_fs = ll_net = ll_scope = 0
+    ll_abi = ll_fs = ll_net = ll_scope = read_rights = 0
     rules: list = []
     deny: list[str] = []
     sockets = "any" if network else "unix"
@@ -392,10 +439,25 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
         sockets = "none"
         if m.landlock_abi > 0:
             ll_abi = m.landlock_abi
-            ll_fs = landlock_writes(ll_abi)
+            writes = landlock_writes(ll_abi)
+            ll_fs = writes | LL_FS_READS
+            read_rights = LL_FS_READS
             rules = [(scratch, ll_fs),
-                     ("/dev/null", LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if ll_abi >= 3 else 0))]
+                     ("/dev/null", LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if ll_abi >= 3 else 0))]
+            rules += [(d, LL_FS_READS) for d in CLEAR_READ_DIRS if _real_dir(d)]
+            rules += [(f, LL_FS_READ_FILE) for f in CLEAR_READ_FILES[1:] if os.path.exists(f)]
+            extra = tuple(x for x in (getattr(config, "read_paths", "") or "").split(":") if x)
+            for x in extra:
+                if not isinstance(x, str) or not os.path.isabs(x) or not os.path.exists(x):
+                    raise SandboxUnavailable(f"overlays.read_paths: {x!r} is not an existing absolute path")
+                rules.append((x, LL_FS_READS if os.path.isdir(x) else LL_FS_READ_FILE | LL_FS_EXECUTE))
+            if len(rules) + 4 > _c.MAX_RULES:
+                raise SandboxUnavailable(f"overlays.read_paths: too many paths (at most "
+                                         f"{_c.MAX_RULES - 4 - (len(rules) - len(extra))})")
             enforced.append(f"landlock abi {ll_abi}: no write outside {scratch}")
+            enforced.append("landlock: reads only under the overlay's directory, its scratch directory, its "
+                            "executable's installation, " + ", ".join(CLEAR_READ_DIRS + CLEAR_READ_FILES)
+                            + (", " + ", ".join(extra) if extra else ""))
             if ll_abi >= 4:
                 ll_net = LL_NET_BIND_TCP | LL_NET_CONNECT_TCP
                 enforced.append("landlock: no TCP bind/connect")
@@ -439,7 +501,13 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
         if m.landlock_abi >= 6:
             ll_abi, ll_scope = m.landlock_abi, LL_SCOPE_SIGNAL
             enforced.append("landlock: no signal outside the call")
-    seccomp = seccomp_program(tuple(deny), sockets) if m.seccomp and sockets != "any" else b""
+    if m.seccomp:
+        seccomp = seccomp_program(tuple(deny), sockets)
+        if not read_only:
+            enforced.append("seccomp: no io_uring")
+    else:
+        seccomp = b""
+        unconfined.append(f"io_uring allowed (no seccomp: {m.seccomp_error})")
     nofile = int(getattr(config, "max_open_files", 1024))
     rl = [("RLIMIT_CORE", 0, 0)]
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -455,8 +523,14 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
                        landlock_abi=ll_abi, landlock_fs=ll_fs, landlock_net=ll_net, landlock_scope=ll_scope,
                        landlock_rules=tuple(rules), seccomp=seccomp, unshare_net=unshare_net,
                        no_new_privs=True, die_with_parent=True, umask=0o077, rlimits=tuple(rl),
-                       enforced=tuple(enforced), unconfined=tuple(unconfined),
+                       enforced=tuple(enforced), unconfined=tuple(unconfined), read_rights=read_rights,
                        env={"TMPDIR": scratch, "HOME": scratch})
+
+
+def _real_dir(d: str) -> bool:
+    """A directory (a symlink to one, as /lib on merged-/usr systems, is
+    covered by its target's rule and is skipped only if that is listed)."""
+    return os.path.isdir(d)
 
 
 # ------------------------------------------------------------------- spawn
@@ -474,23 +548,176 @@ def _failure(conf: Confinement, step: int, err: int, cwd: str | None) -> str:
     return f"the overlay's confinement failed in the child at {name} ({why}); nothing of the overlay ran"
 
 
+class Process:
+    """An overlay process started by `Confinement`'s C spawn: the part of
+    asyncio.subprocess.Process the runners use (pid, stdin/stdout/stderr
+    streams, returncode, wait, communicate).  Its exit is read from its
+    pidfd, so no child watcher is involved."""
+
+    def __init__(self, pid: int, pidfd: int, loop):
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdin = self.stdout = self.stderr = None
+        self._loop = loop
+        self._exited = loop.create_future()
+        self._pidfd = pidfd
+        if pidfd >= 0:
+            loop.add_reader(pidfd, self._reap)
+        else:                                  # a kernel without CLONE_PIDFD (< 5.2)
+            self._poll()
+
+    def _reap(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, 255 << 8   # reaped by someone else: status unknown
+        if pid == 0:
+            return
+        if self._pidfd >= 0:
+            self._loop.remove_reader(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        self.returncode = os.waitstatus_to_exitcode(status)
+        if not self._exited.done():
+            self._exited.set_result(self.returncode)
+
+    def _poll(self) -> None:
+        self._reap()
+        if self.returncode is None:
+            self._loop.call_later(0.005, self._poll)
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._exited)
+
+    async def communicate(self, input: bytes | None = None):
+        async def feed():
+            if self.stdin is None:
+                return
+            try:
+                if input:
+                    self.stdin.write(input)
+                    await self.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            finally:
+                self.stdin.close()
+
+        async def read(s):
+            return await s.read() if s is not None else None
+        _, out, err = await asyncio.gather(feed(), read(self.stdout), read(self.stderr))
+        await self.wait()
+        return out, err
+
+
+async def _pipe_ends(loop, which: int, spec, fds_child: list, close_after: list):
+    """(the child's descriptor, the parent's stream or None) for one of stdin/stdout/stderr."""
+    PIPE, DEVNULL = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    if spec == PIPE:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        mine, theirs = (w, r) if which == 0 else (r, w)
+        close_after.append(theirs)
+        return theirs, mine
+    if spec == DEVNULL or spec is None:
+        fd = os.open(os.devnull, (os.O_RDONLY if which == 0 else os.O_WRONLY) | os.O_CLOEXEC)
+        close_after.append(fd)
+        return fd, None
+    if isinstance(spec, int) and spec >= 0:
+        return spec, None
+    raise ValueError(f"stdio must be PIPE, DEVNULL or a descriptor, got {spec!r}")
+
+
+async def _stream(loop, fd: int, write: bool):
+    f = os.fdopen(fd, "wb" if write else "rb", buffering=0)
+    if write:
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, f)
+        return asyncio.StreamWriter(transport, protocol, None, loop)
+    reader = asyncio.StreamReader(limit=1 << 16, loop=loop)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader, loop=loop), f)
+    return reader
+
+
+def _which(name: str, env: dict) -> str:
+    if "/" in name:
+        return name
+    found = shutil.which(name, path=env.get("PATH", os.defpath))
+    if found is None:
+        raise FileNotFoundError(errno_mod.ENOENT, f"{name!r} not found in PATH={env.get('PATH', os.defpath)}",
+                                name)
+    return found
+
+
 async def spawn(argv, conf: Confinement, *, env: dict, cwd: str | None = None, cgroup_procs: str | None = None,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, impl=None, **kwargs) -> asyncio.subprocess.Process:
+                stderr=asyncio.subprocess.PIPE, impl=None):
     """Start argv confined by `conf`, in its own session and process group.
     The child joins `cgroup_procs` (writes its pid there) first, as the
     daemon, then drops to the overlay's identity, chdirs to `cwd` as that
     user, and applies the rest; env gets `conf.env` (TMPDIR, HOME = the
-    scratch directory).  ConfinementFailed when the child could not."""
+    scratch directory).  ConfinementFailed when the child could not;
+    OSError (FileNotFoundError, PermissionError, ...) when execve failed.
+
+    The daemon's path is the C spawn (no fork of the daemon, no Python in
+    the child: ext/includes/aal_spawn.h).  `impl` (the pure-Python
+    reference's Prepared, for the differential tests) runs the same steps
+    as a preexec_fn through asyncio instead."""
+    full_env = dict(env)
+    full_env.update(conf.env)
+    if impl is not None:
+        return await _spawn_preexec(argv, conf, full_env, cwd, cgroup_procs, stdin, stdout, stderr, impl)
+    loop = asyncio.get_running_loop()
+    path = _which(argv[0], full_env)
+    prep = conf.prepare(cwd=cwd, cgroup_procs=cgroup_procs, exe=path)
+    close_after: list = []
+    ends = []
+    try:
+        for i, spec in enumerate((stdin, stdout, stderr)):
+            ends.append(await _pipe_ends(loop, i, spec, [], close_after))
+        envp = [f"{k}={v}" for k, v in full_env.items()]
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        pid, pidfd, step, err = prep.spawn(path, argv, envp, tuple(e[0] for e in ends),
+                                           min(nofile if nofile != resource.RLIM_INFINITY else 65536, 1 << 20))
+    except BaseException:
+        for _, mine in ends:
+            if mine is not None:
+                os.close(mine)
+        raise
+    finally:
+        for fd in close_after:
+            os.close(fd)
+    if step != 0:
+        for _, mine in ends:
+            if mine is not None:
+                os.close(mine)
+        os.waitpid(pid, 0)
+        if pidfd >= 0:
+            os.close(pidfd)
+        if step == _c.STEP_EXEC:
+            raise OSError(err, f"{os.strerror(err)}: {argv[0]!r}", argv[0])
+        raise ConfinementFailed(_failure(conf, step, err, cwd))
+    proc = Process(pid, pidfd, loop)
+    try:
+        for i, (_, mine) in enumerate(ends):
+            if mine is not None:
+                stream = await _stream(loop, mine, write=(i == 0))
+                setattr(proc, ("stdin", "stdout", "stderr")[i], stream)
+                ends[i] = (None, None)
+    except BaseException:
+        for _, mine in ends:
+            if mine is not None:
+                os.close(mine)
+        raise
+    return proc
+
+
+async def _spawn_preexec(argv, conf, full_env, cwd, cgroup_procs, stdin, stdout, stderr, impl):
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     try:
         try:
-            prep = conf.prepare(cwd=cwd, cgroup_procs=cgroup_procs, status_fd=wfd, impl=impl)
-            full_env = dict(env)
-            full_env.update(conf.env)
+            exe = shutil.which(argv[0], path=full_env.get("PATH", os.defpath)) or argv[0]
+            prep = conf.prepare(cwd=cwd, cgroup_procs=cgroup_procs, status_fd=wfd, impl=impl, exe=exe)
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=stdin, stdout=stdout, stderr=stderr, env=full_env, start_new_session=True,
-                preexec_fn=prep.apply, close_fds=True, **kwargs)
+                preexec_fn=prep.apply, close_fds=True)
         finally:
             os.close(wfd)
         os.set_blocking(rfd, False)

@@ -68,10 +68,12 @@ class OverlayUnit(Unit):
         self.cfg = cfg
         self.registry = OverlayRegistry(cfg.dir, ctx.state_dir, allow_tcp=cfg.allow_tcp_loopback,
                                         allow_remote=cfg.allow_remote_http)
-        self.log = prov.ProvenanceLog(os.path.join(ctx.state_dir, cfg.provenance_file))
+        self.log = prov.ProvenanceLog(os.path.join(ctx.state_dir, cfg.provenance_file),
+                                      max_bytes=cfg.provenance_max_bytes, keep=cfg.provenance_keep)
         self.mechanisms = None
         self._write_lock = asyncio.Lock()
         self._pending: set = set()          # ledger appends of records not yet committed
+        self._cleanups: set = set()         # scratch directories being removed
         self._ids = itertools.count(1)
         self.running = 0
         self.calls_total = 0
@@ -105,26 +107,29 @@ class OverlayUnit(Unit):
         """Records written before a crash whose ledger entry was not: anchor them now."""
         if self.ledger is None or self.ledger.ledger is None or not self.log.count:
             return
-        anchors = await self._anchors()
-        have = {a["seq"] for a in anchors}
-        missing = [s for s in range(self.log.count) if s not in have and s >= len(anchors)]
+        anchored = 0
+        async for chunk in self._ledger_chunks():
+            anchored += len(prov.anchors_from_entries(chunk))
+        missing = range(max(anchored, self.log.pruned_before), self.log.count)
         for seq in missing:
             rec = self.log.get(seq)
             await self.ledger.append({"type": prov.LEDGER_TYPE, "seq": seq, "run_id": rec.get("run_id", ""),
-                                      "record_hash": self.log.hashes[seq]})
+                                      "record_hash": self.log.hash_of(seq)})
         if missing:
             log.warning("provenance_anchored_after_crash", records=len(missing), first=missing[0])
 
-    async def _anchors(self) -> list[dict]:
+    async def _ledger_chunks(self, size: int = 1000):
+        """The ledger's entries in chunks, yielding to the loop between them."""
         led = self.ledger.ledger
-        out, i, n = [], 0, led.count
+        i, n = 0, led.count
         while i < n:
-            out.extend(prov.anchors_from_entries(led.entries(i, min(n, i + 1000))))
-            i += 1000
+            yield led.entries(i, min(n, i + size))
+            i += size
             await asyncio.sleep(0)
-        return out
 
     async def stop(self) -> None:
+        if self._cleanups:
+            await asyncio.wait(list(self._cleanups), timeout=10.0)
         self.cgroups.close()
         self.log.close()
 
@@ -151,6 +156,7 @@ class OverlayUnit(Unit):
             "dir": self.registry.dir, "installed": len(self.registry.entries),
             "enabled": sum(1 for e in entries if e.enabled), "broken": sum(1 for e in entries if e.problems),
             "running": self.running, "calls_total": self.calls_total, "provenance_records": self.log.count,
+            "provenance_segments": len(self.log.segments), "provenance_first": self.log.pruned_before,
             "log_payload": self.log_payload, "provenance_file": self.log.path,
             "confinement": self._mech_dict(), "hot_swap": "rescan", "torn_bytes": self.log.torn}}
 
@@ -470,12 +476,25 @@ class OverlayUnit(Unit):
             if cg is not None:
                 self.cgroups.release(cg)
             if conf is not None:
-                try:
-                    conf.cleanup()
-                except Exception as exc:  # noqa: BLE001
-                    log.error("confinement_cleanup_failed", error=repr(exc))
+                self._cleanup_later(conf)
             if job is not None and gov.core.jobs.get(job_id) is job:
                 gov.core.release(job_id)
+
+    def _cleanup_later(self, conf) -> None:
+        """Remove the call's scratch directory off the reply's path (an rmdir
+        waits for the file system's journal: ~1 ms on a busy disk); stop()
+        waits for what is left."""
+        fut = asyncio.get_running_loop().run_in_executor(None, conf.cleanup)
+        self._cleanups.add(fut)
+
+        def done(f, path=conf.scratch_dir):
+            self._cleanups.discard(f)
+            if f.cancelled():
+                return
+            if f.exception() is not None or not f.result():
+                log.error("confinement_cleanup_failed", scratch=path,
+                          error=repr(f.exception()) if f.exception() is not None else "not removed")
+        fut.add_done_callback(done)
 
     async def _heartbeat(self, job_id: str) -> None:
         every = max(0.05, self.governor.core.cfg.heartbeat_timeout_s / 3)
@@ -528,6 +547,19 @@ class OverlayUnit(Unit):
             except OSError as exc:
                 raise RpcError(E.PROVENANCE_ERROR, f"cannot write the provenance log {self.log.path}: "
                                                    f"{exc.strerror}", {"run_id": rec["run_id"]}) from None
+            if self.log.size >= self.log.max_bytes > 0:
+                try:
+                    pruned = await loop.run_in_executor(None, self.log.rotate_if_full)
+                except OSError as exc:      # the record is written; rotation is retried at the next one
+                    log.error("provenance_rotate_failed", path=self.log.path, error=str(exc))
+                    pruned = []
+                log.info("provenance_rotated", path=self.log.path, first=self.log.first, pruned=pruned)
+                if pruned and self.ledger is not None:
+                    try:
+                        self.ledger.append({"type": prov.PRUNE_TYPE, "before": self.log.pruned_before,
+                                            "segments": pruned})
+                    except Exception as exc:  # noqa: BLE001
+                        log.error("provenance_prune_anchor_failed", error=repr(exc))
             fut = None
             if self.ledger is not None:
                 try:
@@ -551,50 +583,67 @@ class OverlayUnit(Unit):
 
     # ----------------------------------------------------------- provenance
 
-    def rpc_prov_get(self, p, call):
+    async def rpc_prov_get(self, p, call):
         """A provenance record by run_id (the first with it) or by line."""
-        if "index" in p:
-            seq = p["index"]
-            if not 0 <= seq < self.log.count:
-                raise E.not_found(f"no provenance record {seq} (the log has {self.log.count})", index=seq)
-            rec = self.log.get(seq)
-            seqs = self.log.by_run.get(rec.get("run_id"), [seq])
-        elif "run_id" in p:
-            seqs = self.log.by_run.get(p["run_id"])
-            if not seqs:
-                raise E.not_found(f"no provenance record with run_id {p['run_id']!r}", run_id=p["run_id"])
-            seq = seqs[0]
-            rec = self.log.get(seq)
-        else:
-            raise invalid_params("give run_id or index", missing=["run_id"])
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:          # no rotation while the files are read
+            if "index" in p:
+                seq = p["index"]
+                if not 0 <= seq < self.log.count:
+                    raise E.not_found(f"no provenance record {seq} (the log has {self.log.count})", index=seq)
+                if not self.log.has(seq):
+                    raise E.not_found(f"provenance record {seq} was deleted with its segment (overlays."
+                                      f"provenance_keep; the log begins at {self.log.pruned_before})", index=seq)
+                rec = self.log.get(seq)
+                rid = rec.get("run_id")
+                seqs = await loop.run_in_executor(None, self.log.find_run, rid) if isinstance(rid, str) else [seq]
+            elif "run_id" in p:
+                seqs = await loop.run_in_executor(None, self.log.find_run, p["run_id"])
+                if not seqs:
+                    raise E.not_found(f"no provenance record with run_id {p['run_id']!r}", run_id=p["run_id"])
+                seq = seqs[0]
+                rec = self.log.get(seq)
+            else:
+                raise invalid_params("give run_id or index", missing=["run_id"])
         return {"record": rec, "index": seq, "same_run_id": len(seqs), "indexes": seqs[:1000]}
 
-    def rpc_prov_list(self, p, call):
-        """Provenance records in log order (the last `limit` by default)."""
+    async def rpc_prov_list(self, p, call):
+        """Provenance records in log order (the last `limit` by default, of `overlay` if given)."""
         limit = min(int(p.get("limit", 100)), 1000)
-        n = self.log.count
-        start = p.get("start", max(0, n - limit) if "overlay" not in p else 0)
-        out = []
-        for seq in range(start, n):
-            rec = self.log.get(seq)
-            if "overlay" in p and rec.get("overlay") != p["overlay"]:
-                continue
-            out.append(rec)
-        if "overlay" in p and "start" not in p:
-            out = out[-limit:]
-        return {"records": out[:limit], "total": n}
+        loop = asyncio.get_running_loop()
+        async with self._write_lock:
+            out = await loop.run_in_executor(None, self.log.latest, limit, p.get("overlay"), p.get("start"))
+        return {"records": out, "total": self.log.count}
 
     async def rpc_prov_verify(self, p, call):
-        """Check every record against its ledger entry, in order."""
-        loop = asyncio.get_running_loop()
+        """Check every record on disk against its ledger entry, in order, in chunks."""
         if self.ledger is None or self.ledger.ledger is None:
             raise RpcError(E.LEDGER_ERROR, "the ledger is not open")
         async with self._write_lock:     # no record half-anchored while reading
             if self._pending:
                 await asyncio.wait(list(self._pending), timeout=10.0)
-            lines = await loop.run_in_executor(None, prov.read_lines, self.log.path)
-            anchors = await self._anchors()
-        out = prov.verify(lines, anchors)
+            start = 0
+            async for chunk in self._ledger_chunks():
+                start = max(start, prov.pruned_from_entries(chunk))
+            v = prov.Verifier(start)
+            lines = (line for _, line in self.log.lines(self.log.pruned_before))
+            anchors = self._ledger_chunks()
+            while not (v.lines_done and v.anchors_done):
+                if not v.anchors_done and len(v.anchors) < 3 * v.window:
+                    try:
+                        v.feed_anchors(prov.anchors_from_entries(await anchors.__anext__()))
+                    except StopAsyncIteration:
+                        v.anchors_done = True
+                if not v.lines_done and len(v.lines) < v.window:
+                    batch = list(itertools.islice(lines, 2000))
+                    v.feed_lines(batch)
+                    if not batch:
+                        v.lines_done = True
+                if v.run():
+                    break
+                await asyncio.sleep(0)
+            out = v.finish()
+        out["records"] = self.log.count - self.log.pruned_before
         out["torn_bytes"] = self.log.torn
         return out
 

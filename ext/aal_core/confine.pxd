@@ -30,7 +30,7 @@ cdef extern from "aal_confine.h" nogil:
         uint64_t ll_net
         uint64_t ll_scope
         int nrules
-        aal_rule rules[8]
+        aal_rule rules[32]
         int nfilter
         sock_filter filter[160]
         int status_fd
@@ -43,7 +43,8 @@ cdef extern from "aal_confine.h" nogil:
     unsigned int AAL_AUDIT_ARCH, AAL_X32_BIT
     void aal_confine_apply(const aal_spec *s)
     int aal_probe(int try_ids, uid_t uid, gid_t gid, aal_probe_result *out)
-    long AAL_NR_socket, AAL_NR_socketpair, AAL_NR_io_uring_setup, AAL_NR_truncate
+    long AAL_NR_socket, AAL_NR_socketpair, AAL_NR_io_uring_setup, AAL_NR_io_uring_enter
+    long AAL_NR_io_uring_register, AAL_NR_truncate
     long AAL_NR_chmod, AAL_NR_fchmod, AAL_NR_fchmodat, AAL_NR_fchmodat2
     long AAL_NR_chown, AAL_NR_fchown, AAL_NR_lchown, AAL_NR_fchownat
     long AAL_NR_setxattr, AAL_NR_lsetxattr, AAL_NR_fsetxattr, AAL_NR_setxattrat
@@ -55,3 +56,15 @@ cdef class Prepared:
     cdef aal_spec spec
     cdef list _keep
     cdef const char *_path(self, p) except NULL
+
+cdef extern from "aal_spawn.h" nogil:
+    struct aal_exec:
+        const char *path
+        char *const *argv
+        char *const *envp
+        int stdio[3]
+        long max_fd
+    struct aal_spawn_result:
+        int step
+        int err
+    int aal_spawn(const aal_spec *spec, const aal_exec *x, int *pidfd, aal_spawn_result *res)

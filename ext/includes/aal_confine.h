@@ -80,7 +80,18 @@ struct aal_ll_path_beneath_attr {
 #ifdef __NR_io_uring_setup
 #define AAL_NR_io_uring_setup __NR_io_uring_setup
 #else
-#define AAL_NR_io_uring_setup -1
+#define AAL_NR_io_uring_setup 425
+#endif
+/* io_uring's calls are 425-427 on every architecture. */
+#ifdef __NR_io_uring_enter
+#define AAL_NR_io_uring_enter __NR_io_uring_enter
+#else
+#define AAL_NR_io_uring_enter 426
+#endif
+#ifdef __NR_io_uring_register
+#define AAL_NR_io_uring_register __NR_io_uring_register
+#else
+#define AAL_NR_io_uring_register 427
 #endif
 #ifdef __NR_truncate
 #define AAL_NR_truncate __NR_truncate
@@ -188,7 +199,7 @@ struct aal_ll_path_beneath_attr {
 #define AAL_NR_removexattrat 466
 #endif
 
-#define AAL_MAX_RULES 8
+#define AAL_MAX_RULES 32
 #define AAL_MAX_RLIMITS 8
 #define AAL_MAX_FILTER 160
 #define AAL_PATH_MAX 4096
