@@ -85,20 +85,20 @@ def test_anchors_from_ledger_entries():
 
 
 def test_unit_metrics_families(tmp_path):
-    """The metrics hook's format: counters by overlay/outcome, a cumulative histogram."""
+    """The metrics hook's format: counters by overlay/capability/outcome, a cumulative histogram."""
     from aal_core.clock import SYSTEM
     from aal_core.config import Config
     from aal_core.overlays.unit import OverlayUnit
     from aal_core.units import Context
     u = OverlayUnit(Context(config=Config(), clock=SYSTEM, hub=None, state_dir=str(tmp_path)))
-    u._count("abraxas", "ok", 0.004)
-    u._count("abraxas", "ok", 0.2)
-    u._count("abraxas", "timeout", None)        # refused or not run: counted, no duration
+    u._count("abraxas", "scan", "ok", 0.004)
+    u._count("abraxas", "scan", "ok", 0.2)
+    u._count("abraxas", "align", "timeout", None)       # refused or not run: counted, no duration
     fams = {f["name"]: f for f in u.metrics()}
     calls = fams["aal_core_overlay_calls_total"]
     assert calls["type"] == "counter"
-    assert {(s["labels"]["overlay"], s["labels"]["outcome"]): s["value"] for s in calls["samples"]} == \
-        {("abraxas", "ok"): 2.0, ("abraxas", "timeout"): 1.0}
+    assert {(s["labels"]["overlay"], s["labels"]["capability"], s["labels"]["outcome"]): s["value"]
+            for s in calls["samples"]} == {("abraxas", "scan", "ok"): 2.0, ("abraxas", "align", "timeout"): 1.0}
     h = fams["aal_core_overlay_call_duration_seconds"]["samples"][0]["value"]
     assert h["count"] == 2 and abs(h["sum"] - 0.204) < 1e-9
     buckets = dict((str(b), n) for b, n in h["buckets"])

@@ -79,7 +79,7 @@ class OverlayUnit(Unit):
         self.calls_total = 0
         self.log_payload = _payload_logging(cfg)
         # metrics: (overlay, outcome) -> count; overlay -> [bucket counts..., sum, count]
-        self.calls: dict[tuple[str, str], int] = {}
+        self.calls: dict[tuple[str, str, str], int] = {}
         self.durations: dict[str, list] = {}
         self._opened = False
         self.cgroups = CgroupPool(getattr(governor, "enforcer", None))
@@ -166,8 +166,8 @@ class OverlayUnit(Unit):
     # --------------------------------------------------------------- metrics
 
     def metrics(self) -> list[dict]:
-        calls = [{"labels": {"overlay": o, "outcome": oc}, "value": float(n)}
-                 for (o, oc), n in sorted(self.calls.items())]
+        calls = [{"labels": {"overlay": o, "capability": c, "outcome": oc}, "value": float(n)}
+                 for (o, c, oc), n in sorted(self.calls.items())]
         hist = []
         for o, (counts, total, n) in sorted(self.durations.items()):
             cum, buckets = 0, []
@@ -178,7 +178,7 @@ class OverlayUnit(Unit):
             hist.append({"labels": {"overlay": o}, "value": {"buckets": buckets, "sum": total, "count": n}})
         return [
             {"name": "aal_core_overlay_calls_total", "type": "counter",
-             "help": "overlay.invoke calls by overlay and outcome", "samples": calls},
+             "help": "overlay.invoke calls by overlay, capability and outcome", "samples": calls},
             {"name": "aal_core_overlay_call_duration_seconds", "type": "histogram",
              "help": "Duration of overlay calls that ran (spawn to result)", "samples": hist},
             {"name": "aal_core_overlay_running", "type": "gauge", "help": "overlay calls running now",
@@ -187,8 +187,9 @@ class OverlayUnit(Unit):
              "samples": [{"labels": {}, "value": float(self.log.count)}]},
         ]
 
-    def _count(self, overlay: str, outcome: str, duration_s: float | None) -> None:
-        self.calls[(overlay, outcome)] = self.calls.get((overlay, outcome), 0) + 1
+    def _count(self, overlay: str, capability: str, outcome: str, duration_s: float | None) -> None:
+        key = (overlay, capability, outcome)     # bounded: capabilities come from installed manifests
+        self.calls[key] = self.calls.get(key, 0) + 1
         if duration_s is not None:
             h = self.durations.setdefault(overlay, [[0] * len(DURATION_BUCKETS), 0.0, 0])
             for i, b in enumerate(DURATION_BUCKETS):
@@ -378,7 +379,7 @@ class OverlayUnit(Unit):
                 rec[k] = outcome.info[k]
         seq, ledger_index = await self._record(rec)
         self.calls_total += 1
-        self._count(entry.name, rec["outcome"], duration_ms / 1000 if ran else None)
+        self._count(entry.name, cap_name, rec["outcome"], duration_ms / 1000 if ran else None)
         out = {"ok": outcome.ok, "run_id": rid, "provenance_index": seq, "duration_ms": duration_ms,
                "overlay": entry.name, "version": version, "capability": cap_name, "phase": phase,
                "result_hash": rec["result_hash"]}
