@@ -94,7 +94,7 @@ if [ "$want_test" = 1 ] && [ "$(.venv/bin/python -c 'import sys; print(sys.versi
         [ -x .venv310/bin/python ] || "$py310" -m venv .venv310
         PIP310=(.venv310/bin/python -m pip install -q --disable-pip-version-check -c TOOLS/constraints.txt)
         "${PIP310[@]}" setuptools wheel Cython grpcio-tools
-        "${PIP310[@]}" pytest pytest-timeout hypothesis jsonschema cryptography simple-pid torch
+        "${PIP310[@]}" pytest pytest-timeout hypothesis jsonschema cryptography torch
         "${PIP310[@]}" --no-build-isolation .
         echo "setup: .venv310 ready ($(.venv310/bin/python -V))" >&2
     fi
