@@ -91,36 +91,103 @@ def check_libcrypto():
                 "again.") from None
 
 
+def _ext_deps(tree, pyx: str) -> set:
+    """The files in this checkout that the C of ext/<name>.pyx is made from:
+    what Cython's own dependency tree finds (cimported .pxd, included .pxi),
+    plus what it misses: the module's own ext/aal_core/<name>.pxd (Cython
+    finds it by the module's full name, its tree only next to the .pyx) with
+    what that cimports, and the local headers of `cdef extern from` blocks."""
+    roots = [pyx]
+    own = os.path.join("ext", "aal_core", os.path.basename(pyx)[:-4] + ".pxd")
+    if os.path.exists(own):
+        roots.append(own)
+    files = set()
+    for root in roots:
+        files |= tree.all_dependencies(root)
+    for f in list(files):
+        for header in tree.parse_dependencies(f)[2]:
+            for d in (os.path.dirname(f), "ext", os.path.join("ext", "includes")):
+                h = os.path.join(d, header.strip("<>"))
+                if os.path.isfile(h):
+                    files.add(h)
+                    break
+    here = HERE + os.sep
+    return {os.path.relpath(f, HERE) for f in map(os.path.abspath, files) if f.startswith(here)}
+
+
+def _drop_stale_c(tree, pyxs, options: dict) -> dict:
+    """Remove every ext/<name>.c older than one of its sources (so cythonize
+    regenerates it) and, where the Cython version or the directives differ
+    from the last build's (build/cython-options.json), every one; return the
+    sources per .pyx (the extension's `depends`, so setuptools recompiles
+    when a header changes and the .c does not).  A `git pull` or a merge that
+    changes a .pxd or a header then builds what the sources say."""
+    import json
+
+    stamp = os.path.join(HERE, "build", "cython-options.json")
+    try:
+        with open(stamp) as fh:
+            same = json.load(fh) == options
+    except (OSError, ValueError):
+        same = False
+    deps = {}
+    for pyx in pyxs:
+        deps[pyx] = sorted(_ext_deps(tree, pyx))
+        c = pyx[:-4] + ".c"
+        if not os.path.exists(c):
+            continue
+        # a header changes what the compiler makes of the .c, not the .c
+        newest = max((d for d in deps[pyx] if not d.endswith(".h")), key=os.path.getmtime)
+        if not same or os.path.getmtime(c) < os.path.getmtime(newest):
+            why = "the Cython version or directives changed" if not same else f"{newest} is newer"
+            print(f"aal-core build: regenerating {c} ({why})", file=sys.stderr)
+            os.unlink(c)
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with open(stamp, "w") as fh:
+        json.dump(options, fh, sort_keys=True)
+    return deps
+
+
 def extensions():
+    import Cython
     from Cython.Build import cythonize
+    from Cython.Build.Dependencies import create_dependency_tree
+    from Cython.Compiler.Main import Context
 
     debug = os.environ.get("AAL_CYTHON_DEBUG") == "1"
-    mods = []
+    include_path = ["ext", "ext/includes"]
+    directives = {
+        "boundscheck": debug,
+        "wraparound": debug,
+        "cdivision": True,
+        "initializedcheck": debug,
+    }
+    annotate = os.environ.get("AAL_CYTHON_ANNOTATE") == "1"
     pyxs = sorted(glob.glob(os.path.join("ext", "*.pyx")))
     if any("crypto" in LIBRARIES.get(os.path.basename(p)[:-4], ()) for p in pyxs):
         check_libcrypto()
+    tree = create_dependency_tree(Context(include_path, directives, language_level=3))
+    deps = _drop_stale_c(tree, pyxs, {"cython": Cython.__version__, "directives": directives,
+                                      "annotate": annotate, "language_level": 3})
+    mods = []
     for pyx in pyxs:
         name = os.path.splitext(os.path.basename(pyx))[0]
         mods.append(
             Extension(
                 f"aal_core.{name}",
                 [pyx],
-                include_dirs=["ext", "ext/includes"],
+                include_dirs=include_path,
                 extra_compile_args=["-O2"] + CFLAGS.get(name, []),
                 libraries=LIBRARIES.get(name, []),
+                depends=[d for d in deps[pyx] if d != pyx],
             )
         )
     return cythonize(
         mods,
-        include_path=["ext", "ext/includes"],
-        annotate=os.environ.get("AAL_CYTHON_ANNOTATE") == "1",
+        include_path=include_path,
+        annotate=annotate,
         language_level=3,
-        compiler_directives={
-            "boundscheck": debug,
-            "wraparound": debug,
-            "cdivision": True,
-            "initializedcheck": debug,
-        },
+        compiler_directives=directives,
     )
 
 

@@ -2,7 +2,9 @@
 # Install what aal-core needs into ./.venv and build it (Cython + protobuf).
 #   TOOLS/setup.sh          runtime only (for `aal-core run`)
 #   TOOLS/setup.sh --test   also the test/bench tools, torch (client side) and
-#                           the system packages the system tests use
+#                           the system packages the system tests use; and
+#                           ./.venv310: the same build and test pins under a
+#                           CPython 3.10 (JetPack 6's), for TOOLS/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_test=0
@@ -66,4 +68,35 @@ fi
 # tests/test_ledger_openssl111.py: a real OpenSSL 1.1.1 (JetPack 5's) to
 # compile the ledger against, unpacked under .venv, not installed.
 [ "$want_test" = 0 ] || TOOLS/fetch_openssl111.sh .venv/openssl-1.1.1
+
+# The suite under CPython 3.10 too (TOOLS/test.sh): .venv310, built and
+# installed from this checkout with the same constraints (their markers pick
+# 3.10's numpy and tomli).  The 3.10: $AAL_PYTHON310, else pyenv's newest
+# 3.10.x, else python3.10 on PATH; none (or .venv is 3.10 already) -> none.
+python310() {
+    local c v
+    for c in "${AAL_PYTHON310:-}" \
+        $(pyenv versions --bare 2>/dev/null | grep -E '^3\.10\.[0-9]+$' | sort -t. -k3,3nr \
+            | while read -r v; do echo "$(pyenv prefix "$v")/bin/python3.10"; done) \
+        "$(command -v python3.10 || true)"; do
+        { [ -n "$c" ] && [ -x "$c" ]; } || continue
+        "$c" -c 'import sys, venv, ensurepip, os, sysconfig; assert sys.version_info[:2] == (3, 10)
+assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null \
+            && { echo "$c"; return; }
+    done
+}
+if [ "$want_test" = 1 ] && [ "$(.venv/bin/python -c 'import sys; print(sys.version_info[:2] != (3, 10))')" = True ]; then
+    py310=$(python310)
+    if [ -z "$py310" ]; then
+        echo "setup: no CPython 3.10 with venv and its headers (pyenv install 3.10, or set" \
+             "AAL_PYTHON310): .venv310 not made, TOOLS/test.sh's 3.10 pass will fail" >&2
+    else
+        [ -x .venv310/bin/python ] || "$py310" -m venv .venv310
+        PIP310=(.venv310/bin/python -m pip install -q --disable-pip-version-check -c TOOLS/constraints.txt)
+        "${PIP310[@]}" setuptools wheel Cython grpcio-tools
+        "${PIP310[@]}" pytest pytest-timeout hypothesis jsonschema cryptography torch
+        "${PIP310[@]}" --no-build-isolation .
+        echo "setup: .venv310 ready ($(.venv310/bin/python -V))" >&2
+    fi
+fi
 echo "setup: ready ($(.venv/bin/aal-core --version))" >&2

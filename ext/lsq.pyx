@@ -61,7 +61,7 @@ cdef class Ring:
         """(slope per second, R², points, time span) of the points at or after `since`."""
         cdef int k, m = 0
         cdef double st = 0.0, sv = 0.0, mt, mv, dt, dv
-        cdef double sxx = 0.0, sxy = 0.0, syy = 0.0, lo = 0.0, hi = 0.0, slope, r2
+        cdef double sxx = 0.0, sxy = 0.0, syy = 0.0, lo = 0.0, hi = 0.0, slope, r2, den
         cdef const double *T = self.t
         cdef const double *V = self.v
         for k in range(self.n):
@@ -89,5 +89,6 @@ cdef class Ring:
         if sxx <= 0.0:
             return 0.0, 0.0, m, 0.0
         slope = sxy / sxx
-        r2 = (sxy * sxy) / (sxx * syy) if syy > 0.0 else 0.0
+        den = sxx * syy     # > 0 each, yet their product can underflow to 0
+        r2 = (sxy * sxy) / den if den > 0.0 else 0.0
         return slope, r2, m, hi - lo

@@ -4,6 +4,7 @@ imports torch."""
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import torch  # a declared test dependency (client-torch): never skipped
 from hypothesis import given, settings, strategies as st
 
 from aal_core.client.entropy import EntropyModel, pairs_from_entries, train
-from aal_core.venom.entropy import FORMAT, EntropyParams, ModelError, load_model, parse_model, sigmoid
+from aal_core.venom.entropy import FORMAT, EntropyParams, ModelError, load_model, parse_model, sigmoid, write_model
 
 
 def test_initial_parameters_are_the_seed_ones():
@@ -124,6 +125,36 @@ def test_missing_and_oversized_model_files(tmp_path):
     big.write_bytes(b" " * 70_000)
     with pytest.raises(ModelError, match="too large"):
         load_model(str(big))
+
+
+def test_write_model_replaces_a_crash_leftover_temp_file(tmp_path):
+    """A temp file a crash left (here 0600, half written) is not reused: the
+    model is written afresh, 0644 whatever the umask (the daemon, another
+    user, reads what a client exports), and no temp file stays."""
+    path, tmp = tmp_path / "m.json", tmp_path / "m.json.tmp"
+    tmp.write_bytes(b'{"format": "aal-core.entropy.v1", "wei')
+    os.chmod(tmp, 0o600)
+    old = os.umask(0o077)
+    try:
+        write_model(str(path), 0.25, -1.5, trained_on=3)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644
+    assert not tmp.exists()
+    m = load_model(str(path))
+    assert (m.weight, m.bias, m.meta["trained_on"]) == (0.25, -1.5, 3)
+
+
+def test_write_model_failure_is_a_model_error_and_leaves_no_temp_file(tmp_path):
+    """The rename fails (a directory is in the way): ModelError names the
+    path and the cause, the directory is untouched and the temp file gone."""
+    path = tmp_path / "m.json"
+    path.mkdir()
+    (path / "keep").write_text("x")
+    with pytest.raises(ModelError, match=r"cannot write model file .*m\.json: Is a directory"):
+        write_model(str(path), 0.25, -1.5)
+    assert (path / "keep").read_text() == "x"
+    assert sorted(os.listdir(tmp_path)) == ["m.json"]
 
 
 def test_sigmoid_is_overflow_free():

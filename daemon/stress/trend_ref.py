@@ -55,5 +55,6 @@ class Ring:
         if sxx <= 0.0:
             return 0.0, 0.0, n, 0.0
         slope = sxy / sxx
-        r2 = (sxy * sxy) / (sxx * syy) if syy > 0.0 else 0.0
+        den = sxx * syy     # > 0 each, yet their product can underflow to 0
+        r2 = (sxy * sxy) / den if den > 0.0 else 0.0
         return slope, r2, n, max(t) - min(t)

@@ -148,14 +148,12 @@ class SensingUnit(Unit):
         self._fast = False                  # sampling at sample_hz_max
         self._vm_next: float | None = None  # when vmstat is read next
         self._ticker: Ticker | None = None
-        # The latest complete reading and vmstat figures, kept for metrics():
-        # two attribute stores per sample, nothing computed.
-        self._last_reading: Reading | None = None
+        # The latest complete reading and vmstat figures: the governor runs
+        # the same model on the reading with each job cgroup in place of the
+        # watched one, and metrics() reports them (stores, nothing computed).
+        self.last_reading: Reading | None = None
         self._last_vmstat = None
         self.meminfo = self.psi = self.vmstat = self.cgroup = self.nvml = None
-        # The Reading behind the latest sample: the governor runs the same
-        # model on it with each job cgroup in place of the watched one.
-        self.last_reading: Reading | None = None
         # Failure episodes of sources replaced by a reload: source_failures
         # is monotonic, so they stay counted.
         self._retired_episodes = 0
@@ -296,7 +294,7 @@ class SensingUnit(Unit):
     def metrics(self) -> list[dict]:
         """Stress, band, components, time to exhaustion, the figures the
         signal uses (meminfo, PSI, cgroup, vmstat), sources and tegrastats."""
-        r = self._last_reading
+        r = self.last_reading
         out = _metrics.stress_families(self._latest)
         out.append(_metrics.family("aal_core_sample_rate_hertz", "gauge",
                                    "Memory sampling rate now (faster under pressure).", 1.0 / self._interval))
@@ -372,7 +370,7 @@ class SensingUnit(Unit):
         gpu = self.nvml.read() if self.nvml is not None else None
         r = Reading(t=self.clock.monotonic(), wall=self.clock.wall(), meminfo=m, cgroup=cg, psi=psi,
                     tegra=tegra, gpu_mem=gpu)
-        self._last_reading = r
+        self.last_reading = r
         if vm is not None:      # read once a second at the base rate: metrics() keeps the last
             self._last_vmstat = vm
         return r
@@ -389,7 +387,6 @@ class SensingUnit(Unit):
         r = self.read()
         if r is None:
             return None
-        self.last_reading = r
         sample = self.model.update(r, force=force)
         if sample is None:              # classic: at most one per 0.5 s
             return None

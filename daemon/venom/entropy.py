@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import AalError
+from ..ledger.store import create_atomic
 
 __all__ = ["FORMAT", "ML_WEIGHT", "EntropyParams", "ModelError", "load_model", "sigmoid", "write_model"]
 
@@ -114,11 +115,8 @@ def dump_model(weight: float, bias: float, **meta) -> bytes:
 
 
 def write_model(path: str, weight: float, bias: float, **meta) -> None:
-    """Write a model file atomically (temporary file, fsync, rename), so
-    a reader never sees half of one; an OSError propagates."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(dump_model(weight, bias, **meta))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write a model file atomically (the ledger store's create_atomic), so a
+    reader never sees half of one.  0644 exactly: the daemon, another user,
+    loads what a client exports.  A failure raises ModelError (path, cause)."""
+    create_atomic(path, dump_model(weight, bias, **meta), "cannot write model file", mode=0o644,
+                  error=ModelError)

@@ -194,6 +194,9 @@ class VenomUnit(Unit):
         except OSError as exc:
             raise RpcError(CONFLICT, f"cannot save the model in the state directory: {exc.strerror or exc}",
                            {"path": self.model_path}) from None
+        except ModelError as exc:
+            raise RpcError(CONFLICT, f"cannot save the model in the state directory: {exc}",
+                           {"path": self.model_path}) from None
 
     async def rpc_release(self, p, call):
         """Lift a quarantine: admissions at the job's priority are allowed again."""
