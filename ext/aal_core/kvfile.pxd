@@ -1,16 +1,28 @@
 # cdef API of aal_core.kvfile (see ext/kvfile.pyx).
 
-cdef Py_ssize_t parse_keyed_c(const char* b, Py_ssize_t n, const char** kptr, Py_ssize_t* klen,
-                              Py_ssize_t nkeys, unsigned long long* vals, char* seen) noexcept nogil
+# The wanted keys of a "key value" file as C arrays: key k is ptr[k][0:length[k]];
+# a line is tried against the candidates chained from first[its first byte]
+# (cand[c] is a key index, next[c] the following candidate, -1 ends).
+ctypedef struct KeyTable:
+    Py_ssize_t n                  # keys asked for (the result's length)
+    Py_ssize_t nmatch             # of them, the ones that can match (distinct, no separator)
+    const char** ptr
+    Py_ssize_t* length
+    unsigned long long* vals      # filled by parse_keyed_c
+    char* seen
+    int first[256]
+    int* cand
+    int* next
+
+cdef Py_ssize_t parse_keyed_c(const char* b, Py_ssize_t n, KeyTable* t) noexcept nogil
 cdef long long parse_value_c(const char* b, Py_ssize_t n, bint* ok) noexcept nogil
 
 cdef class _Keys:
     cdef tuple keys
-    cdef Py_ssize_t n
-    cdef const char** ptr
-    cdef Py_ssize_t* length
-    cdef unsigned long long* vals
-    cdef char* seen
+    cdef KeyTable t
+    cdef tuple last               # the previous result, and the values it holds
+    cdef unsigned long long* last_vals
+    cdef char* last_seen
     cdef tuple result(self)
 
 cdef class _OpenFile:

@@ -15,7 +15,8 @@ cdef extern from *:
 
 
 cdef inline bint is_ws(char c) noexcept nogil:
-    return c == 32 or c == 9 or c == 10 or c == 13 or c == 11 or c == 12
+    # space, or \t \n \v \f \r (9..13); one compare for the usual byte above ' '
+    return c <= 32 and (c == 32 or 9 <= c <= 13)
 
 
 cdef inline bint is_digit(char c) noexcept nogil:
@@ -47,6 +48,12 @@ cdef inline Py_ssize_t parse_u64(const char* b, Py_ssize_t i, Py_ssize_t n,
     cdef unsigned long long v = 0, d
     if j < 0:
         return -1
+    if j - i < 20:                  # at most 10**19 - 1: cannot overflow
+        while i < j:
+            v = v * 10 + <unsigned long long>(b[i] - 48)
+            i += 1
+        out[0] = v
+        return j
     while i < j:
         d = <unsigned long long>(b[i] - 48)
         if v > (AAL_U64_MAX - d) // 10:
