@@ -16,11 +16,11 @@ from scan cimport is_ws, is_digit, is_upper, is_alpha, parse_int, parse_dec
 
 from aal_core.errors import ParseError
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_New
+
 cdef extern from "Python.h":
     object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
-    # CPython's own presizing (exported in 3.10-3.12; what dict literals use):
-    # the result dicts are built to their usual size at once, not regrown.
-    dict _PyDict_NewPresized(Py_ssize_t minused)
 
 cdef enum:
     MAX_TOKENS = 512
@@ -328,11 +328,20 @@ cdef inline str text(const char* b, Py_ssize_t s, Py_ssize_t e):
     return b[s:e].decode("utf-8", "replace")
 
 
-def parse_tegrastats(const unsigned char[:] line):
-    """One tegrastats line (bytes, no newline needed) → the `tegrastats.latest`
-    payload.  Raises ParseError when nothing in it is a tegrastats field."""
-    cdef Py_ssize_t n = line.shape[0]
-    cdef const char* b = b""
+def parse_tegrastats(line):
+    """One tegrastats line (bytes, or any buffer of bytes; no newline needed)
+    → the `tegrastats.latest` payload.  Raises ParseError when nothing in it
+    is a tegrastats field."""
+    cdef const unsigned char[:] view
+    if type(line) is bytes:         # what the source reads: no buffer to acquire
+        return _parse(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))
+    view = line
+    if view.shape[0] == 0:
+        return _parse(b"", 0)
+    return _parse(<const char*>&view[0], view.shape[0])
+
+
+cdef dict _parse(const char* b, Py_ssize_t n):
     cdef Py_ssize_t ts[MAX_TOKENS + 1]
     cdef Py_ssize_t te[MAX_TOKENS + 1]
     cdef Py_ssize_t nt = 0, i = 0, k, used, j, s, e, ns, ne, at, nfreq, list_at
@@ -342,8 +351,6 @@ def parse_tegrastats(const unsigned char[:] line):
     cdef bint has_util, glued
     cdef double val
     cdef int known = 0
-    if n:
-        b = <const char*>&line[0]
 
     # tokens: runs of non-whitespace
     while i < n:
@@ -369,11 +376,11 @@ def parse_tegrastats(const unsigned char[:] line):
     if nt == 0:
         raise ParseError("empty tegrastats line", line=1, column=1, expected="a tegrastats field", found="")
 
-    out = _PyDict_NewPresized(12)
-    unknown = []
-    engines = _PyDict_NewPresized(8)
-    temps = _PyDict_NewPresized(12)
-    power = _PyDict_NewPresized(8)
+    cdef dict out = PyDict_New()
+    cdef list unknown = []
+    cdef dict engines = PyDict_New()
+    cdef dict temps = PyDict_New()
+    cdef dict power = PyDict_New()
     k = 0
     if nt >= 2 and is_date(b, ts[0], te[0]) and is_time(b, ts[1], te[1]):
         if te[0] + 1 == ts[1] and b[te[0]] == 32:     # "date time" as printed: one string

@@ -113,3 +113,29 @@ def test_too_many_tokens_is_a_parse_error_in_both():
     line = b" ".join([b"APE 1"] * 300)
     assert outcome(parse_tegrastats, line)[0] == "error"
     same(line)
+
+
+digits = st.text("0123456789", min_size=1, max_size=18)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from([b"", b"-"]), digits, st.one_of(st.just(""), digits.map(lambda d: "." + d), st.just(".")),
+       st.sampled_from([b"C", b"C/1.5C", b"", b"CC"]))
+def test_temperature_decimals_agree(sign, whole, frac, tail):
+    """Temperatures are decimals: the compiled fast path (up to 15 digits,
+    one exact division) must give float()'s value; longer ones go to strtod."""
+    line = b"RAM 1/2MB cpu@" + sign + (whole + frac).encode() + tail
+    same(line)
+    got = parse_tegrastats(line).get("temps_c", {}).get("cpu")
+    if got is not None and len(whole) <= 15 and len(frac) <= 16:
+        want = float((sign + (whole + frac).encode()).rstrip(b"."))
+        assert got == want and str(got) == str(want)   # the same double, sign of zero included
+
+
+def test_buffers_other_than_bytes_parse_the_same():
+    line = LINES[0]
+    want = parse_tegrastats(line)
+    assert parse_tegrastats(bytearray(line)) == want
+    assert parse_tegrastats(memoryview(line)) == want
+    with pytest.raises(TypeError):
+        parse_tegrastats(line.decode())
