@@ -62,6 +62,26 @@ cdef str cached_name(const char* p, Py_ssize_t n):
     return out
 
 
+# The numbers repeat too (MHz, mW, MB): ints below NINT are made once and
+# shared by every line after (an int is immutable; equal either way), so a
+# line allocates no int objects for them.
+cdef enum:
+    NINT = 4096
+cdef list INTS = [None] * NINT
+
+
+cdef inline object I(long long v):
+    """v as a Python int, from the cache when 0 <= v < NINT."""
+    cdef object o
+    if 0 <= v < NINT:
+        o = INTS[v]
+        if o is None:
+            o = v
+            INTS[v] = o
+        return o
+    return v
+
+
 cdef str ascii_lower(const char* b, Py_ssize_t s, Py_ssize_t e):
     """b[s:e].decode("ascii").lower(), lowering A-Z in C (the same for ASCII;
     a non-ASCII byte raises the same UnicodeDecodeError)."""
@@ -194,7 +214,7 @@ cdef list freq_list(const char* b, Py_ssize_t i, Py_ssize_t n, Py_ssize_t nfreq)
     cdef Py_ssize_t k
     for k in range(nfreq):
         i = parse_int(b, i, n, False, &v) + 1
-        out.append(v)
+        out.append(I(v))
     return out
 
 
@@ -231,7 +251,7 @@ cdef bint cpu_list(const char* b, Py_ssize_t s, Py_ssize_t n, bint legacy, list 
             ie += 1
         if teq(b, i, ie, b"off"):
             if out is not None:
-                out.append({"index": idx, "online": False})
+                out.append({"index": I(idx), "online": False})
         else:
             j = parse_int(b, i, ie, False, &util)
             if j < 0 or j >= ie or b[j] != 37:
@@ -243,12 +263,12 @@ cdef bint cpu_list(const char* b, Py_ssize_t s, Py_ssize_t n, bint legacy, list 
                 if parse_int(b, j + 1, ie, False, &freq) != ie:
                     return False
                 if out is not None:
-                    out.append({"index": idx, "online": True, "util_pct": util, "freq_mhz": freq})
+                    out.append({"index": I(idx), "online": True, "util_pct": I(util), "freq_mhz": I(freq)})
             elif out is not None:
                 if has_shared:
-                    out.append({"index": idx, "online": True, "util_pct": util, "freq_mhz": shared})
+                    out.append({"index": I(idx), "online": True, "util_pct": I(util), "freq_mhz": I(shared)})
                 else:
-                    out.append({"index": idx, "online": True, "util_pct": util})
+                    out.append({"index": I(idx), "online": True, "util_pct": I(util)})
         idx += 1
         if ie >= close:
             break
@@ -284,14 +304,14 @@ cdef object engine(const char* b, Py_ssize_t s, Py_ssize_t n):
     if teq(b, s, n, b"off"):
         return {"online": False}
     if parse_int(b, s, n, False, &v) == n:
-        return {"online": True, "freq_mhz": v}
+        return {"online": True, "freq_mhz": I(v)}
     if not pct_at(b, s, n, False, &has_util, &util, &nfreq, &freq, &list_at):
         return None
     e = {"online": True}
     if has_util:
-        e["util_pct"] = util
+        e["util_pct"] = I(util)
     if nfreq:
-        e["freq_mhz"] = freq
+        e["freq_mhz"] = I(freq)
     return e
 
 
@@ -400,13 +420,13 @@ cdef dict _parse(const char* b, Py_ssize_t n):
                 used = _mem(b, ts, te, nt, k, teq(b, s, e, b"RAM"), out)
             elif teq(b, s, e, b"SWAP"):
                 if pair(b, ns, ne, b"MB", &u, &t):
-                    swap = {"used_mb": u, "total_mb": t}
+                    swap = {"used_mb": I(u), "total_mb": I(t)}
                     out["swap"] = swap
                     used = 2
                     if k + 3 < nt and teq(b, ts[k + 2], te[k + 2], b"(cached"):
                         j = parse_int(b, ts[k + 3], te[k + 3], False, &c)
                         if j >= 0 and teq(b, j, te[k + 3], b"MB)"):
-                            swap["cached_mb"] = c
+                            swap["cached_mb"] = I(c)
                             used = 4
             elif teq(b, s, e, b"CPU") or teq(b, s, e, b"cpu"):
                 cpus = []               # one pass: kept only if the whole list is valid
@@ -417,9 +437,9 @@ cdef dict _parse(const char* b, Py_ssize_t n):
                 if pct_at(b, ns, ne, False, &has_util, &util, &nfreq, &freq, &list_at):
                     emc = {}
                     if has_util:
-                        emc["util_pct"] = util
+                        emc["util_pct"] = I(util)
                     if nfreq:
-                        emc["freq_mhz"] = freq
+                        emc["freq_mhz"] = I(freq)
                     out["emc"] = emc
                     used = 2
             elif teq(b, s, e, b"GR3D_FREQ") or teq(b, s, e, b"GR3D") or teq(b, s, e, b"GR3D2_FREQ"):
@@ -428,7 +448,7 @@ cdef dict _parse(const char* b, Py_ssize_t n):
                     if gpu is None:
                         gpu = out["gpu"] = {}
                     if has_util:
-                        gpu["util_pct"] = max(gpu.get("util_pct", util), util)
+                        gpu["util_pct"] = max(gpu.get("util_pct", I(util)), I(util))
                     if nfreq:
                         fl = gpu.get("freq_mhz")
                         if fl is None:
@@ -436,7 +456,7 @@ cdef dict _parse(const char* b, Py_ssize_t n):
                         if list_at >= 0:
                             fl.extend(freq_list(b, list_at, ne, nfreq))
                         else:
-                            fl.append(freq)
+                            fl.append(I(freq))
                     used = 2
             elif teq(b, s, e, b"MTS"):
                 if k + 4 < nt and teq(b, ns, ne, b"fg") and teq(b, ts[k + 3], te[k + 3], b"bg"):
@@ -444,12 +464,12 @@ cdef dict _parse(const char* b, Py_ssize_t n):
                     if j >= 0 and teq(b, j, te[k + 2], b"%"):
                         j = parse_int(b, ts[k + 4], te[k + 4], False, &bb)
                         if j >= 0 and teq(b, j, te[k + 4], b"%"):
-                            out["mts"] = {"fg_pct": a, "bg_pct": bb}
+                            out["mts"] = {"fg_pct": I(a), "bg_pct": I(bb)}
                             used = 5
             elif teq(b, s, e, b"EDP"):
                 if k + 2 < nt and teq(b, ns, ne, b"limit"):
                     if parse_int(b, ts[k + 2], te[k + 2], False, &a) == te[k + 2]:
-                        out["edp_limit_mhz"] = a
+                        out["edp_limit_mhz"] = I(a)
                         used = 3
             if used == 0 and is_name(b, s, e):
                 if rail(b, ns, ne, rv, &nv):
@@ -460,11 +480,11 @@ cdef dict _parse(const char* b, Py_ssize_t n):
                             while f"{name}_{j}" in power:
                                 j += 1
                             name = f"{name}_{j}"
-                        r = {"current": rv[0]}
+                        r = {"current": I(rv[0])}
                         if nv >= 2:
-                            r["average"] = rv[1]
+                            r["average"] = I(rv[1])
                         if nv == 3:
-                            r["peak"] = rv[2]
+                            r["peak"] = I(rv[2])
                         power[name] = r
                     used = 2
                 else:
@@ -514,10 +534,10 @@ cdef Py_ssize_t _mem(const char* b, Py_ssize_t* ts, Py_ssize_t* te, Py_ssize_t n
     elif not pair(b, ns, ne, unit, &u, &t):
         return 0
     if ram:
-        d = {"used_mb": u, "total_mb": t}
+        d = {"used_mb": I(u), "total_mb": I(t)}
         out["ram"] = d
     else:
-        d = {"used_kb": u, "total_kb": t}
+        d = {"used_kb": I(u), "total_kb": I(t)}
         out["iram"] = d
     j = k + 2
     if not glued:
@@ -527,9 +547,9 @@ cdef Py_ssize_t _mem(const char* b, Py_ssize_t* ts, Py_ssize_t* te, Py_ssize_t n
             return 2
     if j < nt and lfb_size(b, ts[j], te[j], ram, &count, &kb):
         if ram:
-            d["lfb_blocks"] = count
-            d["lfb_block_kb"] = kb
+            d["lfb_blocks"] = I(count)
+            d["lfb_block_kb"] = I(kb)
         else:
-            d["lfb_kb"] = kb
+            d["lfb_kb"] = I(kb)
         return j + 1 - k
     return 2
