@@ -29,32 +29,44 @@ cdef extern from *:
     """
     #include <stdint.h>
     #include <string.h>
-    /* The next newline in b[i:n] (its index), or -1.  Eight bytes a step: the
-       classic zero-byte test on w ^ 0x0a..0a marks the first newline exactly
-       (a borrow only ever marks bytes above a true match); little-endian
-       only (x86_64, aarch64), elsewhere memchr. */
-    static inline Py_ssize_t aal_find_nl(const char *b, Py_ssize_t i, Py_ssize_t n) {
-    #if defined(__GNUC__) && defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-        while (i + 8 <= n) {
-            uint64_t w, x;
-            memcpy(&w, b + i, 8);
-            x = w ^ 0x0a0a0a0a0a0a0a0aULL;
-            x = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
-            if (x)
-                return i + (__builtin_ctzll(x) >> 3);
-            i += 8;
-        }
-        for (; i < n; i++)
-            if (b[i] == 10)
-                return i;
-        return -1;
+    /* 0x80 in bit 8k+7 for each byte k of b[0:8] that is a newline, 0 elsewhere.
+       Little-endian (x86_64, aarch64): one load and the exact zero-byte test
+       on w ^ 0x0a..0a (no false marks, unlike the borrow-based one); other
+       byte orders: the same mask byte by byte. */
+    static inline uint64_t aal_nl_mask(const char *b) {
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        uint64_t w, x, y;
+        memcpy(&w, b, 8);
+        x = w ^ 0x0a0a0a0a0a0a0a0aULL;
+        y = (x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL;
+        return ~(y | x | 0x7f7f7f7f7f7f7f7fULL);
     #else
-        const char *p = memchr(b + i, 10, (size_t)(n - i));
-        return p ? (Py_ssize_t)(p - b) : -1;
+        uint64_t m = 0;
+        int k;
+        for (k = 0; k < 8; k++)
+            if (b[k] == 10)
+                m |= 0x80ULL << (8 * k);
+        return m;
+    #endif
+    }
+    static inline uint64_t aal_load8(const char *b) {
+        uint64_t w;
+        memcpy(&w, b, 8);
+        return w;
+    }
+    static inline int aal_ctz64(uint64_t m) {
+    #if defined(__GNUC__)
+        return __builtin_ctzll(m);
+    #else
+        int k = 0;
+        while (!(m & 1)) { m >>= 1; k++; }
+        return k;
     #endif
     }
     """
-    Py_ssize_t aal_find_nl(const char* b, Py_ssize_t i, Py_ssize_t n) noexcept nogil
+    unsigned long long aal_nl_mask(const char* b) noexcept nogil
+    unsigned long long aal_load8(const char* b) noexcept nogil
+    int aal_ctz64(unsigned long long m) noexcept nogil
 
 
 cdef inline bint is_sep(char c) noexcept nogil:
@@ -62,43 +74,78 @@ cdef inline bint is_sep(char c) noexcept nogil:
     return c == 58 or c == 32 or c == 9
 
 
+cdef inline bint key_at(const char* b, Py_ssize_t n, Py_ssize_t i, const KeyCand* kc) noexcept nogil:
+    """The candidate's key bytes at b[i:] (the first eight as one masked compare)."""
+    if i + 8 <= n:
+        if (aal_load8(b + i) & kc.mask8) != kc.head8:
+            return False
+        return kc.length <= 8 or memcmp(b + i + 8, kc.ptr + 8, kc.length - 8) == 0
+    return memcmp(b + i, kc.ptr, kc.length) == 0
+
+
+cdef bint try_line(const char* b, Py_ssize_t n, Py_ssize_t i, KeyTable* t, int c,
+                   Py_ssize_t* found) noexcept nogil:
+    """The line starting at i, whose first byte starts the candidates chained
+    from c: its value when its key is a wanted one not yet seen.  True once
+    every key that can match has been found."""
+    cdef const KeyCand* kc
+    cdef Py_ssize_t L, j, e
+    cdef unsigned long long v
+    while c >= 0:
+        kc = &t.cands[c]
+        L = kc.length
+        if i + L < n and is_sep(b[i + L]) and key_at(b, n, i, kc):
+            if t.seen[kc.k]:
+                return False
+            j = i + L + 1
+            while j < n and is_sep(b[j]):
+                j += 1
+            e = parse_u64(b, j, n, &v)
+            if e >= 0 and (e == n or b[e] == 10 or b[e] == 32 or b[e] == 9):
+                t.vals[kc.k] = v
+                t.seen[kc.k] = 1
+                found[0] += 1
+                return found[0] == t.nmatch
+            return False
+        c = kc.next
+    return False
+
+
 cdef Py_ssize_t parse_keyed_c(const char* b, Py_ssize_t n, KeyTable* t) noexcept nogil:
     """One pass over b[0:n]; fills t.vals/t.seen for the keys found; returns how many.
 
-    A line is looked at only when its first byte starts a wanted key
-    (t.first); a candidate matches when its bytes are there and a separator
-    follows, which is the reference's "key up to the first ':' space tab".
-    Keys are distinct in the table, so at most one candidate can match a
-    line; the rest of the line is skipped eight bytes a step (aal_find_nl)."""
-    cdef Py_ssize_t i = 0, j, e, L, found = 0
-    cdef int c, k
-    cdef unsigned long long v
+    Line starts are found eight bytes a step (a mask of the newlines in
+    each word, walked bit by bit), so the lines are independent of each
+    other and the CPU overlaps them; a line is looked at only when its
+    first byte starts a wanted key (t.first), and a candidate matches when
+    its bytes are there and a separator follows: the reference's "key up to
+    the first ':' space tab".  Keys are distinct in the table, so at most
+    one candidate can match a line."""
+    cdef Py_ssize_t i = 0, p, found = 0
+    cdef unsigned long long m
+    cdef int c
     memset(t.seen, 0, t.n)
-    if t.nmatch == 0:
+    if t.nmatch == 0 or n == 0:
         return 0
+    c = t.first[<unsigned char>b[0]]
+    if c >= 0 and try_line(b, n, 0, t, c, &found):
+        return found
+    while i + 8 <= n:
+        m = aal_nl_mask(b + i)
+        while m:
+            p = i + (aal_ctz64(m) >> 3) + 1
+            m &= m - 1
+            if p < n:
+                c = t.first[<unsigned char>b[p]]
+                if c >= 0 and try_line(b, n, p, t, c, &found):
+                    return found
+        i += 8
     while i < n:
-        c = t.first[<unsigned char>b[i]]
-        while c >= 0:
-            k = t.cand[c]
-            L = t.length[k]
-            if i + L < n and is_sep(b[i + L]) and memcmp(b + i, t.ptr[k], L) == 0:
-                if not t.seen[k]:
-                    j = i + L + 1
-                    while j < n and is_sep(b[j]):
-                        j += 1
-                    e = parse_u64(b, j, n, &v)
-                    if e >= 0 and (e == n or b[e] == 10 or b[e] == 32 or b[e] == 9):
-                        t.vals[k] = v
-                        t.seen[k] = 1
-                        found += 1
-                        if found == t.nmatch:
-                            return found
-                break
-            c = t.next[c]
-        j = aal_find_nl(b, i, n)
-        if j < 0:
-            break
-        i = j + 1
+        if b[i] == 10 and i + 1 < n:
+            c = t.first[<unsigned char>b[i + 1]]
+            if c >= 0 and try_line(b, n, i + 1, t, c, &found):
+                return found
+        i += 1
     return found
 
 
@@ -116,21 +163,18 @@ cdef class _Keys:
         cdef Py_ssize_t k, m, n
         cdef bytes kb
         cdef int c, prev
+        cdef KeyCand* kc
         self.keys = tuple([bytes(x) for x in keys])
         self.last = None
         n = len(self.keys)
         self.t.n = n
         self.t.nmatch = 0
-        self.t.ptr = <const char**>calloc(n + 1, sizeof(char*))
-        self.t.length = <Py_ssize_t*>calloc(n + 1, sizeof(Py_ssize_t))
         self.t.vals = <unsigned long long*>calloc(n + 1, sizeof(unsigned long long))
         self.t.seen = <char*>calloc(n + 1, 1)
-        self.t.cand = <int*>calloc(n + 1, sizeof(int))
-        self.t.next = <int*>calloc(n + 1, sizeof(int))
+        self.t.cands = <KeyCand*>calloc(n + 1, sizeof(KeyCand))
         self.last_vals = <unsigned long long*>calloc(n + 1, sizeof(unsigned long long))
         self.last_seen = <char*>calloc(n + 1, 1)
-        if not (self.t.ptr and self.t.length and self.t.vals and self.t.seen and self.t.cand
-                and self.t.next and self.last_vals and self.last_seen):
+        if not (self.t.vals and self.t.seen and self.t.cands and self.last_vals and self.last_seen):
             raise MemoryError()
         for c in range(256):
             self.t.first[c] = -1
@@ -139,34 +183,36 @@ cdef class _Keys:
             kb = self.keys[k]
             if not kb:
                 raise ValueError("empty key")
-            self.t.ptr[k] = kb
-            self.t.length[k] = len(kb)
             index[kb] = k                     # the last position of a repeated key
-        # candidates per first byte, in key order (a chain through t.next)
+        # candidates per first byte, in key order (a chain through .next)
         for k in range(n):
             kb = self.keys[k]
             if index[kb] != k or b":" in kb or b" " in kb or b"\t" in kb or b"\n" in kb:
                 continue
             m = self.t.nmatch
-            self.t.cand[m] = <int>k
-            self.t.next[m] = -1
+            kc = &self.t.cands[m]
+            kc.k = <int>k
+            kc.next = -1
+            kc.ptr = kb
+            kc.length = len(kb)
+            head = kb[:8].ljust(8, b"\0")      # its first eight bytes, and which of them count
+            memcpy(&kc.head8, <const char*>head, 8)
+            msk = (b"\xff" * min(8, len(kb))).ljust(8, b"\0")
+            memcpy(&kc.mask8, <const char*>msk, 8)
             c = <unsigned char>kb[0]
             if self.t.first[c] < 0:
                 self.t.first[c] = <int>m
             else:
                 prev = self.t.first[c]
-                while self.t.next[prev] >= 0:
-                    prev = self.t.next[prev]
-                self.t.next[prev] = <int>m
+                while self.t.cands[prev].next >= 0:
+                    prev = self.t.cands[prev].next
+                self.t.cands[prev].next = <int>m
             self.t.nmatch += 1
 
     def __dealloc__(self):
-        free(self.t.ptr)
-        free(self.t.length)
         free(self.t.vals)
         free(self.t.seen)
-        free(self.t.cand)
-        free(self.t.next)
+        free(self.t.cands)
         free(self.last_vals)
         free(self.last_seen)
 
