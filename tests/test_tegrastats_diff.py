@@ -139,3 +139,15 @@ def test_buffers_other_than_bytes_parse_the_same():
     assert parse_tegrastats(memoryview(line)) == want
     with pytest.raises(TypeError):
         parse_tegrastats(line.decode())
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(VOCAB + [b"\x80", b"\xff", b"\x08", b"\x0e", b"\x1f", b"!"]), max_size=60),
+       st.lists(st.sampled_from([b" ", b"\t", b"\n", b"\x0b", b"\x0c", b"\r", b"  \t "]), min_size=61, max_size=61))
+def test_token_boundaries_agree(toks, seps):
+    """Tokens found 16 bytes a step (ext/tegrastats.pyx aal_tokens) split where
+    the reference's bytes.split() does: every whitespace byte, never a
+    control or high byte, across block edges, at the start and the end."""
+    line = seps[0] + b"".join(t + s for t, s in zip(toks, seps[1:]))
+    same(line)
+    same(line.strip())
