@@ -12,7 +12,10 @@ tests/test_sense_diff.py checks both agree.  The cdef API is in
 ext/aal_core/kvfile.pxd.
 """
 from libc.stdlib cimport malloc, calloc, free
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy, memset
+from cpython.long cimport PyLong_FromUnsignedLongLong
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM, PyTuple_GET_ITEM
 from libc.errno cimport errno
 from posix.fcntl cimport open as c_open, O_RDONLY, O_CLOEXEC
 from posix.unistd cimport close as c_close
@@ -22,83 +25,265 @@ from scan cimport is_ws, parse_u64, pread_whole
 import os
 
 
-cdef Py_ssize_t parse_keyed_c(const char* b, Py_ssize_t n, const char** kptr, Py_ssize_t* klen,
-                              Py_ssize_t nkeys, unsigned long long* vals, char* seen) noexcept nogil:
-    """One pass over b[0:n]; fills vals/seen for the keys found; returns how many."""
-    cdef Py_ssize_t i = 0, ls, ke, j, e, k, t, hint = 0, found = 0
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    /* 0x80 in bit 8k+7 for each byte k of b[0:8] that is a newline, 0 elsewhere.
+       Little-endian (x86_64, aarch64): one load and the exact zero-byte test
+       on w ^ 0x0a..0a (no false marks, unlike the borrow-based one); other
+       byte orders: the same mask byte by byte. */
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    /* Bit k set for each byte k of b[0:16] that is a newline.  x86_64: SSE2
+       (always there), one compare of 16 bytes.  Elsewhere: per 8 bytes the
+       exact zero-byte test on w ^ 0x0a..0a (no false marks, unlike the
+       borrow-based one) when little-endian (aarch64), byte by byte otherwise,
+       the 0x80 marks packed into 8 bits by one multiply. */
+    static inline uint64_t aal_nl8(const char *b) {
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        uint64_t w, x, y;
+        memcpy(&w, b, 8);
+        x = w ^ 0x0a0a0a0a0a0a0a0aULL;
+        y = (x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL;
+        y = ~(y | x | 0x7f7f7f7f7f7f7f7fULL);
+        return ((y >> 7) * 0x0102040810204080ULL) >> 56;
+    #else
+        uint64_t m = 0;
+        int k;
+        for (k = 0; k < 8; k++)
+            if (b[k] == 10)
+                m |= 1ULL << k;
+        return m;
+    #endif
+    }
+    static inline unsigned int aal_nl_mask16(const char *b) {
+    #if defined(__SSE2__)
+        __m128i v = _mm_loadu_si128((const __m128i *)b);
+        return (unsigned int)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(10)));
+    #else
+        return (unsigned int)(aal_nl8(b) | (aal_nl8(b + 8) << 8));
+    #endif
+    }
+    static inline uint64_t aal_load8(const char *b) {
+        uint64_t w;
+        memcpy(&w, b, 8);
+        return w;
+    }
+    static inline int aal_ctz64(uint64_t m) {
+    #if defined(__GNUC__)
+        return __builtin_ctzll(m);
+    #else
+        int k = 0;
+        while (!(m & 1)) { m >>= 1; k++; }
+        return k;
+    #endif
+    }
+    """
+    unsigned int aal_nl_mask16(const char* b) noexcept nogil
+    unsigned long long aal_load8(const char* b) noexcept nogil
+    int aal_ctz64(unsigned long long m) noexcept nogil
+
+
+cdef inline bint is_sep(char c) noexcept nogil:
+    """What ends a key and comes before its value: ':' space tab."""
+    return c == 58 or c == 32 or c == 9
+
+
+cdef inline bint key_at(const char* b, Py_ssize_t n, Py_ssize_t i, const KeyCand* kc) noexcept nogil:
+    """The candidate's key bytes at b[i:] (the first eight as one masked compare)."""
+    if i + 8 <= n:
+        if (aal_load8(b + i) & kc.mask8) != kc.head8:
+            return False
+        return kc.length <= 8 or memcmp(b + i + 8, kc.ptr + 8, kc.length - 8) == 0
+    return memcmp(b + i, kc.ptr, kc.length) == 0
+
+
+cdef bint try_line(const char* b, Py_ssize_t n, Py_ssize_t i, KeyTable* t, int c,
+                   Py_ssize_t* found) noexcept nogil:
+    """The line starting at i, whose first byte starts the candidates chained
+    from c: its value when its key is a wanted one not yet seen.  True once
+    every key that can match has been found."""
+    cdef const KeyCand* kc
+    cdef Py_ssize_t L, j, e
     cdef unsigned long long v
-    cdef char c
-    for k in range(nkeys):
-        seen[k] = 0
-    while i < n and found < nkeys:
-        ls = i
-        # key: up to the first ':' ' ' '\t' (or the end of the line)
-        while i < n and b[i] != 10 and b[i] != 58 and b[i] != 32 and b[i] != 9:
-            i += 1
-        ke = i
-        if i < n and b[i] != 10:
-            k = -1
-            # keys usually come in the same order as last time: start at the hint
-            for t in range(nkeys):
-                j = hint + t
-                if j >= nkeys:
-                    j -= nkeys
-                if not seen[j] and klen[j] == ke - ls and memcmp(b + ls, kptr[j], ke - ls) == 0:
-                    k = j
-                    break
-            if k >= 0:
-                while i < n and (b[i] == 58 or b[i] == 32 or b[i] == 9):
-                    i += 1
-                e = parse_u64(b, i, n, &v)
-                if e >= 0 and (e == n or b[e] == 10 or b[e] == 32 or b[e] == 9):
-                    vals[k] = v
-                    seen[k] = 1
-                    found += 1
-                    hint = k + 1
-        while i < n and b[i] != 10:
-            i += 1
+    while c >= 0:
+        kc = &t.cands[c]
+        L = kc.length
+        if i + L < n and is_sep(b[i + L]) and key_at(b, n, i, kc):
+            if t.seen[kc.k]:
+                return False
+            j = i + L + 1
+            while j < n and is_sep(b[j]):
+                j += 1
+            e = parse_u64(b, j, n, &v)
+            if e >= 0 and (e == n or b[e] == 10 or b[e] == 32 or b[e] == 9):
+                t.vals[kc.k] = v
+                t.seen[kc.k] = 1
+                found[0] += 1
+                return found[0] == t.nmatch
+            return False
+        c = kc.next
+    return False
+
+
+cdef Py_ssize_t parse_keyed_c(const char* b, Py_ssize_t n, KeyTable* t) noexcept nogil:
+    """One pass over b[0:n]; fills t.vals/t.seen for the keys found; returns how many.
+
+    Line starts are found sixteen bytes a step (a mask of the newlines
+    in them, walked bit by bit), so the lines are independent of each
+    other and the CPU overlaps them; a line is looked at only when its
+    first byte starts a wanted key (t.first), and a candidate matches when
+    its bytes are there and a separator follows: the reference's "key up to
+    the first ':' space tab".  Keys are distinct in the table, so at most
+    one candidate can match a line."""
+    cdef Py_ssize_t i = 0, p, found = 0
+    cdef unsigned long long m
+    cdef int c
+    memset(t.seen, 0, t.n)
+    if t.nmatch == 0 or n == 0:
+        return 0
+    c = t.first[<unsigned char>b[0]]
+    if c >= 0 and try_line(b, n, 0, t, c, &found):
+        return found
+    while i + 16 <= n:
+        m = aal_nl_mask16(b + i)
+        while m:
+            p = i + aal_ctz64(m) + 1
+            m &= m - 1
+            if p < n:
+                c = t.first[<unsigned char>b[p]]
+                if c >= 0 and try_line(b, n, p, t, c, &found):
+                    return found
+        i += 16
+    while i < n:
+        if b[i] == 10 and i + 1 < n:
+            c = t.first[<unsigned char>b[i + 1]]
+            if c >= 0 and try_line(b, n, i + 1, t, c, &found):
+                return found
         i += 1
     return found
 
 
 cdef class _Keys:
-    """Wanted keys as C pointers (the bytes objects are kept alive here)."""
+    """Wanted keys as a C table (the bytes objects are kept alive here).
+
+    Like the reference (a dict from key to position), a key given twice is
+    looked up at its last position and the earlier ones stay None, and a key
+    holding a separator or a newline never matches.  The last result is kept:
+    a value that did not change is returned as the same int object, and a
+    sample where nothing changed as the same tuple (meminfo's totals, and
+    most of vmstat, do not move between samples)."""
 
     def __cinit__(self, keys):
-        cdef Py_ssize_t k
+        cdef Py_ssize_t k, m, n
         cdef bytes kb
-        self.keys = tuple(bytes(x) for x in keys)
-        self.n = len(self.keys)
-        self.ptr = <const char**>calloc(self.n + 1, sizeof(char*))
-        self.length = <Py_ssize_t*>calloc(self.n + 1, sizeof(Py_ssize_t))
-        self.vals = <unsigned long long*>calloc(self.n + 1, sizeof(unsigned long long))
-        self.seen = <char*>calloc(self.n + 1, 1)
-        if not (self.ptr and self.length and self.vals and self.seen):
+        cdef int c, prev
+        cdef KeyCand* kc
+        self.keys = tuple([bytes(x) for x in keys])
+        self.last = None
+        n = len(self.keys)
+        self.t.n = n
+        self.t.nmatch = 0
+        self.t.vals = <unsigned long long*>calloc(n + 1, sizeof(unsigned long long))
+        self.t.seen = <char*>calloc(n + 1, 1)
+        self.t.cands = <KeyCand*>calloc(n + 1, sizeof(KeyCand))
+        self.last_vals = <unsigned long long*>calloc(n + 1, sizeof(unsigned long long))
+        self.last_seen = <char*>calloc(n + 1, 1)
+        if not (self.t.vals and self.t.seen and self.t.cands and self.last_vals and self.last_seen):
             raise MemoryError()
-        for k in range(self.n):
+        for c in range(256):
+            self.t.first[c] = -1
+        index = {}
+        for k in range(n):
             kb = self.keys[k]
             if not kb:
                 raise ValueError("empty key")
-            self.ptr[k] = kb
-            self.length[k] = len(kb)
+            index[kb] = k                     # the last position of a repeated key
+        # candidates per first byte, in key order (a chain through .next)
+        for k in range(n):
+            kb = self.keys[k]
+            if index[kb] != k or b":" in kb or b" " in kb or b"\t" in kb or b"\n" in kb:
+                continue
+            m = self.t.nmatch
+            kc = &self.t.cands[m]
+            kc.k = <int>k
+            kc.next = -1
+            kc.ptr = kb
+            kc.length = len(kb)
+            head = kb[:8].ljust(8, b"\0")      # its first eight bytes, and which of them count
+            memcpy(&kc.head8, <const char*>head, 8)
+            msk = (b"\xff" * min(8, len(kb))).ljust(8, b"\0")
+            memcpy(&kc.mask8, <const char*>msk, 8)
+            c = <unsigned char>kb[0]
+            if self.t.first[c] < 0:
+                self.t.first[c] = <int>m
+            else:
+                prev = self.t.first[c]
+                while self.t.cands[prev].next >= 0:
+                    prev = self.t.cands[prev].next
+                self.t.cands[prev].next = <int>m
+            self.t.nmatch += 1
 
     def __dealloc__(self):
-        free(self.ptr)
-        free(self.length)
-        free(self.vals)
-        free(self.seen)
+        free(self.t.vals)
+        free(self.t.seen)
+        free(self.t.cands)
+        free(self.last_vals)
+        free(self.last_seen)
 
     cdef tuple result(self):
-        cdef Py_ssize_t k
-        return tuple([self.vals[k] if self.seen[k] else None for k in range(self.n)])
+        """The values as a tuple, None where absent; unchanged ones reused."""
+        cdef Py_ssize_t k, n = self.t.n
+        cdef tuple last = self.last
+        cdef bint same = last is not None
+        cdef object o
+        cdef tuple out
+        if same:
+            for k in range(n):
+                if self.t.seen[k] != self.last_seen[k] or (self.t.seen[k] and self.t.vals[k] != self.last_vals[k]):
+                    same = False
+                    break
+            if same:
+                return last
+        out = PyTuple_New(n)
+        for k in range(n):
+            if not self.t.seen[k]:
+                o = None
+            elif last is not None and self.last_seen[k] and self.t.vals[k] == self.last_vals[k]:
+                o = <object>PyTuple_GET_ITEM(last, k)
+            else:
+                o = PyLong_FromUnsignedLongLong(self.t.vals[k])
+            Py_INCREF(o)
+            PyTuple_SET_ITEM(out, k, o)
+        memcpy(self.last_vals, self.t.vals, n * sizeof(unsigned long long))
+        memcpy(self.last_seen, self.t.seen, n)
+        self.last = out
+        return out
+
+
+# parse_keyed(data, keys) called again with the same tuple of keys reuses its
+# table (a tuple of bytes cannot change; holding it keeps its identity ours).
+cdef object _last_keys = None
+cdef _Keys _last_table = None
 
 
 def parse_keyed(const unsigned char[:] data, keys):
     """Values of `keys` (bytes) in `data`, None where absent (see _ref.parse_keyed)."""
-    cdef _Keys ks = _Keys(keys)
+    global _last_keys, _last_table
+    cdef _Keys ks
     cdef Py_ssize_t n = data.shape[0]
+    if keys is _last_keys:
+        ks = _last_table
+    else:
+        ks = _Keys(keys)
+        if type(keys) is tuple and all([type(x) is bytes for x in keys]):
+            _last_keys, _last_table = keys, ks
     if n:
-        parse_keyed_c(<const char*>&data[0], n, ks.ptr, ks.length, ks.n, ks.vals, ks.seen)
+        parse_keyed_c(<const char*>&data[0], n, &ks.t)
+    else:
+        memset(ks.t.seen, 0, ks.t.n)
     return ks.result()
 
 
@@ -189,10 +374,17 @@ cdef class KeyedFile(_OpenFile):
         return self._keys.keys
 
     cpdef tuple read(self):
-        cdef Py_ssize_t n = self.read_all()
         cdef _Keys ks = self._keys
-        with nogil:
-            parse_keyed_c(self.buf, n, ks.ptr, ks.length, ks.n, ks.vals, ks.seen)
+        cdef Py_ssize_t n
+        if self.fd < 0:
+            raise ValueError(f"{self.path}: reader is closed")
+        with nogil:                     # one GIL release for the read and the parse
+            n = pread_whole(self.fd, &self.buf, &self.cap)
+            if n >= 0:
+                parse_keyed_c(self.buf, n, &ks.t)
+        if n < 0:
+            e = errno
+            raise OSError(e, os.strerror(e), self.path)
         return ks.result()
 
 

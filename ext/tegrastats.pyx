@@ -16,11 +16,90 @@ from scan cimport is_ws, is_digit, is_upper, is_alpha, parse_int, parse_dec
 
 from aal_core.errors import ParseError
 
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_New
+from cpython.ref cimport PyObject, Py_INCREF
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    /* Bit k set where b[k] (k < 16) is whitespace: space, or 9..13 (tab to carriage return),
+       the set of scan.pxd's is_ws.  x86_64: three SSE2 compares (signed, so a
+       byte >= 0x80 is never whitespace); elsewhere byte by byte, branch-free. */
+    static inline unsigned int aal_ws16(const char *b) {
+    #if defined(__SSE2__)
+        __m128i v = _mm_loadu_si128((const __m128i *)b);
+        __m128i r = _mm_and_si128(_mm_cmpgt_epi8(v, _mm_set1_epi8(8)), _mm_cmplt_epi8(v, _mm_set1_epi8(14)));
+        return (unsigned int)_mm_movemask_epi8(_mm_or_si128(r, _mm_cmpeq_epi8(v, _mm_set1_epi8(32))));
+    #else
+        unsigned int m = 0;
+        int k;
+        for (k = 0; k < 16; k++) {
+            signed char c = (signed char)b[k];
+            m |= (unsigned int)(c == 32 || (c >= 9 && c <= 13)) << k;
+        }
+        return m;
+    #endif
+    }
+    static inline int aal_ctz32(unsigned int m) {
+    #if defined(__GNUC__)
+        return __builtin_ctz(m);
+    #else
+        int k = 0;
+        while (!(m & 1)) { m >>= 1; k++; }
+        return k;
+    #endif
+    }
+    /* The tokens (runs of non-whitespace) of b[0:n]: the first `cap` starts
+       and ends into ts/te; returns how many there are in all.  Starts are the
+       non-whitespace bytes after whitespace, ends the whitespace bytes after
+       non-whitespace, from one mask per 16 bytes (the last block padded with
+       spaces, never read past n). */
+    static Py_ssize_t aal_tokens(const char *b, Py_ssize_t n, Py_ssize_t *ts, Py_ssize_t *te, Py_ssize_t cap) {
+        Py_ssize_t i = 0, ns = 0, ne = 0;
+        unsigned int prev = 1;          /* before b[0]: whitespace */
+        char tmp[16];
+        while (i < n) {
+            unsigned int ws, wsp, starts, ends;
+            if (n - i >= 16) {
+                ws = aal_ws16(b + i);
+            } else {
+                memset(tmp, 32, 16);
+                memcpy(tmp, b + i, (size_t)(n - i));
+                ws = aal_ws16(tmp);
+            }
+            wsp = ((ws << 1) | prev) & 0xffffu;     /* bit k: byte k-1 is whitespace */
+            starts = ~ws & wsp & 0xffffu;
+            ends = ws & ~wsp & 0xffffu;
+            prev = (ws >> 15) & 1u;
+            while (starts) {
+                if (ns < cap) ts[ns] = i + aal_ctz32(starts);
+                ns++;
+                starts &= starts - 1;
+            }
+            while (ends) {
+                if (ne < cap) te[ne] = i + aal_ctz32(ends);
+                ne++;
+                ends &= ends - 1;
+            }
+            i += 16;
+        }
+        if (ne < ns) {                  /* a token that runs to the end */
+            if (ne < cap) te[ne] = n;
+            ne++;
+        }
+        return ns;
+    }
+    """
+    Py_ssize_t aal_tokens(const char* b, Py_ssize_t n, Py_ssize_t* ts, Py_ssize_t* te, Py_ssize_t cap) noexcept nogil
+
+
 cdef extern from "Python.h":
     object PyUnicode_DecodeASCII(const char *s, Py_ssize_t size, const char *errors)
-    # CPython's own presizing (exported in 3.10-3.12; what dict literals use):
-    # the result dicts are built to their usual size at once, not regrown.
-    dict _PyDict_NewPresized(Py_ssize_t minused)
 
 cdef enum:
     MAX_TOKENS = 512
@@ -60,6 +139,27 @@ cdef str cached_name(const char* p, Py_ssize_t n):
     NC_LEN[h] = n
     NC_STR[h] = out
     return out
+
+
+# The numbers repeat too (MHz, mW, MB): ints below NINT are made once and
+# shared by every line after (an int is immutable; equal either way), so a
+# line allocates no int objects for them.
+cdef enum:
+    NINT = 4096
+cdef PyObject* INTS[NINT]           # owned references, kept for the module's life
+
+
+cdef inline object I(long long v):
+    """v as a Python int, from the cache when 0 <= v < NINT."""
+    cdef object o
+    if 0 <= v < NINT:
+        if INTS[v] != NULL:
+            return <object>INTS[v]
+        o = v
+        Py_INCREF(o)
+        INTS[v] = <PyObject*>o
+        return o
+    return v
 
 
 cdef str ascii_lower(const char* b, Py_ssize_t s, Py_ssize_t e):
@@ -194,7 +294,7 @@ cdef list freq_list(const char* b, Py_ssize_t i, Py_ssize_t n, Py_ssize_t nfreq)
     cdef Py_ssize_t k
     for k in range(nfreq):
         i = parse_int(b, i, n, False, &v) + 1
-        out.append(v)
+        out.append(I(v))
     return out
 
 
@@ -231,7 +331,7 @@ cdef bint cpu_list(const char* b, Py_ssize_t s, Py_ssize_t n, bint legacy, list 
             ie += 1
         if teq(b, i, ie, b"off"):
             if out is not None:
-                out.append({"index": idx, "online": False})
+                out.append({"index": I(idx), "online": False})
         else:
             j = parse_int(b, i, ie, False, &util)
             if j < 0 or j >= ie or b[j] != 37:
@@ -243,12 +343,12 @@ cdef bint cpu_list(const char* b, Py_ssize_t s, Py_ssize_t n, bint legacy, list 
                 if parse_int(b, j + 1, ie, False, &freq) != ie:
                     return False
                 if out is not None:
-                    out.append({"index": idx, "online": True, "util_pct": util, "freq_mhz": freq})
+                    out.append({"index": I(idx), "online": True, "util_pct": I(util), "freq_mhz": I(freq)})
             elif out is not None:
                 if has_shared:
-                    out.append({"index": idx, "online": True, "util_pct": util, "freq_mhz": shared})
+                    out.append({"index": I(idx), "online": True, "util_pct": I(util), "freq_mhz": I(shared)})
                 else:
-                    out.append({"index": idx, "online": True, "util_pct": util})
+                    out.append({"index": I(idx), "online": True, "util_pct": I(util)})
         idx += 1
         if ie >= close:
             break
@@ -284,14 +384,14 @@ cdef object engine(const char* b, Py_ssize_t s, Py_ssize_t n):
     if teq(b, s, n, b"off"):
         return {"online": False}
     if parse_int(b, s, n, False, &v) == n:
-        return {"online": True, "freq_mhz": v}
+        return {"online": True, "freq_mhz": I(v)}
     if not pct_at(b, s, n, False, &has_util, &util, &nfreq, &freq, &list_at):
         return None
     e = {"online": True}
     if has_util:
-        e["util_pct"] = util
+        e["util_pct"] = I(util)
     if nfreq:
-        e["freq_mhz"] = freq
+        e["freq_mhz"] = I(freq)
     return e
 
 
@@ -328,11 +428,20 @@ cdef inline str text(const char* b, Py_ssize_t s, Py_ssize_t e):
     return b[s:e].decode("utf-8", "replace")
 
 
-def parse_tegrastats(const unsigned char[:] line):
-    """One tegrastats line (bytes, no newline needed) → the `tegrastats.latest`
-    payload.  Raises ParseError when nothing in it is a tegrastats field."""
-    cdef Py_ssize_t n = line.shape[0]
-    cdef const char* b = b""
+def parse_tegrastats(line):
+    """One tegrastats line (bytes, or any buffer of bytes; no newline needed)
+    → the `tegrastats.latest` payload.  Raises ParseError when nothing in it
+    is a tegrastats field."""
+    cdef const unsigned char[:] view
+    if type(line) is bytes:         # what the source reads: no buffer to acquire
+        return _parse(PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line))
+    view = line
+    if view.shape[0] == 0:
+        return _parse(b"", 0)
+    return _parse(<const char*>&view[0], view.shape[0])
+
+
+cdef dict _parse(const char* b, Py_ssize_t n):
     cdef Py_ssize_t ts[MAX_TOKENS + 1]
     cdef Py_ssize_t te[MAX_TOKENS + 1]
     cdef Py_ssize_t nt = 0, i = 0, k, used, j, s, e, ns, ne, at, nfreq, list_at
@@ -342,38 +451,20 @@ def parse_tegrastats(const unsigned char[:] line):
     cdef bint has_util, glued
     cdef double val
     cdef int known = 0
-    if n:
-        b = <const char*>&line[0]
 
-    # tokens: runs of non-whitespace
-    while i < n:
-        while i < n and is_ws(b[i]):
-            i += 1
-        if i >= n:
-            break
-        if nt == MAX_TOKENS:
-            while i < n:
-                while i < n and is_ws(b[i]):
-                    i += 1
-                if i < n:
-                    nt += 1
-                while i < n and not is_ws(b[i]):
-                    i += 1
-            raise ParseError(f"tegrastats line has more than {MAX_TOKENS} tokens", line=1, column=1,
-                             expected=f"<= {MAX_TOKENS} tokens", found=str(nt))
-        ts[nt] = i
-        while i < n and not is_ws(b[i]):
-            i += 1
-        te[nt] = i
-        nt += 1
+    # tokens: runs of non-whitespace, found 16 bytes a step
+    nt = aal_tokens(b, n, ts, te, MAX_TOKENS)
+    if nt > MAX_TOKENS:
+        raise ParseError(f"tegrastats line has more than {MAX_TOKENS} tokens", line=1, column=1,
+                         expected=f"<= {MAX_TOKENS} tokens", found=str(nt))
     if nt == 0:
         raise ParseError("empty tegrastats line", line=1, column=1, expected="a tegrastats field", found="")
 
-    out = _PyDict_NewPresized(12)
-    unknown = []
-    engines = _PyDict_NewPresized(8)
-    temps = _PyDict_NewPresized(12)
-    power = _PyDict_NewPresized(8)
+    cdef dict out = PyDict_New()
+    cdef list unknown = []
+    cdef dict engines = PyDict_New()
+    cdef dict temps = PyDict_New()
+    cdef dict power = PyDict_New()
     k = 0
     if nt >= 2 and is_date(b, ts[0], te[0]) and is_time(b, ts[1], te[1]):
         if te[0] + 1 == ts[1] and b[te[0]] == 32:     # "date time" as printed: one string
@@ -393,13 +484,13 @@ def parse_tegrastats(const unsigned char[:] line):
                 used = _mem(b, ts, te, nt, k, teq(b, s, e, b"RAM"), out)
             elif teq(b, s, e, b"SWAP"):
                 if pair(b, ns, ne, b"MB", &u, &t):
-                    swap = {"used_mb": u, "total_mb": t}
+                    swap = {"used_mb": I(u), "total_mb": I(t)}
                     out["swap"] = swap
                     used = 2
                     if k + 3 < nt and teq(b, ts[k + 2], te[k + 2], b"(cached"):
                         j = parse_int(b, ts[k + 3], te[k + 3], False, &c)
                         if j >= 0 and teq(b, j, te[k + 3], b"MB)"):
-                            swap["cached_mb"] = c
+                            swap["cached_mb"] = I(c)
                             used = 4
             elif teq(b, s, e, b"CPU") or teq(b, s, e, b"cpu"):
                 cpus = []               # one pass: kept only if the whole list is valid
@@ -410,9 +501,9 @@ def parse_tegrastats(const unsigned char[:] line):
                 if pct_at(b, ns, ne, False, &has_util, &util, &nfreq, &freq, &list_at):
                     emc = {}
                     if has_util:
-                        emc["util_pct"] = util
+                        emc["util_pct"] = I(util)
                     if nfreq:
-                        emc["freq_mhz"] = freq
+                        emc["freq_mhz"] = I(freq)
                     out["emc"] = emc
                     used = 2
             elif teq(b, s, e, b"GR3D_FREQ") or teq(b, s, e, b"GR3D") or teq(b, s, e, b"GR3D2_FREQ"):
@@ -421,7 +512,7 @@ def parse_tegrastats(const unsigned char[:] line):
                     if gpu is None:
                         gpu = out["gpu"] = {}
                     if has_util:
-                        gpu["util_pct"] = max(gpu.get("util_pct", util), util)
+                        gpu["util_pct"] = max(gpu.get("util_pct", I(util)), I(util))
                     if nfreq:
                         fl = gpu.get("freq_mhz")
                         if fl is None:
@@ -429,7 +520,7 @@ def parse_tegrastats(const unsigned char[:] line):
                         if list_at >= 0:
                             fl.extend(freq_list(b, list_at, ne, nfreq))
                         else:
-                            fl.append(freq)
+                            fl.append(I(freq))
                     used = 2
             elif teq(b, s, e, b"MTS"):
                 if k + 4 < nt and teq(b, ns, ne, b"fg") and teq(b, ts[k + 3], te[k + 3], b"bg"):
@@ -437,12 +528,12 @@ def parse_tegrastats(const unsigned char[:] line):
                     if j >= 0 and teq(b, j, te[k + 2], b"%"):
                         j = parse_int(b, ts[k + 4], te[k + 4], False, &bb)
                         if j >= 0 and teq(b, j, te[k + 4], b"%"):
-                            out["mts"] = {"fg_pct": a, "bg_pct": bb}
+                            out["mts"] = {"fg_pct": I(a), "bg_pct": I(bb)}
                             used = 5
             elif teq(b, s, e, b"EDP"):
                 if k + 2 < nt and teq(b, ns, ne, b"limit"):
                     if parse_int(b, ts[k + 2], te[k + 2], False, &a) == te[k + 2]:
-                        out["edp_limit_mhz"] = a
+                        out["edp_limit_mhz"] = I(a)
                         used = 3
             if used == 0 and is_name(b, s, e):
                 if rail(b, ns, ne, rv, &nv):
@@ -453,11 +544,11 @@ def parse_tegrastats(const unsigned char[:] line):
                             while f"{name}_{j}" in power:
                                 j += 1
                             name = f"{name}_{j}"
-                        r = {"current": rv[0]}
+                        r = {"current": I(rv[0])}
                         if nv >= 2:
-                            r["average"] = rv[1]
+                            r["average"] = I(rv[1])
                         if nv == 3:
-                            r["peak"] = rv[2]
+                            r["peak"] = I(rv[2])
                         power[name] = r
                     used = 2
                 else:
@@ -507,10 +598,10 @@ cdef Py_ssize_t _mem(const char* b, Py_ssize_t* ts, Py_ssize_t* te, Py_ssize_t n
     elif not pair(b, ns, ne, unit, &u, &t):
         return 0
     if ram:
-        d = {"used_mb": u, "total_mb": t}
+        d = {"used_mb": I(u), "total_mb": I(t)}
         out["ram"] = d
     else:
-        d = {"used_kb": u, "total_kb": t}
+        d = {"used_kb": I(u), "total_kb": I(t)}
         out["iram"] = d
     j = k + 2
     if not glued:
@@ -520,9 +611,9 @@ cdef Py_ssize_t _mem(const char* b, Py_ssize_t* ts, Py_ssize_t* te, Py_ssize_t n
             return 2
     if j < nt and lfb_size(b, ts[j], te[j], ram, &count, &kb):
         if ram:
-            d["lfb_blocks"] = count
-            d["lfb_block_kb"] = kb
+            d["lfb_blocks"] = I(count)
+            d["lfb_block_kb"] = I(kb)
         else:
-            d["lfb_kb"] = kb
+            d["lfb_kb"] = I(kb)
         return j + 1 - k
     return 2

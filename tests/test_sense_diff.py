@@ -51,6 +51,39 @@ def test_keyed_generated(lines, nl, keys):
 
 
 @settings(max_examples=300, deadline=None)
+@given(st.lists(line, max_size=30),
+       st.lists(key_bytes.filter(bool), min_size=1, max_size=8))
+def test_keyed_generated_any_keys(lines, keys):
+    """Keys given twice (the last position gets the value, as in the
+    reference's dict) and keys holding a separator (never match)."""
+    data = b"\n".join(lines)
+    keys = tuple(keys)
+    assert kvfile.parse_keyed(data, keys) == _ref.parse_keyed(data, keys)
+
+
+def test_keyed_repeated_and_unmatchable_keys():
+    data = b"a 1\nb 2\na 3\nCached : 4\n"
+    keys = (b"a", b"b", b"a", b"Cached ")
+    assert kvfile.parse_keyed(data, keys) == _ref.parse_keyed(data, keys) == (None, 2, 1, None)
+
+
+def test_keyed_file_follows_changes(tmp_path):
+    """The kept-open reader reuses unchanged values but reports every change."""
+    p = tmp_path / "meminfo"
+    p.write_bytes(b"MemTotal: 100 kB\nMemFree: 50 kB\n")
+    f = kvfile.KeyedFile(str(p), (b"MemTotal", b"MemFree", b"Cached"))
+    first = f.read()
+    assert first == (100, 50, None)
+    assert f.read() == first
+    p.write_bytes(b"MemTotal: 100 kB\nMemFree: 40 kB\nCached: 7 kB\n")
+    assert f.read() == (100, 40, 7)
+    p.write_bytes(b"MemTotal: 100 kB\n")
+    assert f.read() == (100, None, None)
+    p.write_bytes(b"MemTotal: 18446744073709551615 kB\nMemFree: 99999999999999999999 kB\n")
+    assert f.read() == (2**64 - 1, None, None)        # 20 digits: the overflow check
+
+
+@settings(max_examples=300, deadline=None)
 @given(st.one_of(num, st.binary(max_size=25),
                  st.tuples(st.sampled_from([b"", b" ", b"\n"]), num, st.sampled_from([b"", b"\n", b" \n"])).map(b"".join),
                  st.sampled_from([b"max", b"max\n", b" max ", b"maxx", b"9223372036854775807", b"9223372036854775808"])))

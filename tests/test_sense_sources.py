@@ -5,6 +5,7 @@ import os
 import shutil
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from aal_core.errors import SourceError
 from aal_core.sources.cgroup import CgroupReader
@@ -223,3 +224,43 @@ def test_cgroup_v2_malformed_ancestor_limit_names_the_file(tmp_path):
     _v2_leaf(parent / "c")
     with pytest.raises(SourceError, match=r"p/memory.max: malformed memory.max"):
         CgroupReader(str(parent / "c")).read()
+
+
+def _meminfo_by_init(vals):
+    """The reference: what from_values returned through Meminfo's own __init__."""
+    from aal_core.sources.meminfo import Meminfo
+    (total, free, avail, buffers, cached, swap_t, swap_f, shmem, nv_u, nv_f, cma_t, cma_f) = vals
+    est = avail is None
+    if est:
+        avail = max(0, free + (cached or 0) + (buffers or 0) - (shmem or 0))
+
+    def b(v):
+        return None if v is None else v * 1024
+    return Meminfo(total=total * 1024, available=min(avail, total) * 1024, free=free * 1024,
+                   buffers=(buffers or 0) * 1024, cached=(cached or 0) * 1024,
+                   swap_total=(swap_t or 0) * 1024, swap_free=(swap_f or 0) * 1024, shmem=(shmem or 0) * 1024,
+                   available_estimated=est, nvmap_used=b(nv_u), nvmap_free=b(nv_f),
+                   cma_total=b(cma_t), cma_free=b(cma_f))
+
+
+opt_kb = st.one_of(st.none(), st.integers(0, 2**44))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 2**44), st.integers(0, 2**44), st.tuples(*[opt_kb] * 10))
+def test_from_values_is_the_dataclass_sample(total, free, rest):
+    import dataclasses
+    from aal_core.sources.meminfo import from_values
+    vals = (total, free) + rest
+    got, want = from_values(vals, "/proc/meminfo"), _meminfo_by_init(vals)
+    assert got == want and hash(got) == hash(want) and repr(got) == repr(want)
+    assert got.to_dict() == want.to_dict() and dataclasses.asdict(got) == dataclasses.asdict(want)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.total = 1
+
+
+def test_live_meminfo_sample_is_the_dataclass_sample():
+    from aal_core import kvfile
+    from aal_core.sources.meminfo import KEYS, from_values
+    vals = kvfile.KeyedFile("/proc/meminfo", KEYS).read()
+    assert from_values(vals, "/proc/meminfo") == _meminfo_by_init(vals)

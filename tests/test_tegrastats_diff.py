@@ -113,3 +113,41 @@ def test_too_many_tokens_is_a_parse_error_in_both():
     line = b" ".join([b"APE 1"] * 300)
     assert outcome(parse_tegrastats, line)[0] == "error"
     same(line)
+
+
+digits = st.text("0123456789", min_size=1, max_size=18)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.sampled_from([b"", b"-"]), digits, st.one_of(st.just(""), digits.map(lambda d: "." + d), st.just(".")),
+       st.sampled_from([b"C", b"C/1.5C", b"", b"CC"]))
+def test_temperature_decimals_agree(sign, whole, frac, tail):
+    """Temperatures are decimals: the compiled fast path (up to 15 digits,
+    one exact division) must give float()'s value; longer ones go to strtod."""
+    line = b"RAM 1/2MB cpu@" + sign + (whole + frac).encode() + tail
+    same(line)
+    got = parse_tegrastats(line).get("temps_c", {}).get("cpu")
+    if got is not None and len(whole) <= 15 and len(frac) <= 16:
+        want = float((sign + (whole + frac).encode()).rstrip(b"."))
+        assert got == want and str(got) == str(want)   # the same double, sign of zero included
+
+
+def test_buffers_other_than_bytes_parse_the_same():
+    line = LINES[0]
+    want = parse_tegrastats(line)
+    assert parse_tegrastats(bytearray(line)) == want
+    assert parse_tegrastats(memoryview(line)) == want
+    with pytest.raises(TypeError):
+        parse_tegrastats(line.decode())
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.lists(st.sampled_from(VOCAB + [b"\x80", b"\xff", b"\x08", b"\x0e", b"\x1f", b"!"]), max_size=60),
+       st.lists(st.sampled_from([b" ", b"\t", b"\n", b"\x0b", b"\x0c", b"\r", b"  \t "]), min_size=61, max_size=61))
+def test_token_boundaries_agree(toks, seps):
+    """Tokens found 16 bytes a step (ext/tegrastats.pyx aal_tokens) split where
+    the reference's bytes.split() does: every whitespace byte, never a
+    control or high byte, across block edges, at the start and the end."""
+    line = seps[0] + b"".join(t + s for t, s in zip(toks, seps[1:]))
+    same(line)
+    same(line.strip())

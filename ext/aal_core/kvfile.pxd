@@ -1,16 +1,34 @@
 # cdef API of aal_core.kvfile (see ext/kvfile.pyx).
 
-cdef Py_ssize_t parse_keyed_c(const char* b, Py_ssize_t n, const char** kptr, Py_ssize_t* klen,
-                              Py_ssize_t nkeys, unsigned long long* vals, char* seen) noexcept nogil
+# The wanted keys of a "key value" file as C data.  A line is tried against
+# the candidates chained from first[its first byte] (an index into cands,
+# -1 for none); each candidate is one wanted key, with what the comparison
+# needs in one place.
+ctypedef struct KeyCand:
+    Py_ssize_t length
+    unsigned long long head8      # the key's first 8 bytes (zero-padded), as a word
+    unsigned long long mask8      # 0xff for each of them that is part of the key
+    const char* ptr               # the key (kept alive by _Keys.keys)
+    int k                         # its position in the result
+    int next                      # the next candidate with the same first byte, or -1
+
+ctypedef struct KeyTable:
+    Py_ssize_t n                  # keys asked for (the result's length)
+    Py_ssize_t nmatch             # of them, the ones that can match (distinct, no separator)
+    unsigned long long* vals      # filled by parse_keyed_c, by position
+    char* seen
+    int first[256]
+    KeyCand* cands
+
+cdef Py_ssize_t parse_keyed_c(const char* b, Py_ssize_t n, KeyTable* t) noexcept nogil
 cdef long long parse_value_c(const char* b, Py_ssize_t n, bint* ok) noexcept nogil
 
 cdef class _Keys:
     cdef tuple keys
-    cdef Py_ssize_t n
-    cdef const char** ptr
-    cdef Py_ssize_t* length
-    cdef unsigned long long* vals
-    cdef char* seen
+    cdef KeyTable t
+    cdef tuple last               # the previous result, and the values it holds
+    cdef unsigned long long* last_vals
+    cdef char* last_seen
     cdef tuple result(self)
 
 cdef class _OpenFile:

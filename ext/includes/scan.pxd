@@ -15,7 +15,8 @@ cdef extern from *:
 
 
 cdef inline bint is_ws(char c) noexcept nogil:
-    return c == 32 or c == 9 or c == 10 or c == 13 or c == 11 or c == 12
+    # space, or \t \n \v \f \r (9..13); one compare for the usual byte above ' '
+    return c <= 32 and (c == 32 or 9 <= c <= 13)
 
 
 cdef inline bint is_digit(char c) noexcept nogil:
@@ -47,6 +48,12 @@ cdef inline Py_ssize_t parse_u64(const char* b, Py_ssize_t i, Py_ssize_t n,
     cdef unsigned long long v = 0, d
     if j < 0:
         return -1
+    if j - i < 20:                  # at most 10**19 - 1: cannot overflow
+        while i < j:
+            v = v * 10 + <unsigned long long>(b[i] - 48)
+            i += 1
+        out[0] = v
+        return j
     while i < j:
         d = <unsigned long long>(b[i] - 48)
         if v > (AAL_U64_MAX - d) // 10:
@@ -76,24 +83,52 @@ cdef inline Py_ssize_t parse_int(const char* b, Py_ssize_t i, Py_ssize_t n, bint
     return j
 
 
+cdef extern from *:
+    """
+    static const double AAL_P10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9,
+                                       1e10, 1e11, 1e12, 1e13, 1e14, 1e15};
+    """
+    const double AAL_P10[16]
+
+
 cdef inline Py_ssize_t parse_dec(const char* b, Py_ssize_t i, Py_ssize_t n, bint signed,
                                  double* out) noexcept nogil:
-    """-?D{1,15}(.D{1,15})? → end, or -1; the value is strtod's (correctly rounded)."""
-    cdef Py_ssize_t s = i, j, k
+    """-?D{1,15}(.D{1,15})? → end, or -1; the value is strtod's (correctly rounded).
+
+    Up to 15 digits in all (every tegrastats temperature, every PSI average)
+    the digits as an integer M < 10**15 and 10**F are both exact doubles, so
+    M / 10**F is one correctly rounded IEEE division: strtod's value without
+    strtod (Clinger's fast path).  Longer numbers go to strtod."""
+    cdef Py_ssize_t s = i, j, k, q
+    cdef unsigned long long m = 0
+    cdef bint neg = False
+    cdef double v
     cdef char tmp[48]
     if signed and i < n and b[i] == 45:
+        neg = True
         i += 1
     j = scan_digits(b, i, n, 15)
     if j < 0:
         return -1
+    k = j
     if j < n and b[j] == 46:
-        k = scan_digits(b, j + 1, n, 15)
-        if k >= 0:
-            j = k
-    memcpy(tmp, b + s, j - s)
-    tmp[j - s] = 0
+        q = scan_digits(b, j + 1, n, 15)
+        if q >= 0:
+            k = q
+    if k == j or (j - i) + (k - j - 1) <= 15:
+        for q in range(i, j):
+            m = m * 10 + <unsigned long long>(b[q] - 48)
+        v = <double>m
+        if k > j:
+            for q in range(j + 1, k):
+                m = m * 10 + <unsigned long long>(b[q] - 48)
+            v = <double>m / AAL_P10[k - j - 1]
+        out[0] = -v if neg else v
+        return k
+    memcpy(tmp, b + s, k - s)
+    tmp[k - s] = 0
     out[0] = strtod(tmp, NULL)
-    return j
+    return k
 
 
 cdef inline Py_ssize_t pread_whole(int fd, char** buf, Py_ssize_t* cap) noexcept nogil:
