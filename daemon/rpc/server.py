@@ -1,6 +1,7 @@
 """The Unix-socket server: a thin asyncio shell around the pure protocol.
 
-One `Connection` per client.  Bytes go through `LineFramer` and `Dispatcher`;
+One `Connection` per client.  Bytes go through the framer and `Dispatcher.handle`
+(compiled twins of `LineFramer` and `handle_frame`, ext/rpc_fast.pyx);
 replies are written in order of completion.  Flow control, in bytes of
 output not yet taken by the client ("unsent"): past `unsent_soft_bytes`
 reading from that client pauses (no frame is parsed or dispatched until it
@@ -25,7 +26,7 @@ import time
 from .. import errors as E
 from ..log import get_logger
 from . import codec
-from .protocol import Call, Dispatcher, FrameTooLarge, LineFramer, error_frame
+from .protocol import Call, Dispatcher, FrameTooLarge, error_frame, new_framer
 from .registry import Access
 
 log = get_logger("rpc")
@@ -132,7 +133,7 @@ CLOSE_FLUSH_S = 2.0
 class Connection(asyncio.Protocol):
     def __init__(self, server: "RpcServer"):
         self.server = server
-        self.framer = LineFramer(server.dispatcher.limits.max_frame_bytes)
+        self.framer = new_framer(server.dispatcher.limits.max_frame_bytes)
         self.transport = None
         self.call: Call | None = None
         self.subs: dict[str, Subscription] = {}
@@ -186,10 +187,11 @@ class Connection(asyncio.Protocol):
         # Replies of this pass may fill what is left below the soft limit
         # (the last one may cross it, by at most rpc.max_reply_bytes).
         room = server.unsent_soft - self.transport.get_write_buffer_size() if not self.closing else 0
-        while backlog and not self.paused and not self.closing and len(self.inflight) < MAX_INFLIGHT \
+        handle, call, inflight = server.dispatcher.handle, self.call, self.inflight
+        while backlog and not self.paused and not self.closing and len(inflight) < MAX_INFLIGHT \
                 and queued < room:
             ev = backlog.popleft()
-            if type(ev) is FrameTooLarge:
+            if type(ev) is not bytes:
                 backlog.clear()
                 out_buf.append(error_frame(None, E.FRAME_TOO_LARGE,
                                            f"frame exceeds the limit of {ev.limit} bytes; closing the connection",
@@ -201,13 +203,11 @@ class Connection(asyncio.Protocol):
             if server.stopping:
                 out_buf.append(error_frame(None, E.OVERLOADED, "server is shutting down"))
                 continue
-            out = server.dispatcher.handle_frame(ev, self.call)
-            if out is None:
-                continue
+            out = handle(ev, call)
             if type(out) is bytes:
                 out_buf.append(out)
                 queued += len(out)
-            else:
+            elif out is not None:
                 fut = asyncio.ensure_future(out)
                 self.inflight.add(fut)
                 server.inflight.add(fut)
@@ -428,6 +428,9 @@ class RpcServer:
         self.backlog_closed_total = 0
         self.stopping = False
         self._has_conns = asyncio.Event()    # set on admit: the idle reaper sleeps on it
+        # Called when the first client connects (no connection before it):
+        # app.py brings sensing back from its idle rate.
+        self.on_first_connection = None
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
 
@@ -437,9 +440,15 @@ class RpcServer:
             log.warning("connection_refused", open=len(self.conns), max=self.max_connections,
                         stopping=self.stopping)
             return False
+        first = not self.conns
         self.conns.add(conn)
         self.accepted_total += 1
         self._has_conns.set()
+        if first and self.on_first_connection is not None:
+            try:
+                self.on_first_connection()
+            except Exception as exc:  # noqa: BLE001 - a hook must not refuse the client
+                log.error("first_connection_hook_failed", error=repr(exc))
         return True
 
     def forget(self, conn: Connection) -> None:

@@ -1,0 +1,236 @@
+# cython: language_level=3
+"""The JSON-RPC per-frame path for the common, well-formed request.
+
+Why Cython: a pipelined client's 64 frames in one read each went through
+LineFramer.feed, Dispatcher.handle_frame and _one in Python, 3.7 µs a frame
+against the minimal line server's 1.1 µs (bench/rpc.py, bench/README.md).
+Here the split is one memchr pass, the frame checks (size, bracket count,
+19-digit runs) one byte pass, and the request's validation a handful of C
+type checks.  Anything unusual — a batch, a notification, a parse error, a
+bad member, an unknown method, too little access, a ledger writer, BigInts,
+deep nesting, a reply too large — goes to the pure-Python reference
+(`Dispatcher.handle_frame`, `LineFramer`) before anything has happened, so
+the answer is the reference's own.  tests/test_rpc_fast_diff.py holds both
+to the same bytes and counters (hypothesis).
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_Size
+from cpython.object cimport PyObject
+from libc.string cimport memchr
+
+import orjson
+
+cdef object _loads = orjson.loads
+cdef object _dumps = orjson.dumps
+cdef object _OPT = orjson.OPT_APPEND_NEWLINE
+
+
+cdef inline bint _is_space(unsigned char c) noexcept nogil:
+    # bytes.strip()'s ASCII whitespace
+    return c == 32 or (9 <= c <= 13)
+
+
+cdef bint _blank(const char* p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not _is_space(<unsigned char>p[i]):
+            return False
+    return True
+
+
+cdef class Framer:
+    """LineFramer (aal_core.rpc.protocol) in C: splits on b'\\n', drops blank
+    lines, a FrameTooLarge event past the limit, then nothing more."""
+
+    cdef bytearray _buf
+    cdef Py_ssize_t _limit
+    cdef object _too_large
+
+    def __init__(self, Py_ssize_t max_frame_bytes, too_large):
+        self._buf = bytearray()
+        self._limit = max_frame_bytes
+        self._too_large = too_large
+
+    @property
+    def pending(self):
+        return len(self._buf)
+
+    def feed(self, bytes data):
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(data), old
+        cdef const char* p
+        if n == 0:
+            return []
+        old = len(self._buf)
+        if old == 0:
+            return self._split(PyBytes_AS_STRING(data), n, data)
+        self._buf += data
+        # No newline in what was pending: look only at the new bytes.
+        p = <const char*>memchr(PyBytes_AS_STRING(data), 10, n)
+        if p == NULL:
+            if old + n > self._limit:
+                self._buf = bytearray()
+                return [self._too_large(old + n, self._limit)]
+            return []
+        joined = bytes(self._buf)
+        self._buf = bytearray()
+        return self._split(PyBytes_AS_STRING(joined), len(joined), joined)
+
+    cdef list _split(self, const char* p, Py_ssize_t n, object keep):
+        # keep: the object owning p, alive for the call
+        cdef list frames = []
+        cdef Py_ssize_t start = 0, nl, limit = self._limit
+        cdef const char* q
+        while True:
+            q = <const char*>memchr(p + start, 10, n - start)
+            if q == NULL:
+                break
+            nl = q - p
+            if nl - start > limit:
+                frames.append(self._too_large(nl - start, limit))
+                return frames
+            if not _blank(p + start, nl - start):
+                frames.append(PyBytes_FromStringAndSize(p + start, nl - start))
+            start = nl + 1
+        if n - start > limit:
+            frames.append(self._too_large(n - start, limit))
+            return frames
+        if start < n:
+            self._buf = bytearray(p[start:n])
+        return frames
+
+
+cdef bint _plain(const char* p, Py_ssize_t n, Py_ssize_t max_depth) noexcept nogil:
+    """No run of 19+ digits (a possible BigInt) and at most max_depth of
+    '[' and '{' (so no nesting past the limit): what handle_frame checks
+    with two counts and a translate+find, in one pass."""
+    cdef Py_ssize_t i, run = 0, brackets = 0
+    cdef unsigned char c
+    for i in range(n):
+        c = <unsigned char>p[i]
+        if 48 <= c <= 57:
+            run += 1
+            if run >= 19:
+                return False
+        else:
+            run = 0
+            if c == 91 or c == 123:
+                brackets += 1
+    return brackets <= max_depth
+
+
+cdef void _done(object stats, bint ok, double seconds) except *:
+    """MethodCalls.done (aal_core.rpc.protocol) with Histogram.observe
+    (aal_core.metrics) inlined: the same counters, bucket and sum."""
+    cdef tuple bounds
+    cdef Py_ssize_t lo = 0, hi, mid
+    if ok:
+        stats.ok += 1
+    else:
+        stats.error += 1
+    h = stats.latency
+    bounds = h.bounds
+    hi = len(bounds)
+    while lo < hi:                     # bisect_left: the first bound >= seconds
+        mid = (lo + hi) >> 1
+        if <double>bounds[mid] < seconds:
+            lo = mid + 1
+        else:
+            hi = mid
+    counts = h.counts
+    counts[lo] += 1
+    h.sum += seconds
+    h.count += 1
+
+
+def done(stats, bint ok, double seconds):
+    """_done, callable from Python (tests/test_rpc_fast_diff.py)."""
+    _done(stats, ok, seconds)
+
+
+cdef class FastDispatch:
+    """`handle(frame, call)`: what `dispatcher.handle_frame(frame, call)`
+    returns, computed here for a plain request object and by the dispatcher
+    itself for everything else."""
+
+    cdef object d
+    cdef dict methods
+    cdef dict calls
+    cdef object map_exception
+    cdef object isawaitable
+    cdef object perf_counter
+
+    def __init__(self, dispatcher, methods, map_exception, isawaitable, perf_counter):
+        self.d = dispatcher
+        self.methods = methods          # the registry's own dict: methods added later are seen
+        self.calls = dispatcher.calls
+        self.map_exception = map_exception
+        self.isawaitable = isawaitable
+        self.perf_counter = perf_counter
+
+    def handle(self, bytes frame, call):
+        cdef object d = self.d
+        cdef object limits = d.limits
+        cdef Py_ssize_t n = PyBytes_GET_SIZE(frame), nk
+        cdef PyObject* p
+        if n > <Py_ssize_t>limits.max_frame_bytes or not _plain(PyBytes_AS_STRING(frame), n,
+                                                                 <Py_ssize_t>limits.max_depth):
+            return d.handle_frame(frame, call)
+        try:
+            msg = _loads(frame)
+        except Exception:
+            return d.handle_frame(frame, call)
+        if type(msg) is not dict:
+            return d.handle_frame(frame, call)
+        p = PyDict_GetItem(msg, "id")
+        if p == NULL:
+            return d.handle_frame(frame, call)          # a notification
+        id_ = <object>p
+        t = type(id_)
+        if not (t is str or t is int or t is float or id_ is None):
+            return d.handle_frame(frame, call)
+        p = PyDict_GetItem(msg, "jsonrpc")
+        if p == NULL or type(<object>p) is not str or <object>p != "2.0":
+            return d.handle_frame(frame, call)
+        p = PyDict_GetItem(msg, "method")
+        if p == NULL or type(<object>p) is not str:
+            return d.handle_frame(frame, call)
+        name = <object>p
+        nk = PyDict_Size(msg)
+        params = None
+        if nk == 4:
+            p = PyDict_GetItem(msg, "params")
+            if p == NULL:
+                return d.handle_frame(frame, call)
+            params = <object>p
+            if type(params) is not dict and type(params) is not list:
+                return d.handle_frame(frame, call)
+        elif nk != 3:
+            return d.handle_frame(frame, call)
+        p = PyDict_GetItem(self.methods, name)
+        if p == NULL:
+            return d.handle_frame(frame, call)
+        m = <object>p
+        if call.access < m.access or (m.writes_ledger and d.budgets is not None):
+            return d.handle_frame(frame, call)
+        p = PyDict_GetItem(self.calls, name)
+        if p == NULL:
+            return d.handle_frame(frame, call)          # its first call creates the counters
+        stats = <object>p
+        perf_counter = self.perf_counter
+        t0 = perf_counter()
+        try:
+            result = m.handler(m.params.bind(params), call)
+        except Exception as exc:
+            _done(stats, False, perf_counter() - t0)
+            return d._encode({"jsonrpc": "2.0", "id": id_, "error": self.map_exception(exc, name)})
+        if type(result) is not dict and self.isawaitable(result):
+            return d._await_one(d._finish_async(result, id_, False, name, None, stats, t0))
+        _done(stats, True, perf_counter() - t0)
+        obj = {"jsonrpc": "2.0", "id": id_, "result": result}
+        try:
+            out = _dumps(obj, None, _OPT)
+        except TypeError:
+            return d._encode(obj)
+        if PyBytes_GET_SIZE(out) > <Py_ssize_t>limits.max_reply_bytes:
+            return d._encode(obj)
+        return out
