@@ -16,6 +16,7 @@ to the same bytes and counters (hypothesis).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_Size
 from cpython.object cimport PyObject
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr
 
 import orjson
@@ -118,33 +119,102 @@ cdef bint _plain(const char* p, Py_ssize_t n, Py_ssize_t max_depth) noexcept nog
     return brackets <= max_depth
 
 
-cdef void _done(object stats, bint ok, double seconds) except *:
-    """MethodCalls.done (aal_core.rpc.protocol) with Histogram.observe
-    (aal_core.metrics) inlined: the same counters, bucket and sum."""
-    cdef tuple bounds
-    cdef Py_ssize_t lo = 0, hi, mid
-    if ok:
-        stats.ok += 1
-    else:
-        stats.error += 1
-    h = stats.latency
-    bounds = h.bounds
-    hi = len(bounds)
-    while lo < hi:                     # bisect_left: the first bound >= seconds
-        mid = (lo + hi) >> 1
-        if <double>bounds[mid] < seconds:
-            lo = mid + 1
+cdef class Histogram:
+    """metrics.Histogram for the RPC latencies, in C: observe() bumps one
+    bucket of a C array; value() is the same dict."""
+
+    cdef readonly tuple bounds
+    cdef double* _b
+    cdef long long* _c
+    cdef Py_ssize_t _n
+    cdef public double sum
+    cdef public long long count
+
+    def __cinit__(self, bounds):
+        self.bounds = tuple(float(b) for b in bounds)
+        self._n = len(self.bounds)
+        self._b = <double*>PyMem_Malloc((self._n + 1) * sizeof(double))
+        self._c = <long long*>PyMem_Malloc((self._n + 1) * sizeof(long long))
+        if self._b == NULL or self._c == NULL:
+            raise MemoryError()
+        cdef Py_ssize_t i
+        for i in range(self._n):
+            self._b[i] = self.bounds[i]
+        for i in range(self._n + 1):
+            self._c[i] = 0
+        self.sum = 0.0
+        self.count = 0
+
+    def __dealloc__(self):
+        PyMem_Free(self._b)
+        PyMem_Free(self._c)
+
+    cdef inline void _observe(self, double value) noexcept:
+        cdef Py_ssize_t lo = 0, hi = self._n, mid
+        while lo < hi:                     # bisect_left: the first bound >= value
+            mid = (lo + hi) >> 1
+            if self._b[mid] < value:
+                lo = mid + 1
+            else:
+                hi = mid
+        self._c[lo] += 1
+        self.sum += value
+        self.count += 1
+
+    def observe(self, double value):
+        self._observe(value)
+
+    @property
+    def counts(self):
+        return [self._c[i] for i in range(self._n + 1)]
+
+    def value(self):
+        buckets = []
+        cdef long long running = 0
+        cdef Py_ssize_t i
+        for i in range(self._n):
+            running += self._c[i]
+            buckets.append([self.bounds[i], running])
+        buckets.append(["+Inf", self.count])
+        return {"buckets": buckets, "sum": self.sum, "count": self.count}
+
+
+cdef class MethodCalls:
+    """protocol.MethodCalls (the reference) in C: a counter per outcome and
+    a latency Histogram."""
+
+    cdef public long long ok, error, denied
+    cdef readonly Histogram latency
+
+    def __init__(self, bounds):
+        self.ok = self.error = self.denied = 0
+        self.latency = Histogram(bounds)
+
+    cpdef done(self, bint ok, double seconds):
+        if ok:
+            self.ok += 1
         else:
-            hi = mid
-    counts = h.counts
-    counts[lo] += 1
-    h.sum += seconds
-    h.count += 1
+            self.error += 1
+        self.latency._observe(seconds)
 
 
-def done(stats, bint ok, double seconds):
-    """_done, callable from Python (tests/test_rpc_fast_diff.py)."""
-    _done(stats, ok, seconds)
+cdef class _Entry:
+    """What handle needs of one registry Method, read once (a Method is
+    frozen; a re-registered name is a new Method, seen by identity)."""
+    cdef object m
+    cdef object handler
+    cdef object bind
+    cdef long access
+    cdef bint writes
+    cdef bint noreq
+
+    def __init__(self, m):
+        self.m = m
+        self.handler = m.handler
+        self.bind = m.params.bind
+        self.noreq = not m.params.required     # ParamSpec.bind(None) is then a new {}
+        self.access = int(m.access)
+        self.writes = bool(m.writes_ledger)
 
 
 cdef class FastDispatch:
@@ -158,8 +228,13 @@ cdef class FastDispatch:
     cdef object map_exception
     cdef object isawaitable
     cdef object perf_counter
+    cdef dict entries
+    cdef object limits
+    cdef Py_ssize_t max_frame, max_depth, max_reply
 
     def __init__(self, dispatcher, methods, map_exception, isawaitable, perf_counter):
+        self.entries = {}
+        self.limits = None
         self.d = dispatcher
         self.methods = methods          # the registry's own dict: methods added later are seen
         self.calls = dispatcher.calls
@@ -169,11 +244,15 @@ cdef class FastDispatch:
 
     def handle(self, bytes frame, call):
         cdef object d = self.d
-        cdef object limits = d.limits
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame), nk
         cdef PyObject* p
-        if n > <Py_ssize_t>limits.max_frame_bytes or not _plain(PyBytes_AS_STRING(frame), n,
-                                                                 <Py_ssize_t>limits.max_depth):
+        cdef _Entry e
+        limits = d.limits
+        if limits is not self.limits:           # a reload replaces them
+            self.max_frame, self.max_depth = limits.max_frame_bytes, limits.max_depth
+            self.max_reply = limits.max_reply_bytes
+            self.limits = limits
+        if n > self.max_frame or not _plain(PyBytes_AS_STRING(frame), n, self.max_depth):
             return d.handle_frame(frame, call)
         try:
             msg = _loads(frame)
@@ -210,27 +289,64 @@ cdef class FastDispatch:
         if p == NULL:
             return d.handle_frame(frame, call)
         m = <object>p
-        if call.access < m.access or (m.writes_ledger and d.budgets is not None):
+        p = PyDict_GetItem(self.entries, name)
+        if p == NULL or (<_Entry>p).m is not m:
+            e = _Entry(m)
+            self.entries[name] = e
+        else:
+            e = <_Entry>p
+        if <long>call.access < e.access or (e.writes and d.budgets is not None):
             return d.handle_frame(frame, call)
         p = PyDict_GetItem(self.calls, name)
         if p == NULL:
             return d.handle_frame(frame, call)          # its first call creates the counters
         stats = <object>p
+        if type(stats) is not MethodCalls:
+            return d.handle_frame(frame, call)
         perf_counter = self.perf_counter
         t0 = perf_counter()
         try:
-            result = m.handler(m.params.bind(params), call)
+            if params is None and e.noreq:
+                result = e.handler({}, call)
+            else:
+                result = e.handler(e.bind(params), call)
         except Exception as exc:
-            _done(stats, False, perf_counter() - t0)
+            (<MethodCalls>stats).done(False, perf_counter() - t0)
             return d._encode({"jsonrpc": "2.0", "id": id_, "error": self.map_exception(exc, name)})
         if type(result) is not dict and self.isawaitable(result):
             return d._await_one(d._finish_async(result, id_, False, name, None, stats, t0))
-        _done(stats, True, perf_counter() - t0)
+        (<MethodCalls>stats).done(True, perf_counter() - t0)
         obj = {"jsonrpc": "2.0", "id": id_, "result": result}
         try:
             out = _dumps(obj, None, _OPT)
         except TypeError:
             return d._encode(obj)
-        if PyBytes_GET_SIZE(out) > <Py_ssize_t>limits.max_reply_bytes:
+        if PyBytes_GET_SIZE(out) > self.max_reply:
             return d._encode(obj)
         return out
+
+
+def drain(conn, backlog, handle, call, list out, Py_ssize_t room, Py_ssize_t max_inflight, server):
+    """The plain part of Connection._process's loop (aal_core.rpc.server,
+    whose `_drain_ref` is the reference): take bytes frames from the head of
+    `backlog` while the connection takes more (not paused or closing, the
+    server not stopping, fewer than max_inflight async calls, fewer than
+    `room` bytes queued), append each reply to `out`, hand an awaitable to
+    conn._start_async.  Stops at anything else, left at the head.  Returns
+    the bytes queued."""
+    cdef Py_ssize_t queued = 0
+    inflight = conn.inflight
+    while backlog and queued < room:
+        if conn.paused or conn.closing or len(inflight) >= max_inflight or server.stopping:
+            break
+        ev = backlog[0]
+        if type(ev) is not bytes:
+            break
+        backlog.popleft()
+        r = handle(ev, call)
+        if type(r) is bytes:
+            out.append(r)
+            queued += PyBytes_GET_SIZE(r)
+        elif r is not None:
+            conn._start_async(r)
+    return queued

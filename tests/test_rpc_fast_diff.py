@@ -123,14 +123,17 @@ def test_framer_blank_lines_and_a_frame_too_large():
                                                    st.sampled_from([0.0005, 0.001, 0.1, 10.0, 10.5]))),
                 max_size=30))
 def test_counters_as_method_calls_done(obs):
-    """The inlined MethodCalls.done/Histogram.observe: same counts, buckets, sum."""
+    """The compiled MethodCalls/Histogram: same counts, buckets, sum, value()."""
+    from aal_core.metrics import LATENCY_BUCKETS
     from aal_core.rpc.protocol import MethodCalls
-    a, b = MethodCalls(), MethodCalls()
+    a, b = MethodCalls(), rpc_fast.MethodCalls(LATENCY_BUCKETS)
     for ok, s in obs:
         a.done(ok, s)
-        rpc_fast.done(b, ok, s)
-    assert (a.ok, a.error, a.latency.counts, a.latency.count) == (b.ok, b.error, b.latency.counts, b.latency.count)
+        b.done(ok, s)
+    assert (a.ok, a.error, a.denied, a.latency.counts, a.latency.count) == \
+        (b.ok, b.error, b.denied, b.latency.counts, b.latency.count)
     assert a.latency.sum == b.latency.sum
+    assert a.latency.value() == b.latency.value()
 
 
 def _ev(x):

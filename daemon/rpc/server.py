@@ -28,6 +28,7 @@ from ..log import get_logger
 from . import codec
 from .protocol import Call, Dispatcher, FrameTooLarge, error_frame, new_framer
 from .registry import Access
+from ..rpc_fast import drain as _drain
 
 log = get_logger("rpc")
 
@@ -130,6 +131,26 @@ MAX_INFLIGHT = 128
 CLOSE_FLUSH_S = 2.0
 
 
+def _drain_ref(conn, backlog, handle, call, out: list, room: int, max_inflight: int, server) -> int:
+    """Pure-Python reference of rpc_fast.drain (tests/test_rpc_fast_diff.py)."""
+    queued = 0
+    inflight = conn.inflight
+    while backlog and queued < room:
+        if conn.paused or conn.closing or len(inflight) >= max_inflight or server.stopping:
+            break
+        ev = backlog[0]
+        if type(ev) is not bytes:
+            break
+        backlog.popleft()
+        r = handle(ev, call)
+        if type(r) is bytes:
+            out.append(r)
+            queued += len(r)
+        elif r is not None:
+            conn._start_async(r)
+    return queued
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, server: "RpcServer"):
         self.server = server
@@ -187,9 +208,13 @@ class Connection(asyncio.Protocol):
         # Replies of this pass may fill what is left below the soft limit
         # (the last one may cross it, by at most rpc.max_reply_bytes).
         room = server.unsent_soft - self.transport.get_write_buffer_size() if not self.closing else 0
-        handle, call, inflight = server.dispatcher.handle, self.call, self.inflight
-        while backlog and not self.paused and not self.closing and len(inflight) < MAX_INFLIGHT \
-                and queued < room:
+        handle, call = server.dispatcher.handle, self.call
+        while True:
+            # The plain frames, compiled (ext/rpc_fast.pyx; reference: _drain_ref).
+            queued += _drain(self, backlog, handle, call, out_buf, room - queued, MAX_INFLIGHT, server)
+            if not backlog or self.paused or self.closing or len(self.inflight) >= MAX_INFLIGHT \
+                    or queued >= room:
+                break
             ev = backlog.popleft()
             if type(ev) is not bytes:
                 backlog.clear()
@@ -200,18 +225,9 @@ class Connection(asyncio.Protocol):
                 log.warning("frame_too_large", pid=self.call.pid, uid=self.call.uid, limit=ev.limit)
                 self.close()
                 return
-            if server.stopping:
-                out_buf.append(error_frame(None, E.OVERLOADED, "server is shutting down"))
-                continue
-            out = handle(ev, call)
-            if type(out) is bytes:
-                out_buf.append(out)
-                queued += len(out)
-            elif out is not None:
-                fut = asyncio.ensure_future(out)
-                self.inflight.add(fut)
-                server.inflight.add(fut)
-                fut.add_done_callback(self._async_done)
+            # A bytes frame _drain left: only while the server stops (the
+            # other reasons it stops at end the loop above).
+            out_buf.append(error_frame(None, E.OVERLOADED, "server is shutting down"))
         if out_buf:
             # Bounded by construction (soft limit + one reply), so not held
             # to the hard limit: that one catches what comes without reading.
@@ -220,6 +236,13 @@ class Connection(asyncio.Protocol):
             # A long run of pipelined frames: yield to other clients, then go on.
             asyncio.get_running_loop().call_soon(self._process)
         self._set_reading(not backlog and not self.paused)
+
+    def _start_async(self, aw) -> None:
+        """An async reply: run it, write it when done (_async_done)."""
+        fut = asyncio.ensure_future(aw)
+        self.inflight.add(fut)
+        self.server.inflight.add(fut)
+        fut.add_done_callback(self._async_done)
 
     def _set_reading(self, on: bool):
         if self.closing or on == self.reading:
