@@ -18,12 +18,21 @@ from cpython.dict cimport PyDict_GetItem, PyDict_Size
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memchr
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import orjson
 
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
 cdef object _OPT = orjson.OPT_APPEND_NEWLINE
+
+
+cdef inline double _perf_counter() noexcept nogil:
+    # time.perf_counter() on Linux: CLOCK_MONOTONIC, in seconds (the same
+    # clock, so an async call's t0 is finished by protocol's perf_counter)
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
 cdef inline bint _is_space(unsigned char c) noexcept nogil:
@@ -227,12 +236,11 @@ cdef class FastDispatch:
     cdef dict calls
     cdef object map_exception
     cdef object isawaitable
-    cdef object perf_counter
     cdef dict entries
     cdef object limits
     cdef Py_ssize_t max_frame, max_depth, max_reply
 
-    def __init__(self, dispatcher, methods, map_exception, isawaitable, perf_counter):
+    def __init__(self, dispatcher, methods, map_exception, isawaitable):
         self.entries = {}
         self.limits = None
         self.d = dispatcher
@@ -240,9 +248,8 @@ cdef class FastDispatch:
         self.calls = dispatcher.calls
         self.map_exception = map_exception
         self.isawaitable = isawaitable
-        self.perf_counter = perf_counter
 
-    def handle(self, bytes frame, call):
+    cpdef handle(self, bytes frame, call):
         cdef object d = self.d
         cdef Py_ssize_t n = PyBytes_GET_SIZE(frame), nk
         cdef PyObject* p
@@ -303,19 +310,18 @@ cdef class FastDispatch:
         stats = <object>p
         if type(stats) is not MethodCalls:
             return d.handle_frame(frame, call)
-        perf_counter = self.perf_counter
-        t0 = perf_counter()
+        cdef double t0 = _perf_counter()
         try:
             if params is None and e.noreq:
                 result = e.handler({}, call)
             else:
                 result = e.handler(e.bind(params), call)
         except Exception as exc:
-            (<MethodCalls>stats).done(False, perf_counter() - t0)
+            (<MethodCalls>stats).done(False, _perf_counter() - t0)
             return d._encode({"jsonrpc": "2.0", "id": id_, "error": self.map_exception(exc, name)})
         if type(result) is not dict and self.isawaitable(result):
             return d._await_one(d._finish_async(result, id_, False, name, None, stats, t0))
-        (<MethodCalls>stats).done(True, perf_counter() - t0)
+        (<MethodCalls>stats).done(True, _perf_counter() - t0)
         obj = {"jsonrpc": "2.0", "id": id_, "result": result}
         try:
             out = _dumps(obj, None, _OPT)
@@ -328,7 +334,8 @@ cdef class FastDispatch:
 
 def drain(conn, backlog, handle, call, list out, Py_ssize_t room, Py_ssize_t max_inflight, server):
     """The plain part of Connection._process's loop (aal_core.rpc.server,
-    whose `_drain_ref` is the reference): take bytes frames from the head of
+    whose `_drain_ref` is the reference): `handle` is a FastDispatch or
+    any callable of (frame, call).  Take bytes frames from the head of
     `backlog` while the connection takes more (not paused or closing, the
     server not stopping, fewer than max_inflight async calls, fewer than
     `room` bytes queued), append each reply to `out`, hand an awaitable to
@@ -343,7 +350,10 @@ def drain(conn, backlog, handle, call, list out, Py_ssize_t room, Py_ssize_t max
         if type(ev) is not bytes:
             break
         backlog.popleft()
-        r = handle(ev, call)
+        if type(handle) is FastDispatch:      # a C call, not a Python one
+            r = (<FastDispatch>handle).handle(ev, call)
+        else:
+            r = handle(ev, call)
         if type(r) is bytes:
             out.append(r)
             queued += PyBytes_GET_SIZE(r)

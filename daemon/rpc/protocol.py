@@ -255,8 +255,8 @@ class Dispatcher:
         self.unknown_methods = 0
         # handle_frame's answer, computed in C for a plain request (ext/rpc_fast.pyx)
         # and by handle_frame itself for anything else: what the server calls.
-        self.handle = rpc_fast.FastDispatch(self, registry.table(), map_exception,
-                                            inspect.isawaitable, perf_counter).handle
+        self.fast = rpc_fast.FastDispatch(self, registry.table(), map_exception, inspect.isawaitable)
+        self.handle = self.fast.handle
 
     # Result of handle_frame: bytes (reply), None (nothing to send), or an
     # awaitable giving bytes/None (some handler was async).

@@ -33,6 +33,7 @@ from ..rpc_fast import drain as _drain
 log = get_logger("rpc")
 
 _SO_PEERCRED_FMT = "3i"
+_monotonic = time.monotonic
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -194,7 +195,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes):
         if self.closing:
             return
-        self.last_activity = time.monotonic()
+        self.last_activity = _monotonic()
         self.backlog.extend(self.framer.feed(data))
         self._process()
 
@@ -208,7 +209,7 @@ class Connection(asyncio.Protocol):
         # Replies of this pass may fill what is left below the soft limit
         # (the last one may cross it, by at most rpc.max_reply_bytes).
         room = server.unsent_soft - self.transport.get_write_buffer_size() if not self.closing else 0
-        handle, call = server.dispatcher.handle, self.call
+        handle, call = server.dispatcher.fast, self.call
         while True:
             # The plain frames, compiled (ext/rpc_fast.pyx; reference: _drain_ref).
             queued += _drain(self, backlog, handle, call, out_buf, room - queued, MAX_INFLIGHT, server)
@@ -235,7 +236,9 @@ class Connection(asyncio.Protocol):
         if backlog and queued and queued >= room and not self.paused and not self.closing:
             # A long run of pipelined frames: yield to other clients, then go on.
             asyncio.get_running_loop().call_soon(self._process)
-        self._set_reading(not backlog and not self.paused)
+        on = not backlog and not self.paused
+        if on != self.reading:
+            self._set_reading(on)
 
     def _start_async(self, aw) -> None:
         """An async reply: run it, write it when done (_async_done)."""
@@ -350,13 +353,17 @@ class Connection(asyncio.Protocol):
         bounds: past the hard limit the connection is closed instead."""
         if self.closing:
             return
-        server = self.server
-        unsent = self.transport.get_write_buffer_size() + len(data)
-        if unsent > server.unsent_hard and not bounded:
-            self.drop("reply_backlog_closed", unsent, limit=server.unsent_hard)
-            return
-        self.transport.write(data)
-        self._count_unsent()
+        server, t = self.server, self.transport
+        if not bounded:
+            unsent = t.get_write_buffer_size() + len(data)
+            if unsent > server.unsent_hard:
+                self.drop("reply_backlog_closed", unsent, limit=server.unsent_hard)
+                return
+        t.write(data)
+        now = t.get_write_buffer_size()          # _count_unsent, inline: once per read
+        if now != self.unsent:
+            server.unsent_total += now - self.unsent
+            self.unsent = now
         if server.unsent_total > server.unsent_total_max:
             server.shed()
 
