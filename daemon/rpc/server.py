@@ -229,10 +229,18 @@ class Connection(asyncio.Protocol):
             # A bytes frame _drain left: only while the server stops (the
             # other reasons it stops at end the loop above).
             out_buf.append(error_frame(None, E.OVERLOADED, "server is shutting down"))
-        if out_buf:
+        if out_buf and not self.closing:
             # Bounded by construction (soft limit + one reply), so not held
             # to the hard limit: that one catches what comes without reading.
-            self._write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf), bounded=True)
+            # (_write(..., bounded=True), inline: once per read.)
+            t = self.transport
+            t.write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf))
+            now = t.get_write_buffer_size()
+            if now != self.unsent:
+                server.unsent_total += now - self.unsent
+                self.unsent = now
+            if server.unsent_total > server.unsent_total_max:
+                server.shed()
         if backlog and queued and queued >= room and not self.paused and not self.closing:
             # A long run of pipelined frames: yield to other clients, then go on.
             asyncio.get_running_loop().call_soon(self._process)
