@@ -7,11 +7,12 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from aal_core import rpc_fast
 from aal_core.rpc import Access, Call, Dispatcher, Limits, LineFramer
-from aal_core.rpc.protocol import FrameTooLarge, new_framer
+from aal_core.rpc.protocol import FrameTooLarge, new_framer, new_method_calls
 
 from rpc_fixtures import make_registry
 
@@ -39,15 +40,28 @@ request = st.fixed_dictionaries(
               "params": st.one_of(echo_params, echo_params, st.lists(value, max_size=4), value),
               "extra": scalar})
 # Mostly the well-formed request the fast path is for, so it is exercised.
-plain = st.fixed_dictionaries({"jsonrpc": st.just("2.0"), "id": st.one_of(st.integers(), st.text(max_size=6)),
-                               "method": st.sampled_from(METHODS)}, optional={"params": echo_params})
+# (with each member sometimes just off: the checks the fast path makes)
+ids = st.one_of(st.integers(min_value=-2**63, max_value=2**64 - 1), st.text(max_size=6),
+                st.floats(allow_nan=False, allow_infinity=False), st.none(), st.booleans(),
+                st.integers(min_value=2**64, max_value=2**80), st.lists(st.integers(), max_size=1))
+plain = st.fixed_dictionaries({"jsonrpc": st.sampled_from(["2.0"] * 6 + ["1.0", 2]), "id": ids,
+                               "method": st.one_of(st.sampled_from(METHODS), st.sampled_from(METHODS),
+                                                   scalar)},
+                              optional={"params": st.one_of(echo_params, echo_params, st.lists(value, max_size=4),
+                                                            value)})
 frame_obj = st.one_of(plain, plain, request, st.lists(request, max_size=5), value)
 access = st.sampled_from([Access.READ, Access.WRITE, Access.ADMIN])
 
 
 def _pair(limits: Limits):
+    """Two dispatchers on twin registries, every method's counters made (as
+    after a first call), so the fast path is taken from the first frame."""
     (ra, sa), (rb, sb) = make_registry(), make_registry()
-    return Dispatcher(ra, limits), sa, Dispatcher(rb, limits), sb
+    a, b = Dispatcher(ra, limits), Dispatcher(rb, limits)
+    for d in (a, b):
+        for name in d.registry.names():
+            d.calls[name] = new_method_calls()
+    return a, sa, b, sb
 
 
 def _run(out):
@@ -62,7 +76,8 @@ def _counters(d: Dispatcher) -> dict:
 
 
 @SETTINGS
-@given(st.lists(st.tuples(frame_obj, st.binary(max_size=4), st.integers(min_value=0, max_value=80), access),
+@given(st.lists(st.tuples(frame_obj, st.one_of(st.just(b""), st.just(b""), st.just(b""), st.binary(max_size=4)),
+                          st.integers(min_value=0, max_value=80), access),
                 min_size=1, max_size=6), st.sampled_from(LIMITS))
 def test_fast_dispatch_answers_as_the_reference(frames, limits):
     ref, seen_ref, fast, seen_fast = _pair(limits)
@@ -82,7 +97,6 @@ def test_the_fast_path_is_taken_for_a_plain_request():
     """A plain request is answered without handle_frame (which would count)."""
     ref, _, fast, _ = _pair(LIMITS[0])
     frame = b'{"jsonrpc":"2.0","id":7,"method":"echo","params":{"text":"hi"}}'
-    fast.handle_frame(frame, Call())           # first call: creates the counters
     called = []
     orig = fast.handle_frame
     fast.handle_frame = lambda *a: called.append(a) or orig(*a)
@@ -194,3 +208,43 @@ def test_drain_as_the_reference(events, room, max_inflight):
         return (queued, out, [_ev(x) for x in backlog], conn.started, conn.paused, conn.closing, server.stopping)
 
     assert run(rpc_fast.drain) == run(_drain_ref)
+
+
+DEEP = {"text": "x", "n": [[[[[[[[1]]]]]]]]}
+CASES = [  # one of each thing the fast path hands to the reference, and the plain ones it keeps
+    {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "hi"}},
+    {"jsonrpc": "2.0", "id": "a", "method": "echo", "params": ["hi", 3]},
+    {"jsonrpc": "2.0", "id": 1.5, "method": "fragment"},
+    {"jsonrpc": "2.0", "id": None, "method": "echo", "params": {"text": "hi"}},
+    {"jsonrpc": "2.0", "id": 2, "method": "echo", "params": DEEP},
+    {"jsonrpc": "2.0", "id": 2, "method": "echo", "params": {"text": "x", "u": 2**64 + 1}},
+    {"jsonrpc": "2.0", "id": 2**64 + 1, "method": "echo", "params": {"text": "x"}},
+    {"jsonrpc": "2.0", "method": "echo", "params": {"text": "hi"}},
+    [{"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "hi"}}],
+    {"jsonrpc": "2.0", "id": True, "method": "echo", "params": {"text": "hi"}},
+    {"jsonrpc": "1.0", "id": 1, "method": "echo", "params": {"text": "hi"}},
+    {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "hi"}, "x": 1},
+    {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": 5},
+    {"jsonrpc": "2.0", "id": 1, "method": "nope"},
+    {"jsonrpc": "2.0", "id": 1, "method": "write_op"},
+    {"jsonrpc": "2.0", "id": 1, "method": "admin_op"},
+    {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"text": "y" * 100}},
+    {"jsonrpc": "2.0", "id": 1, "method": "unencodable"},
+    {"jsonrpc": "2.0", "id": 1, "method": "huge_int"},
+    {"jsonrpc": "2.0", "id": 1, "method": "crash"},
+    {"jsonrpc": "2.0", "id": 1, "method": "app_error", "params": {"text": "ledger"}},
+    {"jsonrpc": "2.0", "id": 1, "method": "aecho", "params": {"text": "hi"}},
+    {"jsonrpc": "2.0", "id": 1, "method": "acrash"},
+    {"jsonrpc": "2.0", "id": 1, "method": "echo", "params": {"nope": 1}},
+]
+
+
+@pytest.mark.parametrize("limits", LIMITS)
+@pytest.mark.parametrize("acc", [Access.READ, Access.WRITE])
+@pytest.mark.parametrize("obj", CASES, ids=range(len(CASES)))
+def test_each_case_as_the_reference(obj, acc, limits):
+    ref, seen_ref, fast, seen_fast = _pair(limits)
+    frame = json.dumps(obj).encode()
+    call = Call(pid=1, uid=1000, gid=1000, access=acc)
+    assert _run(fast.handle(frame, call)) == _run(ref.handle_frame(frame, call))
+    assert seen_fast["calls"] == seen_ref["calls"] and _counters(fast) == _counters(ref)
