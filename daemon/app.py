@@ -92,6 +92,25 @@ class Runtime:
         self.json_name = codec.NAME
         self.stop_event = asyncio.Event()
         self.heartbeat_wanted = asyncio.Event()   # set on a system.heartbeat subscription
+        self._wire_idle()
+
+    def _wire_idle(self) -> None:
+        """Sensing slows to sense.sample_hz_idle only while nobody is there
+        (no client connected, no job, no training run) and is back at the
+        base rate the moment a client connects."""
+        units = {u.name: u for u in self.units}
+        sensing = units.get("sensing")
+        if sensing is None or not hasattr(sensing, "set_idle_check"):
+            return
+        gov, train = units.get("govern"), units.get("train")
+        server = self.server
+
+        def idle() -> bool:
+            return (not server.conns and (gov is None or not gov.core.jobs)
+                    and (train is None or not train.runs))
+
+        sensing.set_idle_check(idle)
+        server.on_first_connection = sensing.busy
 
     def uptime(self) -> float:
         return time.monotonic() - self.started

@@ -78,6 +78,9 @@ class SenseConfig:
     # ... and the rate it speeds up to when headroom shrinks (HIGH or worse,
     # or under a minute to exhaustion), earlyoom-style.
     sample_hz_max: float = 50.0
+    # ... and the rate it slows to while the band is LOW and no client, job
+    # or training run is there (an idle board: 2 wake-ups a second, not 10).
+    sample_hz_idle: float = 2.0
     # Samples kept for stress.history.
     history_size: int = 600
     # Cap of the backoff (0.5 s doubling) at which a source that went away
@@ -430,6 +433,7 @@ RANGES = {
     ("sense", "tegrastats_interval_ms"): (10, 3600000),
     ("sense", "sample_hz"): (0.1, 1000.0),
     ("sense", "sample_hz_max"): (0.1, 1000.0),
+    ("sense", "sample_hz_idle"): (0.1, 1000.0),
     ("sense", "history_size"): (1, 1000000),
     ("sense", "retry_max_s"): (0.5, 3600.0),
     ("signal", "trend_window_s"): (0.2, 600.0),

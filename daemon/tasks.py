@@ -57,6 +57,12 @@ class Ticker:
             self._handle.cancel()
             self._handle = None
 
+    def reschedule(self, delay: float) -> None:
+        """Next call in `delay` seconds instead (a rate that just rose)."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = self._loop.call_later(delay if delay > 0 else 0.0, self._tick)
+
     def _tick(self) -> None:
         t0 = self._clock.monotonic()
         try:

@@ -69,7 +69,7 @@ def gone(pid: int) -> bool:
 def test_every_sense_key_has_a_reload_test():
     """A new [sense] key needs a test here (and must not be restart-only silently)."""
     tested = {"proc_root", "tegrastats_command", "tegrastats_interval_ms", "cgroup", "sample_hz",
-              "sample_hz_max", "history_size", "retry_max_s"}
+              "sample_hz_max", "sample_hz_idle", "history_size", "retry_max_s"}   # sample_hz_idle: test_rpc_idle_rate.py
     assert {f.name for f in dataclasses.fields(SenseConfig)} == tested
 
 

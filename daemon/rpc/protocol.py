@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from time import perf_counter
 
 from .. import errors as E
+from .. import rpc_fast
 from ..errors import AalError, ConfigError, ParseError, RpcError, LedgerError, SourceError
 from ..log import get_logger
-from ..metrics import Histogram, family, sample
+from ..metrics import LATENCY_BUCKETS, Histogram, family, sample
 from . import codec
 from .budget import CHARGE
 from .registry import Access, Registry
@@ -45,8 +46,14 @@ class FrameTooLarge:
         self.limit = limit
 
 
+def new_framer(max_frame_bytes: int):
+    """The framer the server uses: LineFramer's compiled twin (ext/rpc_fast.pyx)."""
+    return rpc_fast.Framer(max_frame_bytes, FrameTooLarge)
+
+
 class LineFramer:
-    """Splits a byte stream on b'\\n'.  Blank lines are ignored."""
+    """Splits a byte stream on b'\\n'.  Blank lines are ignored.  The
+    pure-Python reference of rpc_fast.Framer (tests/test_rpc_fast_diff.py)."""
 
     __slots__ = ("_buf", "_limit")
 
@@ -246,6 +253,10 @@ class Dispatcher:
         # for system.metrics.  Unknown method names are only counted.
         self.calls: dict[str, MethodCalls] = {}
         self.unknown_methods = 0
+        # handle_frame's answer, computed in C for a plain request (ext/rpc_fast.pyx)
+        # and by handle_frame itself for anything else: what the server calls.
+        self.fast = rpc_fast.FastDispatch(self, registry.table(), map_exception, inspect.isawaitable)
+        self.handle = self.fast.handle
 
     # Result of handle_frame: bytes (reply), None (nothing to send), or an
     # awaitable giving bytes/None (some handler was async).
@@ -389,7 +400,7 @@ class Dispatcher:
                                               {"method": name})
         stats = self.calls.get(name)
         if stats is None:
-            stats = self.calls[name] = MethodCalls()
+            stats = self.calls[name] = new_method_calls()
         if call.access < m.access:
             stats.denied += 1
             return None if notify else _error(
@@ -459,8 +470,14 @@ class Dispatcher:
                        "Requests naming a method that does not exist.", float(self.unknown_methods))]
 
 
+def new_method_calls():
+    """The counters the dispatcher keeps: MethodCalls' compiled twin."""
+    return rpc_fast.MethodCalls(LATENCY_BUCKETS)
+
+
 class MethodCalls:
-    """One method's calls: a counter per outcome and a latency histogram."""
+    """One method's calls: a counter per outcome and a latency histogram.
+    The pure-Python reference of rpc_fast.MethodCalls (tests/test_rpc_fast_diff.py)."""
 
     __slots__ = ("ok", "error", "denied", "latency")
 

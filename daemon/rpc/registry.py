@@ -165,6 +165,10 @@ class Registry:
     def get(self, name: str) -> Method | None:
         return self._methods.get(name)
 
+    def table(self) -> dict[str, Method]:
+        """Name -> Method, the live dict (the compiled dispatch reads it)."""
+        return self._methods
+
     def names(self) -> list[str]:
         return sorted(self._methods)
 

@@ -1,6 +1,7 @@
 """The Unix-socket server: a thin asyncio shell around the pure protocol.
 
-One `Connection` per client.  Bytes go through `LineFramer` and `Dispatcher`;
+One `Connection` per client.  Bytes go through the framer and `Dispatcher.handle`
+(compiled twins of `LineFramer` and `handle_frame`, ext/rpc_fast.pyx);
 replies are written in order of completion.  Flow control, in bytes of
 output not yet taken by the client ("unsent"): past `unsent_soft_bytes`
 reading from that client pauses (no frame is parsed or dispatched until it
@@ -25,12 +26,14 @@ import time
 from .. import errors as E
 from ..log import get_logger
 from . import codec
-from .protocol import Call, Dispatcher, FrameTooLarge, LineFramer, error_frame
+from .protocol import Call, Dispatcher, FrameTooLarge, error_frame, new_framer
 from .registry import Access
+from ..rpc_fast import drain as _drain
 
 log = get_logger("rpc")
 
 _SO_PEERCRED_FMT = "3i"
+_monotonic = time.monotonic
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -129,10 +132,30 @@ MAX_INFLIGHT = 128
 CLOSE_FLUSH_S = 2.0
 
 
+def _drain_ref(conn, backlog, handle, call, out: list, room: int, max_inflight: int, server) -> int:
+    """Pure-Python reference of rpc_fast.drain (tests/test_rpc_fast_diff.py)."""
+    queued = 0
+    inflight = conn.inflight
+    while backlog and queued < room:
+        if conn.paused or conn.closing or len(inflight) >= max_inflight or server.stopping:
+            break
+        ev = backlog[0]
+        if type(ev) is not bytes:
+            break
+        backlog.popleft()
+        r = handle(ev, call)
+        if type(r) is bytes:
+            out.append(r)
+            queued += len(r)
+        elif r is not None:
+            conn._start_async(r)
+    return queued
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, server: "RpcServer"):
         self.server = server
-        self.framer = LineFramer(server.dispatcher.limits.max_frame_bytes)
+        self.framer = new_framer(server.dispatcher.limits.max_frame_bytes)
         self.transport = None
         self.call: Call | None = None
         self.subs: dict[str, Subscription] = {}
@@ -172,7 +195,7 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes):
         if self.closing:
             return
-        self.last_activity = time.monotonic()
+        self.last_activity = _monotonic()
         self.backlog.extend(self.framer.feed(data))
         self._process()
 
@@ -186,10 +209,15 @@ class Connection(asyncio.Protocol):
         # Replies of this pass may fill what is left below the soft limit
         # (the last one may cross it, by at most rpc.max_reply_bytes).
         room = server.unsent_soft - self.transport.get_write_buffer_size() if not self.closing else 0
-        while backlog and not self.paused and not self.closing and len(self.inflight) < MAX_INFLIGHT \
-                and queued < room:
+        handle, call = server.dispatcher.fast, self.call
+        while True:
+            # The plain frames, compiled (ext/rpc_fast.pyx; reference: _drain_ref).
+            queued += _drain(self, backlog, handle, call, out_buf, room - queued, MAX_INFLIGHT, server)
+            if not backlog or self.paused or self.closing or len(self.inflight) >= MAX_INFLIGHT \
+                    or queued >= room:
+                break
             ev = backlog.popleft()
-            if type(ev) is FrameTooLarge:
+            if type(ev) is not bytes:
                 backlog.clear()
                 out_buf.append(error_frame(None, E.FRAME_TOO_LARGE,
                                            f"frame exceeds the limit of {ev.limit} bytes; closing the connection",
@@ -198,28 +226,34 @@ class Connection(asyncio.Protocol):
                 log.warning("frame_too_large", pid=self.call.pid, uid=self.call.uid, limit=ev.limit)
                 self.close()
                 return
-            if server.stopping:
-                out_buf.append(error_frame(None, E.OVERLOADED, "server is shutting down"))
-                continue
-            out = server.dispatcher.handle_frame(ev, self.call)
-            if out is None:
-                continue
-            if type(out) is bytes:
-                out_buf.append(out)
-                queued += len(out)
-            else:
-                fut = asyncio.ensure_future(out)
-                self.inflight.add(fut)
-                server.inflight.add(fut)
-                fut.add_done_callback(self._async_done)
-        if out_buf:
+            # A bytes frame _drain left: only while the server stops (the
+            # other reasons it stops at end the loop above).
+            out_buf.append(error_frame(None, E.OVERLOADED, "server is shutting down"))
+        if out_buf and not self.closing:
             # Bounded by construction (soft limit + one reply), so not held
             # to the hard limit: that one catches what comes without reading.
-            self._write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf), bounded=True)
+            # (_write(..., bounded=True), inline: once per read.)
+            t = self.transport
+            t.write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf))
+            now = t.get_write_buffer_size()
+            if now != self.unsent:
+                server.unsent_total += now - self.unsent
+                self.unsent = now
+            if server.unsent_total > server.unsent_total_max:
+                server.shed()
         if backlog and queued and queued >= room and not self.paused and not self.closing:
             # A long run of pipelined frames: yield to other clients, then go on.
             asyncio.get_running_loop().call_soon(self._process)
-        self._set_reading(not backlog and not self.paused)
+        on = not backlog and not self.paused
+        if on != self.reading:
+            self._set_reading(on)
+
+    def _start_async(self, aw) -> None:
+        """An async reply: run it, write it when done (_async_done)."""
+        fut = asyncio.ensure_future(aw)
+        self.inflight.add(fut)
+        self.server.inflight.add(fut)
+        fut.add_done_callback(self._async_done)
 
     def _set_reading(self, on: bool):
         if self.closing or on == self.reading:
@@ -327,13 +361,17 @@ class Connection(asyncio.Protocol):
         bounds: past the hard limit the connection is closed instead."""
         if self.closing:
             return
-        server = self.server
-        unsent = self.transport.get_write_buffer_size() + len(data)
-        if unsent > server.unsent_hard and not bounded:
-            self.drop("reply_backlog_closed", unsent, limit=server.unsent_hard)
-            return
-        self.transport.write(data)
-        self._count_unsent()
+        server, t = self.server, self.transport
+        if not bounded:
+            unsent = t.get_write_buffer_size() + len(data)
+            if unsent > server.unsent_hard:
+                self.drop("reply_backlog_closed", unsent, limit=server.unsent_hard)
+                return
+        t.write(data)
+        now = t.get_write_buffer_size()          # _count_unsent, inline: once per read
+        if now != self.unsent:
+            server.unsent_total += now - self.unsent
+            self.unsent = now
         if server.unsent_total > server.unsent_total_max:
             server.shed()
 
@@ -428,6 +466,9 @@ class RpcServer:
         self.backlog_closed_total = 0
         self.stopping = False
         self._has_conns = asyncio.Event()    # set on admit: the idle reaper sleeps on it
+        # Called when the first client connects (no connection before it):
+        # app.py brings sensing back from its idle rate.
+        self.on_first_connection = None
         self._server: asyncio.AbstractServer | None = None
         self._reaper: asyncio.Task | None = None
 
@@ -437,9 +478,15 @@ class RpcServer:
             log.warning("connection_refused", open=len(self.conns), max=self.max_connections,
                         stopping=self.stopping)
             return False
+        first = not self.conns
         self.conns.add(conn)
         self.accepted_total += 1
         self._has_conns.set()
+        if first and self.on_first_connection is not None:
+            try:
+                self.on_first_connection()
+            except Exception as exc:  # noqa: BLE001 - a hook must not refuse the client
+                log.error("first_connection_hook_failed", error=repr(exc))
         return True
 
     def forget(self, conn: Connection) -> None:

@@ -2,7 +2,10 @@
 
 The loop reads meminfo (and PSI, vmstat, the watched cgroup) at
 sense.sample_hz, faster (sense.sample_hz_max) while the band is HIGH or
-worse or memory would run out within a minute, earlyoom-style.  Each sample
+worse or memory would run out within a minute, earlyoom-style, and slower
+(sense.sample_hz_idle) while the band is LOW and nobody is there to act for
+or to watch (no client connected, no job, no training run: the `idle_check`
+app.py sets); `busy()` brings the base rate back at once.  Each sample
 is encoded once; stress.get and the "stress" topic reuse those bytes.
 tegrastats runs beside it at its own interval; its latest line feeds the
 fused model (lfb) when the source is live, and the thermal/power scalars.
@@ -146,6 +149,8 @@ class SensingUnit(Unit):
         self._thermal: dict = {}
         self._interval = 1.0 / cfg.sense.sample_hz
         self._fast = False                  # sampling at sample_hz_max
+        self._calm = False                  # the latest sample's band is LOW
+        self._idle_check: Callable[[], bool] | None = None
         self._vm_next: float | None = None  # when vmstat is read next
         self._ticker: Ticker | None = None
         # The latest complete reading and vmstat figures: the governor runs
@@ -172,6 +177,34 @@ class SensingUnit(Unit):
         """fn() -> True asks for sample_hz_max after this sample, as HIGH
         stress does (the governor: a job cgroup near its own cap)."""
         self._fast_hints.append(fn)
+
+    def set_idle_check(self, fn: Callable[[], bool]) -> None:
+        """fn() -> True: nobody to act for or watch; with a LOW band, sample
+        at sense.sample_hz_idle (app.py: no connection, job or run)."""
+        self._idle_check = fn
+
+    def busy(self) -> None:
+        """Someone arrived (a client connected): back to the base rate now,
+        with a sample at once if the idle rate had the next one far away."""
+        base = 1.0 / self.ctx.config.sense.sample_hz
+        if self._interval > base:
+            self._interval = base
+            if self._ticker is not None:
+                self._ticker.reschedule(0.0)
+
+    def _rate_interval(self, sense) -> float:
+        """Seconds to the next sample: fast, idle or base (module docstring)."""
+        if self._fast:
+            return 1.0 / max(sense.sample_hz_max, sense.sample_hz)
+        if self._calm and self._idle_check is not None:
+            try:
+                idle = bool(self._idle_check())
+            except Exception as exc:  # noqa: BLE001 - a bad check must not stop sensing
+                log.error("idle_check_failed", error=repr(exc))
+                idle = False
+            if idle:
+                return 1.0 / min(sense.sample_hz_idle, sense.sample_hz)
+        return 1.0 / sense.sample_hz
 
     @property
     def sources(self) -> list[_Source]:
@@ -261,9 +294,9 @@ class SensingUnit(Unit):
         if config.sense.history_size != self.history.maxlen:
             self.history = collections.deque(self.history, maxlen=config.sense.history_size)
         new, was = config.sense, old.sense
-        if new.sample_hz != was.sample_hz or new.sample_hz_max != was.sample_hz_max:
-            fast = self._interval < 1.0 / was.sample_hz
-            self._interval = 1.0 / (max(new.sample_hz_max, new.sample_hz) if fast else new.sample_hz)
+        if (new.sample_hz, new.sample_hz_max, new.sample_hz_idle) != \
+                (was.sample_hz, was.sample_hz_max, was.sample_hz_idle):
+            self._interval = self._rate_interval(new)
         if new.retry_max_s != was.retry_max_s:
             for src in self.sources:
                 src.health.set_max(new.retry_max_s)
@@ -428,8 +461,9 @@ class SensingUnit(Unit):
                     log.error("fast_hint_failed", hint=getattr(hint, "__qualname__", repr(hint)), error=repr(exc))
                 if fast:
                     break
-        self._interval = 1.0 / (max(sense.sample_hz_max, sense.sample_hz) if fast else sense.sample_hz)
         self._fast = fast
+        self._calm = sample.band == "LOW"
+        self._interval = self._rate_interval(sense)
 
     def _on_tegra(self, parsed: dict) -> None:
         self._thermal = thermal.scalars(parsed, self.ctx.config.signal.throttle_c)
