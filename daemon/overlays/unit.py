@@ -31,7 +31,7 @@ from .manifest import NAME, PHASES, ManifestError
 from .registry import OverlayRegistry, source_dir
 from .runners import Outcome, SpawnRefused, run_http, run_proc
 
-from .sandbox import SandboxUnavailable, plan, probe, spawn
+from .sandbox import SandboxUnavailable, plan, plan_cache_clear, probe, spawn
 
 log = get_logger("overlays")
 
@@ -194,6 +194,7 @@ class OverlayUnit(Unit):
         r.allow_tcp, r.allow_remote = cfg.allow_tcp_loopback, cfg.allow_remote_http
         if cfg.dir != r.dir:
             r.dir = cfg.dir
+        plan_cache_clear()  # CLEAR's read rules are made again (a read path may have come or gone)
         r.rescan()          # hot swap on SIGHUP / system.reload
 
     def _mech_dict(self) -> dict:
@@ -352,6 +353,7 @@ class OverlayUnit(Unit):
 
     def rpc_rescan(self, p, call):
         """Re-read overlays.dir now."""
+        plan_cache_clear()
         return self.registry.rescan()
 
     # --------------------------------------------------------------- invoke
