@@ -30,7 +30,7 @@ line, so a bad index can never answer a wrong record):
 - `<segment>.rid`, written and fsynced at rotation before the segment's
   rename: the (key, seq) pairs sorted, 16 bytes each, binary-searched with
   preads: O(log n) reads per segment.
-key = the first 8 bytes (little-endian) of BLAKE2b(run_id).
+key = the 8-byte BLAKE2b digest of the run_id, read little-endian.
 """
 from __future__ import annotations
 
