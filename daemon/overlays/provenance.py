@@ -138,8 +138,13 @@ class _Segment:
                 yield from parts
 
     def find(self, key: int) -> list[int]:
-        """The seqs whose key is `key`: a binary search in `.rid` (O(log n) preads)."""
-        fd = os.open(self.path + ".rid", os.O_RDONLY | os.O_CLOEXEC)
+        """The seqs whose key is `key`: a binary search in `.rid` (O(log n)
+        preads); a scan of the segment if its index went away meanwhile
+        (rebuilt at the next start)."""
+        try:
+            fd = os.open(self.path + ".rid", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return [self.first + i for i, line in enumerate(self.lines()) if _line_key(line) == key]
         try:
             lo, hi = 0, self.count
             while lo < hi:
