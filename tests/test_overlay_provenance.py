@@ -295,3 +295,31 @@ def test_an_index_entry_that_lies_never_answers_a_wrong_record(tmp_path):
         fh.write(prov.rid_key("r3").to_bytes(8, "little"))
     again = prov.ProvenanceLog(log.path).open()
     assert again.find_run("r3") == [3]          # the lying entry is checked against its line
+
+
+def test_a_failed_write_leaves_no_part_of_its_line(tmp_path):
+    """A write cut short (here: EFBIG past RLIMIT_FSIZE, a real short write)
+    is cut back, so the next record starts on a line of its own."""
+    import resource
+    import signal
+    log, anchors = _log(tmp_path, 2)
+    size = os.path.getsize(log.path)
+    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, old[1]))
+        try:
+            log.append({"run_id": "big", "blob": "x" * 5000})
+            raise AssertionError("the write past RLIMIT_FSIZE succeeded")
+        except OSError:
+            pass
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_sig)
+    assert os.path.getsize(log.path) == size and log.count == 2
+    seq, h = log.append({"run_id": "r2", "outcome": "ok", "n": 2})
+    anchors.append({"seq": seq, "run_id": "r2", "record_hash": h})
+    assert seq == 2 and prov.verify(prov.read_lines(log.path), anchors)["ok"]
+    log.close()
+    again = prov.ProvenanceLog(log.path).open()
+    assert again.torn == 0 and again.count == 3 and again.find_run("r2") == [2] and again.find_run("big") == []
