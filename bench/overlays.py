@@ -4,6 +4,12 @@
     .venv/bin/python bench/overlays.py            300 calls per case
     .venv/bin/python bench/overlays.py --quick    60 calls per case
     .venv/bin/python bench/overlays.py --no-cgroup    without the per-call cgroup
+    .venv/bin/python bench/overlays.py --stages   also where a call's time goes
+
+--stages runs the daemon with AAL_OVERLAY_STAGES (the unit then writes one
+line of per-stage milliseconds per call) and prints each stage's p50 and
+mean per phase; "rpc + loop" is the client's p50 minus the daemon's: the
+JSON-RPC round trip, framing and the event loop's scheduling.
 
 The trivial proc overlay is `cat`: it reads the canonical JSON request on
 stdin and writes it back, which is one JSON object, so the bus accepts it.
@@ -131,8 +137,10 @@ def bus(n: int, base: str, phase: str) -> list[float] | str:
     return out
 
 
-def start_daemon(base: str, cgroups: bool = True) -> subprocess.Popen:
+def start_daemon(base: str, cgroups: bool = True, stages: str | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_"))}
+    if stages:
+        env["AAL_OVERLAY_STAGES"] = stages
     err = open(os.path.join(base, "daemon.stderr"), "wb")
     cmd = [os.path.join(BIN, "aal-core"), "run", "--local", base, "--tegrastats", "off"]
     if not cgroups:
@@ -163,6 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("-n", type=int, default=None)
     ap.add_argument("--no-cgroup", action="store_true",
                     help="govern.cgroup_root = off: no per-call cgroup (shows what the cgroup costs)")
+    ap.add_argument("--stages", action="store_true",
+                    help="per-stage breakdown of a call inside the daemon (AAL_OVERLAY_STAGES)")
     args = ap.parse_args(argv)
     n = args.n or (60 if args.quick else 300)
     import uvloop
@@ -175,7 +185,9 @@ def main(argv=None) -> int:
         json.dump(MANIFEST, fh)
     os.chmod(src, 0o755)
     results: dict = {}
-    d = start_daemon(base, cgroups=not args.no_cgroup)
+    stages_file = os.path.join(base, "stages.jsonl") if args.stages else None
+    stages: dict = {}
+    d = start_daemon(base, cgroups=not args.no_cgroup, stages=stages_file)
     try:
         from aal_core.client import Client
         with Client(os.path.join(base, "aal-core.sock")) as c:
@@ -193,7 +205,14 @@ def main(argv=None) -> int:
                              ("overlay.invoke OPEN", lambda: bus(n, base, "OPEN")),
                              ("overlay.invoke CLEAR", lambda: bus(n, base, "CLEAR")),
                              ("fsync 700 B (state dir)", lambda: fsync_floor(n, base))):
+                mark = os.path.getsize(stages_file) if stages_file and os.path.exists(stages_file) else 0
                 got = fn()
+                if stages_file and name.startswith("overlay.invoke"):
+                    with open(stages_file, "rb") as fh:
+                        fh.seek(mark)
+                        for line in fh.read().splitlines():
+                            for k, v in json.loads(line).items():
+                                stages.setdefault(name, {}).setdefault(k, []).append(v)
                 if isinstance(got, str):
                     results[name] = got
                 else:
@@ -222,6 +241,13 @@ def main(argv=None) -> int:
             print(f"{phase}: bus over its sandboxed floor {b['p50_ms'] - f['p50_ms']:+.2f} ms p50 "
                   f"({b['p50_ms'] / f['p50_ms']:.2f}x), over the bare floor {b['p50_ms'] - f0['p50_ms']:+.2f} ms "
                   f"({b['p50_ms'] / f0['p50_ms']:.2f}x); goal <= +2 ms over the floor")
+    for name, per in stages.items():
+        print(f"\n{name}, inside the daemon (ms per call; stages in call order):")
+        print(f"  {'stage':24} {'p50':>8} {'mean':>8}")
+        for k, v in per.items():
+            print(f"  {k:24} {statistics.median(v):8.3f} {statistics.fmean(v):8.3f}")
+        if name in st and "total" in per:
+            print(f"  {'rpc + loop (client-daemon)':24} {st[name]['p50_ms'] - statistics.median(per['total']):8.3f}")
     fs = st.get("fsync 700 B (state dir)")
     if fs:
         print(f"of which the disk: one fsync of the provenance line, {fs['p50_ms']:.2f} ms p50 here")

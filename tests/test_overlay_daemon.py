@@ -643,3 +643,66 @@ def test_scratch_directories_are_removed_after_the_reply():
         assert os.listdir(scratch) == []
     finally:
         cleanup(d)
+
+
+def _snapshot_taken(pid: int, path: str) -> bool:
+    """provenance.verify holds the log open a second time while it reads its snapshot."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}") == path
+        except OSError:
+            pass
+    return n >= 2
+
+
+def test_an_invoke_is_served_while_verify_reads_a_large_log():
+    """verify checks a snapshot of the committed log without holding the
+    write lock: an invoke sent while it reads 20,000 records is answered
+    first and recorded after the snapshot; run_id lookups use the index."""
+    from helpers import short_tmpdir
+    from aal_core.overlays import provenance as prov
+    base = short_tmpdir()
+    d1 = reachable(start_daemon(base=base, config=CONFIG))
+    try:
+        d1.call("overlay.install", {"path": os.path.join(EXAMPLES, "abraxas")})
+        assert invoke(d1, "abraxas", "scan", "OPEN", {"text": "x"})["ok"]
+    finally:
+        d1.stop()
+    # Records as a crash leaves them (on disk, their ledger entries never
+    # written): the next start anchors them, so the log is large and valid.
+    path = os.path.join(base, "state", "provenance.jsonl")
+    log = prov.ProvenanceLog(path).open()
+    template = log.get(0)
+    n = 20000
+    for i in range(n):
+        seq, line = log.prepare(dict(template, run_id=f"bulk-{i}"))
+        os.write(log.fd, line + b"\n")
+        log.commit(seq, line, f"bulk-{i}")
+    os.fsync(log.fd)
+    log.close()
+    d2 = reachable(start_daemon(base=base, config=CONFIG, wait=180))
+    try:
+        total = n + 1
+        assert d2.call("system.status")["overlays"]["provenance_records"] == total
+        got: dict = {}
+
+        def verify():
+            with d2.client(timeout=600) as c:
+                got["v"] = c.call("provenance.verify")
+                got["at"] = time.monotonic()
+        t = threading.Thread(target=verify)
+        t.start()
+        assert wait_for(lambda: _snapshot_taken(d2.proc.pid, path), timeout=60, every=0.002)
+        r = invoke(d2, "abraxas", "scan", "OPEN", {"text": "during the verify"})
+        served = time.monotonic()
+        t.join(600)
+        assert r["ok"] and r["provenance_index"] == total
+        assert "at" in got and served < got["at"], "the invoke waited for the verify"
+        assert got["v"]["ok"] and got["v"]["records"] == got["v"]["anchored"] == total, got["v"]
+        assert d2.call("provenance.get", {"run_id": "bulk-12345"})["index"] == 12346
+        assert d2.call("provenance.get", {"run_id": r["run_id"]})["index"] == total
+        v = assert_consistent(d2)
+        assert v["records"] == total + 1
+    finally:
+        cleanup(d2)

@@ -205,3 +205,121 @@ def test_verifier_fed_in_chunks_agrees_with_verify(tmp_path):
         assert got["ok"] == want["ok"] and got.get("first_bad", {}).get("seq") == want.get("first_bad", {}).get("seq")
         if got["ok"]:       # what is left in memory is the window, not the whole ledger
             assert len(v.anchors) <= 4 + 1
+
+
+# ------------------------------------------------------------ run_id index
+
+def _scan(log, rid):
+    """The reference answer: every line read."""
+    return [seq for seq, line in log.lines(log.pruned_before) if json.loads(line).get("run_id") == rid]
+
+
+def test_run_id_index_finds_runs_in_rotated_segments_and_the_active_file(tmp_path):
+    log, _, _ = _rotating(tmp_path, 60)
+    assert len(log.segments) >= 5
+    for s in log.segments:
+        data = open(s.path + ".rid", "rb").read()
+        assert len(data) == prov.RID * s.count
+        pairs = [(int.from_bytes(data[i:i + 8], "little"), int.from_bytes(data[i + 8:i + 16], "little"))
+                 for i in range(0, len(data), prov.RID)]
+        assert pairs == sorted(pairs) and sorted(q for _, q in pairs) == list(range(s.first, s.first + s.count))
+    assert os.path.getsize(log.path + ".rid") == prov.RID * (log.count - log.first)
+    fresh = prov.ProvenanceLog(log.path, max_bytes=600).open()      # no cached answers
+    for rid in [f"r{i}" for i in range(7)] + ["nope"]:
+        assert fresh.find_run(rid) == _scan(fresh, rid)
+    # A run_id only in one rotated segment: found by its segment's binary search.
+    seg = fresh.segments[2]
+    seq, h = fresh.append({"run_id": "only-here", "n": 99})
+    assert fresh.find_run("only-here") == [seq]
+    assert seg.find(prov.rid_key("r3")) == [q for q in _scan(fresh, "r3") if seg.first <= q < seg.first + seg.count]
+    assert seg.find(prov.rid_key("only-here")) == []
+    os.unlink(seg.path + ".rid")            # removed by hand while open: the segment is scanned instead
+    assert seg.find(prov.rid_key("r3")) == [q for q in _scan(fresh, "r3") if seg.first <= q < seg.first + seg.count]
+
+
+def test_a_missing_index_is_rebuilt_from_the_log(tmp_path):
+    log, _, _ = _rotating(tmp_path, 40)
+    for i in range(3):              # and some in the active file
+        log.append({"run_id": f"r{i + 1}", "n": 100 + i})
+    want = {rid: _scan(log, rid) for rid in ("r1", "r4", "nope")}
+    log.close()
+    for s in log.segments:
+        os.unlink(s.path + ".rid")
+    os.unlink(log.path + ".rid")
+    again = prov.ProvenanceLog(log.path, max_bytes=600).open()
+    assert all(s.rebuilt_rid for s in again.segments)
+    assert again.rid_rebuilt == again.count - again.first > 0
+    for s in again.segments:
+        assert os.path.getsize(s.path + ".rid") == prov.RID * s.count
+    assert {rid: again.find_run(rid) for rid in want} == want
+
+
+def test_an_index_torn_or_stale_by_a_crash_is_cut_and_rebuilt(tmp_path):
+    log, _, _ = _rotating(tmp_path, 40)
+    for i in range(3):
+        log.append({"run_id": f"r{2 * i}", "n": 100 + i})
+    want = {rid: _scan(log, rid) for rid in ("r0", "r2", "r6")}
+    n_active = log.count - log.first
+    assert n_active >= 2
+    log.close()
+    seg = log.segments[1]
+    # A crash mid-write: the active index ends inside an entry; a segment's
+    # index was being written (its .tmp left, the index itself torn short).
+    with open(log.path + ".rid", "r+b") as fh:
+        fh.truncate(prov.RID * (n_active - 1) + 5)
+    os.replace(seg.path + ".rid", seg.path + ".rid.tmp")
+    with open(seg.path + ".rid", "wb") as fh:
+        fh.write(b"\0" * (prov.RID * seg.count - 3))
+    again = prov.ProvenanceLog(log.path, max_bytes=600).open()
+    assert again.rid_rebuilt == 1
+    assert not os.path.exists(seg.path + ".rid.tmp")
+    assert [s.rebuilt_rid for s in again.segments] == [s.first == seg.first for s in again.segments]
+    assert os.path.getsize(again.path + ".rid") == prov.RID * n_active
+    assert {rid: again.find_run(rid) for rid in want} == want
+    again.close()
+    # Stale: a rotation cut short after the segment's rename leaves the old
+    # active index beside a new log; its entries name other seqs: dropped.
+    with open(log.path + ".rid", "r+b") as fh:
+        fh.seek(0)
+        fh.write(prov._pack(prov.rid_key("r0"), 0))
+    third = prov.ProvenanceLog(log.path, max_bytes=600).open()
+    assert third.rid_rebuilt == n_active
+    assert {rid: third.find_run(rid) for rid in want} == want
+
+
+def test_an_index_entry_that_lies_never_answers_a_wrong_record(tmp_path):
+    log, _ = _log(tmp_path, 4)
+    log.close()
+    with open(log.path + ".rid", "r+b") as fh:      # entry 1 claims run r3's key; its seq stays right
+        fh.seek(prov.RID * 1)
+        fh.write(prov.rid_key("r3").to_bytes(8, "little"))
+    again = prov.ProvenanceLog(log.path).open()
+    assert again.find_run("r3") == [3]          # the lying entry is checked against its line
+
+
+def test_a_failed_write_leaves_no_part_of_its_line(tmp_path):
+    """A write cut short (here: EFBIG past RLIMIT_FSIZE, a real short write)
+    is cut back, so the next record starts on a line of its own."""
+    import resource
+    import signal
+    log, anchors = _log(tmp_path, 2)
+    size = os.path.getsize(log.path)
+    old_sig = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    old = resource.getrlimit(resource.RLIMIT_FSIZE)
+    try:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 100, old[1]))
+        try:
+            log.append({"run_id": "big", "blob": "x" * 5000})
+            raise AssertionError("the write past RLIMIT_FSIZE succeeded")
+        except OSError:
+            pass
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old)
+        signal.signal(signal.SIGXFSZ, old_sig)
+    assert os.path.getsize(log.path) == size and log.count == 2
+    seq, h = log.append({"run_id": "r2", "outcome": "ok", "n": 2})
+    anchors.append({"seq": seq, "run_id": "r2", "record_hash": h})
+    assert seq == 2 and prov.verify(prov.read_lines(log.path), anchors)["ok"]
+    log.close()
+    again = prov.ProvenanceLog(log.path).open()
+    assert again.torn == 0 and again.count == 3 and again.find_run("r2") == [2] and again.find_run("big") == []

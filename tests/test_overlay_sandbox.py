@@ -554,6 +554,32 @@ def test_clear_reads_only_its_allow_list():
     shutil.rmtree(scratch, ignore_errors=True)
 
 
+def test_clear_read_rules_are_made_once_and_remade_after_a_cache_clear():
+    """plan() keeps CLEAR's static rules per (ABI, read_paths): each call
+    still gets its own scratch directory; a read path that appears later is
+    refused until plan_cache_clear() (system.reload, overlay.rescan)."""
+    if not _mech().landlock_abi:
+        pytest.skip("no Landlock here")
+    scratch = short_tmpdir("ovsc")
+    later = os.path.join(short_tmpdir("ovrp"), "later")
+    cfg = OverlaysConfig(scratch_dir=scratch, read_paths=later)
+    sb.plan_cache_clear()
+    with pytest.raises(sb.SandboxUnavailable, match="not an existing absolute path"):
+        sb.plan("CLEAR", "analysis", mechanisms=_mech(), config=cfg)
+    os.mkdir(later)                       # a refusal is not remembered
+    a = sb.plan("CLEAR", "analysis", mechanisms=_mech(), config=cfg)
+    b = sb.plan("CLEAR", "analysis", mechanisms=_mech(), config=cfg)
+    assert a.scratch_dir != b.scratch_dir and dict(a.landlock_rules)[later] == sb.LL_FS_READS
+    assert dict(a.landlock_rules)[a.scratch_dir] == a.landlock_fs and a.scratch_dir not in dict(b.landlock_rules)
+    os.rmdir(later)
+    assert later in dict(sb.plan("CLEAR", "analysis", mechanisms=_mech(), config=cfg).landlock_rules)
+    sb.plan_cache_clear()                 # gone now: the next plan sees it
+    with pytest.raises(sb.SandboxUnavailable, match="not an existing absolute path"):
+        sb.plan("CLEAR", "analysis", mechanisms=_mech(), config=cfg)
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.rmtree(os.path.dirname(later), ignore_errors=True)
+
+
 def test_probe_reports_what_it_found():
     m = sb.probe(OverlaysConfig())
     d = m.to_dict(OverlaysConfig())

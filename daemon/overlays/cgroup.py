@@ -44,6 +44,7 @@ class CallCgroup:
         self.reason: str | None = None
         self.hard_bytes = hard_bytes
         self._oom_base = 0
+        self._set = (soft_bytes, hard_bytes)      # the limits written into it
         if self.mode == "off" or not getattr(enforcer, "base", None):
             self.reason = getattr(enforcer, "note", None) or "per-job cgroups are off"
             return
@@ -66,11 +67,14 @@ class CallCgroup:
         self._oom_base = self._oom_count()
 
     def reuse(self, soft_bytes: int, hard_bytes: int) -> bool:
-        """Set new limits on an emptied cgroup for the next call."""
-        try:
-            self._limits(self.path, soft_bytes, hard_bytes)
-        except OSError:
-            return False
+        """Set new limits on an emptied cgroup for the next call (kept as
+        they are when the same: three writes into cgroupfs saved)."""
+        if (soft_bytes, hard_bytes) != self._set:
+            try:
+                self._limits(self.path, soft_bytes, hard_bytes)
+            except OSError:
+                return False
+            self._set = (soft_bytes, hard_bytes)
         self.hard_bytes = hard_bytes
         self._oom_base = self._oom_count()
         return True

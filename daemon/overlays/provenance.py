@@ -16,8 +16,21 @@ Bounded at any size: the file is rotated at `max_bytes` into segments
 per line), and the oldest beyond `keep` are deleted (0: keep them all; a
 deletion is announced in the ledger by the unit, so verify knows where the
 log legitimately begins).  In memory: the active segment's offsets only,
-and a bounded cache of run_id lookups; finding a run_id or an overlay's
-records scans the files (backwards for the latest), never holds them.
+and a bounded cache of run_id lookups; an overlay's records are found by
+reading the files backwards (for the latest), never held.
+
+run_id index, persistent and rebuilt from the log whenever it is torn,
+stale or missing (the log is the truth; a hit is confirmed against the
+line, so a bad index can never answer a wrong record):
+- `<file>.rid`, beside the active file: one 16-byte entry per line, in log
+  order (key, seq), appended after the line is fsynced (not fsynced itself:
+  at open a torn entry is cut, entries past the log or whose last one does
+  not match its line are dropped, the missing ones rebuilt); in memory its
+  keys (an `array('Q')`, 8 bytes a line), searched at C speed.
+- `<segment>.rid`, written and fsynced at rotation before the segment's
+  rename: the (key, seq) pairs sorted, 16 bytes each, binary-searched with
+  preads: O(log n) reads per segment.
+key = the 8-byte BLAKE2b digest of the run_id, read little-endian.
 """
 from __future__ import annotations
 
@@ -25,6 +38,7 @@ import array
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections import OrderedDict, deque
 
@@ -48,6 +62,24 @@ def run_id(overlay: str, version: str, capability: str, phase: str, payload, see
                         "phase": phase, "payload": payload, "seed": seed})
 
 
+def rid_key(run_id) -> int:
+    """The index's 64-bit key of a run_id (any string)."""
+    return int.from_bytes(hashlib.blake2b(str(run_id).encode("utf-8", "surrogatepass"),
+                                          digest_size=8).digest(), "little")
+
+
+def _line_key(line: bytes):
+    rid = _run_id(line)
+    return rid_key(rid) if isinstance(rid, str) else 0
+
+
+RID = 16            # bytes of an index entry: key u64, seq u64, little-endian
+
+
+def _pack(key: int, seq: int) -> bytes:
+    return key.to_bytes(8, "little") + seq.to_bytes(8, "little")
+
+
 def record_hash(line: bytes) -> str:
     return hashlib.sha256(line).hexdigest()
 
@@ -65,12 +97,75 @@ def _fsync_dir(path: str) -> None:
 
 
 class _Segment:
-    """A rotated, read-only segment: lines first..first+count-1."""
+    """A rotated, read-only segment: lines first..first+count-1, with its
+    offsets (`.idx`) and its sorted run_id index (`.rid`)."""
 
     def __init__(self, path: str, first: int):
         self.path, self.first = path, first
         self.count = os.path.getsize(path + ".idx") // 8
         self.size = os.path.getsize(path)
+        self.rebuilt_rid = False
+        if not self._rid_ok():
+            self.write_rid(sorted((_line_key(line), first + i) for i, line in enumerate(self.lines())))
+            self.rebuilt_rid = True
+
+    def _rid_ok(self) -> bool:
+        try:
+            return os.path.getsize(self.path + ".rid") == RID * self.count
+        except OSError:
+            return False
+
+    def write_rid(self, pairs) -> None:
+        """The sorted (key, seq) index, written whole (tmp, fsync, rename)."""
+        tmp = self.path + ".rid.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(_pack(k, q) for k, q in pairs))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path + ".rid")
+        _fsync_dir(self.path)
+
+    def lines(self):
+        with open(self.path, "rb") as fh:
+            carry, pos = b"", 0
+            while pos < self.size:
+                chunk = fh.read(min(CHUNK, self.size - pos))
+                if not chunk:
+                    break
+                pos += len(chunk)
+                parts = (carry + chunk).split(b"\n")
+                carry = parts.pop()
+                yield from parts
+
+    def find(self, key: int) -> list[int]:
+        """The seqs whose key is `key`: a binary search in `.rid` (O(log n)
+        preads); a scan of the segment if its index went away meanwhile
+        (rebuilt at the next start)."""
+        try:
+            fd = os.open(self.path + ".rid", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return [self.first + i for i, line in enumerate(self.lines()) if _line_key(line) == key]
+        try:
+            lo, hi = 0, self.count
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if int.from_bytes(os.pread(fd, 8, mid * RID), "little") < key:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            out = []
+            while lo < self.count:
+                e = os.pread(fd, RID * 64, lo * RID)
+                for j in range(0, len(e) - RID + 1, RID):
+                    if int.from_bytes(e[j:j + 8], "little") != key:
+                        return out
+                    out.append(int.from_bytes(e[j + 8:j + 16], "little"))
+                lo += len(e) // RID
+                if not e:
+                    break
+            return out
+        finally:
+            os.close(fd)
 
     def offset(self, i: int) -> int:
         with open(self.path + ".idx", "rb") as fh:
@@ -96,12 +191,16 @@ class ProvenanceLog:
         self.segments: list[_Segment] = []     # oldest first
         self.first = 0                         # seq of the active file's first line
         self.offsets = array.array("Q")        # of the active file's lines
+        self.keys = array.array("Q")           # their run_id keys (the active `.rid`)
+        self.rid_fd: int | None = None
+        self.rid_rebuilt = 0                   # entries rebuilt from the log at open
         self.size = 0
         self._last_hash = "0" * 64
         self._cache: OrderedDict[str, list[int]] = OrderedDict()
         self._cache_max = cache
         self.torn: int = 0             # bytes cut off at open (a torn last line)
         self.pruned_before = 0         # first seq still on disk (older segments deleted)
+        self.last_fsync_s = 0.0        # the last append's fsync (bench/overlays.py --stages)
 
     # -------------------------------------------------------------- open
 
@@ -117,6 +216,12 @@ class ProvenanceLog:
             elif rest.endswith(".idx") and rest[:-4].isdigit() and not os.path.exists(
                     os.path.join(d, name[:-4])):
                 os.unlink(os.path.join(d, name))    # a rotation cut short before its rename
+            elif rest.endswith(".rid.tmp") or (rest.endswith(".rid") and rest[:-4].isdigit()
+                                               and not os.path.exists(os.path.join(d, name[:-4]))):
+                try:
+                    os.unlink(os.path.join(d, name))    # an index write cut short, or a deleted segment's
+                except FileNotFoundError:
+                    pass
         self.segments = sorted(segs, key=lambda s: s.first)
         if self.segments:
             last = self.segments[-1]
@@ -159,12 +264,56 @@ class ProvenanceLog:
             os.ftruncate(self.fd, good)
             os.fsync(self.fd)
         self.size = good
+        self._open_rid()
         if last_start is not None:
             self._last_hash = record_hash(os.pread(self.fd, last_end - last_start, last_start))
         elif self.segments:
             s = self.segments[-1]
             self._last_hash = record_hash(s.line(s.count - 1)) if s.count else "0" * 64
         return self
+
+    def _open_rid(self) -> None:
+        """Load the active file's run_id index; keep what matches the log, rebuild the rest."""
+        rid_path = self.path + ".rid"
+        self.rid_fd = os.open(rid_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with open(rid_path, "rb") as fh:
+            data = fh.read(RID * len(self.offsets))     # a torn entry, or entries past the log: dropped
+        n = len(data) // RID
+        keys = array.array("Q")
+        ok = True
+        for j in range(n):
+            if int.from_bytes(data[j * RID + 8:j * RID + 16], "little") != self.first + j:
+                ok = False               # stale (a rotation cut short) or garbled
+                break
+        if ok and n:
+            last = self.read_line(self.first + n - 1)
+            ok = int.from_bytes(data[(n - 1) * RID:(n - 1) * RID + 8], "little") == _line_key(last)
+        if ok:
+            keys.frombytes(b"".join(data[j * RID:j * RID + 8] for j in range(n)))
+            if not _LITTLE:
+                keys.byteswap()
+        else:
+            n = 0
+        os.ftruncate(self.rid_fd, n * RID)
+        missing = []
+        for j in range(n, len(self.offsets)):
+            k = _line_key(self.read_line(self.first + j))
+            keys.append(k)
+            missing.append(_pack(k, self.first + j))
+        if missing:
+            os.pwrite(self.rid_fd, b"".join(missing), n * RID)
+        self.rid_rebuilt = len(missing)
+        self.keys = keys
+
+    def _find_active(self, key: int) -> list[int]:
+        out, i = [], 0
+        try:
+            while True:
+                i = self.keys.index(key, i)
+                out.append(self.first + i)
+                i += 1
+        except ValueError:
+            return out
 
     # ------------------------------------------------------------ access
 
@@ -201,23 +350,26 @@ class ProvenanceLog:
             yield s.first, s.path, s.size
         yield self.first, self.path, self.size
 
+    def snapshot(self) -> list:
+        """[(first seq, open file, end)] of every file as it is now: reading
+        them later sees exactly these lines, whatever is appended, rotated
+        (a rename) or pruned (an unlink) meanwhile.  Close with close_snapshot."""
+        out = []
+        try:
+            for first, path, end in self._files():
+                out.append((first, open(path, "rb"), end))
+        except BaseException:
+            close_snapshot(out)
+            raise
+        return out
+
     def lines(self, start: int = 0):
         """(seq, line) from `start` on, oldest first, read in chunks."""
-        for first, path, end in self._files():
-            seq = first
-            with open(path, "rb") as fh:
-                carry, pos = b"", 0
-                while pos < end:
-                    chunk = fh.read(min(CHUNK, end - pos))
-                    if not chunk:
-                        break
-                    pos += len(chunk)
-                    parts = (carry + chunk).split(b"\n")
-                    carry = parts.pop()
-                    for line in parts:
-                        if seq >= start:
-                            yield seq, line
-                        seq += 1
+        snap = self.snapshot()
+        try:
+            yield from snapshot_lines(snap, start)
+        finally:
+            close_snapshot(snap)
 
     def lines_backwards(self):
         """(seq, line) newest first, read backwards in chunks."""
@@ -248,14 +400,20 @@ class ProvenanceLog:
         return next(s.count for s in self.segments if s.first == first)
 
     def find_run(self, run_id: str) -> list[int]:
-        """The seqs of records with this run_id, oldest first (a scan of the
-        files, at most `cache` answers kept)."""
+        """The seqs of records with this run_id, oldest first: through the
+        run_id index (a binary search per segment, the active file's keys in
+        memory), each hit confirmed against its line; at most `cache`
+        answers kept."""
         hit = self._cache.get(run_id)
         if hit is not None:
             self._cache.move_to_end(run_id)
             return list(hit)
-        needle = b'"run_id":' + json.dumps(run_id).encode()
-        out = [seq for seq, line in self.lines() if needle in line and _run_id(line) == run_id]
+        key = rid_key(run_id)
+        cand: list[int] = []
+        for s in self.segments:
+            cand += s.find(key)
+        cand += self._find_active(key)
+        out = [seq for seq in cand if _run_id(self.read_line(seq)) == run_id]
         self._remember(run_id, out)
         return list(out)
 
@@ -299,24 +457,52 @@ class ProvenanceLog:
     def append(self, record: dict) -> tuple[int, str]:
         """Write one record durably (write + fsync); returns (seq, record hash).
         The record gets `seq` and `prev` (the previous record's hash) here."""
+        seq, line = self.prepare(record)
+        self.write(line)
+        return seq, self.commit(seq, line, record.get("run_id"))
+
+    def prepare(self, record: dict) -> tuple[int, bytes]:
+        """The record's line, numbered and linked (one writer at a time: the
+        unit's write lock; `write` and `commit` must follow in order)."""
         seq = self.count
-        record = dict(record, seq=seq, prev=self.last_hash())
-        line = canonical(record)
+        line = canonical(dict(record, seq=seq, prev=self.last_hash()))
         if b"\n" in line:      # canonical JSON escapes control characters; never true
             raise ProvenanceError("a record must be one line")
+        return seq, line
+
+    def write(self, line: bytes) -> None:
+        """The durable part (write + fsync; no Python objects touched, so the
+        GIL is free for the loop meanwhile when run in a thread)."""
         buf = line + b"\n"
         n = 0
-        while n < len(buf):
-            n += os.write(self.fd, buf[n:])
-        os.fsync(self.fd)
+        try:
+            while n < len(buf):
+                n += os.write(self.fd, buf[n:])
+            t0 = time.perf_counter()
+            os.fsync(self.fd)
+            self.last_fsync_s = time.perf_counter() - t0
+        except OSError:
+            try:                 # never acknowledged: no part of it stays before the next line
+                os.ftruncate(self.fd, self.size)
+            except OSError:
+                pass
+            raise
+
+    def commit(self, seq: int, line: bytes, rid=None) -> str:
+        """Account for a written line: offsets, chain head, run index."""
         self.offsets.append(self.size)
-        self.size += len(buf)
+        self.size += len(line) + 1
         h = record_hash(line)
         self._last_hash = h
-        rid = record.get("run_id")
+        k = rid_key(rid) if isinstance(rid, str) else 0
+        self.keys.append(k)
+        try:                  # not fsynced: rebuilt from the log at open when lost
+            os.pwrite(self.rid_fd, _pack(k, seq), RID * (len(self.keys) - 1))
+        except OSError:
+            pass              # a short index is completed at the next open; lookups use memory
         if isinstance(rid, str) and rid in self._cache:
             self._cache[rid].append(seq)
-        return seq, h
+        return h
 
     def rotate_if_full(self) -> list[int]:
         """Rotate the active file once it holds `max_bytes`; returns the first
@@ -331,20 +517,33 @@ class ProvenanceLog:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, seg + ".idx")
+        pairs = sorted(zip(self.keys, range(self.first, self.count)))
+        tmp = seg + ".rid.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(b"".join(_pack(k, q) for k, q in pairs))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, seg + ".rid")
         _fsync_dir(seg)
-        os.rename(self.path, seg)       # the segment is whole: its idx is already there
+        os.rename(self.path, seg)       # the segment is whole: its idx and rid are already there
         os.close(self.fd)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         _fsync_dir(self.path)
+        os.ftruncate(self.rid_fd, 0)    # a crash before this: its entries are past the (empty) log
         self.segments.append(_Segment(seg, self.first))
         self.first = self.count
         self.offsets = array.array("Q")
+        self.keys = array.array("Q")
         self.size = 0
         pruned = []
         while self.keep > 0 and len(self.segments) > self.keep:
             old = self.segments.pop(0)
             os.unlink(old.path)
             os.unlink(old.path + ".idx")
+            try:
+                os.unlink(old.path + ".rid")
+            except FileNotFoundError:
+                pass
             pruned.append(old.first)
         if pruned:
             _fsync_dir(self.path)
@@ -356,9 +555,36 @@ class ProvenanceLog:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+        if self.rid_fd is not None:
+            os.close(self.rid_fd)
+            self.rid_fd = None
 
 
 _LITTLE = array.array("Q", [1]).tobytes()[0] == 1
+
+
+def snapshot_lines(snap, start: int = 0):
+    """(seq, line) of a ProvenanceLog.snapshot from `start` on, in chunks."""
+    for first, fh, end in snap:
+        seq = first
+        fh.seek(0)
+        carry, pos = b"", 0
+        while pos < end:
+            chunk = fh.read(min(CHUNK, end - pos))
+            if not chunk:
+                break
+            pos += len(chunk)
+            parts = (carry + chunk).split(b"\n")
+            carry = parts.pop()
+            for line in parts:
+                if seq >= start:
+                    yield seq, line
+                seq += 1
+
+
+def close_snapshot(snap) -> None:
+    for _, fh, _ in snap:
+        fh.close()
 
 
 def _run_id(line: bytes):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import errno as errno_mod
+import functools
 import os
 import pwd
 import resource
@@ -442,18 +443,8 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
             writes = landlock_writes(ll_abi)
             ll_fs = writes | LL_FS_READS
             read_rights = LL_FS_READS
-            rules = [(scratch, ll_fs),
-                     ("/dev/null", LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if ll_abi >= 3 else 0))]
-            rules += [(d, LL_FS_READS) for d in CLEAR_READ_DIRS if _real_dir(d)]
-            rules += [(f, LL_FS_READ_FILE) for f in CLEAR_READ_FILES[1:] if os.path.exists(f)]
-            extra = tuple(x for x in (getattr(config, "read_paths", "") or "").split(":") if x)
-            for x in extra:
-                if not isinstance(x, str) or not os.path.isabs(x) or not os.path.exists(x):
-                    raise SandboxUnavailable(f"overlays.read_paths: {x!r} is not an existing absolute path")
-                rules.append((x, LL_FS_READS if os.path.isdir(x) else LL_FS_READ_FILE | LL_FS_EXECUTE))
-            if len(rules) + 4 > _c.MAX_RULES:
-                raise SandboxUnavailable(f"overlays.read_paths: too many paths (at most "
-                                         f"{_c.MAX_RULES - 4 - (len(rules) - len(extra))})")
+            static, extra = _clear_rules(ll_abi, getattr(config, "read_paths", "") or "")
+            rules = [(scratch, ll_fs)] + list(static)
             enforced.append(f"landlock abi {ll_abi}: no write outside {scratch}")
             enforced.append("landlock: reads only under the overlay's directory, its scratch directory, its "
                             "executable's installation, " + ", ".join(CLEAR_READ_DIRS + CLEAR_READ_FILES)
@@ -502,7 +493,7 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
             ll_abi, ll_scope = m.landlock_abi, LL_SCOPE_SIGNAL
             enforced.append("landlock: no signal outside the call")
     if m.seccomp:
-        seccomp = seccomp_program(tuple(deny), sockets)
+        seccomp = _seccomp_cached(tuple(deny), sockets)
         if not read_only:
             enforced.append("seccomp: no io_uring")
     else:
@@ -525,6 +516,35 @@ def plan(phase: str, cap_class: str, network: bool | None = None, *, mechanisms:
                        no_new_privs=True, die_with_parent=True, umask=0o077, rlimits=tuple(rl),
                        enforced=tuple(enforced), unconfined=tuple(unconfined), read_rights=read_rights,
                        env={"TMPDIR": scratch, "HOME": scratch})
+
+
+@functools.lru_cache(maxsize=16)
+def _clear_rules(ll_abi: int, read_paths: str) -> tuple[tuple, tuple]:
+    """CLEAR's Landlock rules other than the scratch directory's, and the
+    extra read paths: made once per (ABI, overlays.read_paths) instead of
+    once a call (a stat per path); `plan_cache_clear()` (system.reload,
+    overlay.rescan) forgets them, so a path that appears or goes is seen."""
+    rules = [("/dev/null", LL_FS_READ_FILE | LL_FS_WRITE_FILE | (LL_FS_TRUNCATE if ll_abi >= 3 else 0))]
+    rules += [(d, LL_FS_READS) for d in CLEAR_READ_DIRS if _real_dir(d)]
+    rules += [(f, LL_FS_READ_FILE) for f in CLEAR_READ_FILES[1:] if os.path.exists(f)]
+    extra = tuple(x for x in read_paths.split(":") if x)
+    for x in extra:
+        if not os.path.isabs(x) or not os.path.exists(x):
+            raise SandboxUnavailable(f"overlays.read_paths: {x!r} is not an existing absolute path")
+        rules.append((x, LL_FS_READS if os.path.isdir(x) else LL_FS_READ_FILE | LL_FS_EXECUTE))
+    if len(rules) + 5 > _c.MAX_RULES:
+        raise SandboxUnavailable(f"overlays.read_paths: too many paths (at most "
+                                 f"{_c.MAX_RULES - 5 - (len(rules) - len(extra))})")
+    return tuple(rules), extra
+
+
+@functools.lru_cache(maxsize=16)
+def _seccomp_cached(deny: tuple, sockets: str) -> bytes:
+    return seccomp_program(deny, sockets)
+
+
+def plan_cache_clear() -> None:
+    _clear_rules.cache_clear()
 
 
 def _real_dir(d: str) -> bool:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import platform
+import time
 
 from .. import __version__
 from .. import errors as E
@@ -29,7 +31,7 @@ from .manifest import NAME, PHASES, ManifestError
 from .registry import OverlayRegistry, source_dir
 from .runners import Outcome, SpawnRefused, run_http, run_proc
 
-from .sandbox import SandboxUnavailable, plan, probe, spawn
+from .sandbox import SandboxUnavailable, plan, plan_cache_clear, probe, spawn
 
 log = get_logger("overlays")
 
@@ -42,6 +44,46 @@ OUTCOME_NAMES = {
     E.OVERLAY_UNREACHABLE: "unreachable", E.ADMISSION_REFUSED: "admission_refused",
     E.QUARANTINED: "admission_refused", E.CONFLICT: "admission_refused",
 }
+
+
+class Stages:
+    """Per-call stage timestamps, kept only when AAL_OVERLAY_STAGES names a
+    file (bench/overlays.py --stages): one JSON line per call of
+    {stage: ms since the previous mark}.  Off, `mark` is a no-op."""
+
+    __slots__ = ("t", "out")
+
+    def __init__(self, on: bool):
+        self.t = [("start", time.perf_counter())] if on else None
+        self.out: dict = {}
+
+    def mark(self, name: str) -> None:
+        if self.t is not None:
+            self.t.append((name, time.perf_counter()))
+
+    def line(self) -> bytes:
+        d, prev = {}, self.t[0][1]
+        for name, t in self.t[1:]:
+            d[name] = round(d.get(name, 0.0) + (t - prev) * 1000, 4)
+            prev = t
+        d["total"] = round((self.t[-1][1] - self.t[0][1]) * 1000, 4)
+        d.update(self.out)
+        return json.dumps(d).encode() + b"\n"
+
+
+_PROFILES: dict = {}
+
+
+def _resolve(text: str):
+    """resolve() of a profile text, remembered (~25 us a parse; a few
+    hundred distinct texts at most: the manifests' defaults and overrides)."""
+    hit = _PROFILES.get(text)
+    if hit is None:
+        hit = resolve(text)[1]
+        if len(_PROFILES) >= 256:
+            _PROFILES.clear()
+        _PROFILES[text] = hit
+    return hit
 
 
 def _payload_logging(cfg) -> bool:
@@ -83,12 +125,16 @@ class OverlayUnit(Unit):
         self.durations: dict[str, list] = {}
         self._opened = False
         self.cgroups = CgroupPool(getattr(governor, "enforcer", None))
+        self._stages_fd: int | None = None      # AAL_OVERLAY_STAGES: per-stage timings (debug)
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.mechanisms = await loop.run_in_executor(None, probe, self.cfg)
+        if os.environ.get("AAL_OVERLAY_STAGES"):
+            self._stages_fd = os.open(os.environ["AAL_OVERLAY_STAGES"],
+                                      os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         await loop.run_in_executor(None, self.log.open)
         if self.log.torn:
             log.warning("provenance_torn_line", path=self.log.path, bytes=self.log.torn,
@@ -111,23 +157,29 @@ class OverlayUnit(Unit):
         async for chunk in self._ledger_chunks():
             anchored += len(prov.anchors_from_entries(chunk))
         missing = range(max(anchored, self.log.pruned_before), self.log.count)
-        for seq in missing:
-            rec = self.log.get(seq)
-            await self.ledger.append({"type": prov.LEDGER_TYPE, "seq": seq, "run_id": rec.get("run_id", ""),
-                                      "record_hash": self.log.hash_of(seq)})
+        for i in range(0, len(missing), 1000):     # submitted 1000 at a time: group commits, in order
+            futs = []
+            for seq in missing[i:i + 1000]:
+                line = self.log.read_line(seq)
+                rid = prov._run_id(line)
+                futs.append(self.ledger.append({"type": prov.LEDGER_TYPE, "seq": seq,
+                                                "run_id": rid if isinstance(rid, str) else "",
+                                                "record_hash": prov.record_hash(line)}))
+            await asyncio.gather(*futs)
         if missing:
             log.warning("provenance_anchored_after_crash", records=len(missing), first=missing[0])
 
-    async def _ledger_chunks(self, size: int = 1000):
-        """The ledger's entries in chunks, yielding to the loop between them."""
+    async def _ledger_chunks(self, size: int = 1000, end: int | None = None):
+        """The ledger's entries (up to `end`) in chunks, yielding to the loop between them."""
         led = self.ledger.ledger
-        i, n = 0, led.count
+        i, n = 0, led.count if end is None else end
         while i < n:
             yield led.entries(i, min(n, i + size))
             i += size
             await asyncio.sleep(0)
 
     async def stop(self) -> None:
+        await asyncio.sleep(0)       # cleanups scheduled with call_soon are started
         if self._cleanups:
             await asyncio.wait(list(self._cleanups), timeout=10.0)
         self.cgroups.close()
@@ -142,6 +194,7 @@ class OverlayUnit(Unit):
         r.allow_tcp, r.allow_remote = cfg.allow_tcp_loopback, cfg.allow_remote_http
         if cfg.dir != r.dir:
             r.dir = cfg.dir
+        plan_cache_clear()  # CLEAR's read rules are made again (a read path may have come or gone)
         r.rescan()          # hot swap on SIGHUP / system.reload
 
     def _mech_dict(self) -> dict:
@@ -300,12 +353,14 @@ class OverlayUnit(Unit):
 
     def rpc_rescan(self, p, call):
         """Re-read overlays.dir now."""
+        plan_cache_clear()
         return self.registry.rescan()
 
     # --------------------------------------------------------------- invoke
 
     async def rpc_invoke(self, p, call):
         """Run one capability of an overlay in a phase, as a governed job; recorded in provenance."""
+        st = Stages(self._stages_fd is not None)
         entry = self._entry(p["overlay"])
         phase = p["phase"]
         if phase not in PHASES:
@@ -323,7 +378,7 @@ class OverlayUnit(Unit):
         if seed is not None and not isinstance(seed, (str, int)) or isinstance(seed, bool):
             raise invalid_params("seed must be a string or an integer", param="seed")
         profile_text = p.get("profile") or (cap.default_profile if cap else "MINIMAL")
-        _, profile = resolve(profile_text)           # ParseError -> -32602 with line/column
+        profile = _resolve(profile_text)             # ParseError -> -32602 with line/column
         try:
             canonical(payload)
         except Exception as exc:  # noqa: BLE001 - EntryError: NaN, huge ints
@@ -331,13 +386,19 @@ class OverlayUnit(Unit):
         entry.users.append(1)
         self.running += 1
         try:
-            return await self._invoke(entry, cap, cap_name, phase, payload, seed, profile_text, profile)
+            return await self._invoke(entry, cap, cap_name, phase, payload, seed, profile_text, profile, st)
         finally:
             self.running -= 1
             entry.users.pop()
             self.registry.reap()
+            if st.t is not None:
+                st.mark("reply")
+                try:
+                    os.write(self._stages_fd, st.line())
+                except OSError:
+                    pass
 
-    async def _invoke(self, entry, cap, cap_name, phase, payload, seed, profile_text, profile):
+    async def _invoke(self, entry, cap, cap_name, phase, payload, seed, profile_text, profile, st):
         m = entry.manifest
         version = m.version if m is not None else ""
         rid = prov.run_id(entry.name, version, cap_name, phase, payload, seed)
@@ -353,14 +414,25 @@ class OverlayUnit(Unit):
         if self.log_payload:
             rec["payload"] = payload
         refusal = self._policy(entry, cap, phase)
+        st.mark("validate")
+        defer: list = []
+        try:
+            return await self._invoke_rest(entry, cap, cap_name, phase, payload, seed, profile_text, profile, st,
+                                           rec, rid, refusal, version, started, defer)
+        finally:
+            for release in defer:      # not run yet: _record failed before its fsync
+                release()
+            defer.clear()
+
+    async def _invoke_rest(self, entry, cap, cap_name, phase, payload, seed, profile_text, profile, st, rec, rid,
+                           refusal, version, started, defer):
         degradation: dict = {}
-        outcome: Outcome
         ran = False
         if refusal is not None:
             outcome = refusal
         else:
             outcome, degradation, extra = await self._governed(entry, cap, phase, payload, rid, profile_text,
-                                                               profile)
+                                                               profile, st, defer)
             rec.update(extra)
             ran = "confinement" in extra
         ended = self.ctx.clock.wall()
@@ -377,7 +449,8 @@ class OverlayUnit(Unit):
         for k in ("exit_status", "signal", "http_status", "attempts", "oom_killed"):
             if k in outcome.info:
                 rec[k] = outcome.info[k]
-        seq, ledger_index = await self._record(rec)
+        st.mark("result_hash")
+        seq, ledger_index = await self._record(rec, st, defer)
         self.calls_total += 1
         self._count(entry.name, cap_name, rec["outcome"], duration_ms / 1000 if ran else None)
         out = {"ok": outcome.ok, "run_id": rid, "provenance_index": seq, "duration_ms": duration_ms,
@@ -424,7 +497,10 @@ class OverlayUnit(Unit):
                                 phase=phase, runner="http")
         return None
 
-    async def _governed(self, entry, cap, phase, payload, rid, profile_text, profile):
+    async def _governed(self, entry, cap, phase, payload, rid, profile_text, profile, st, defer=None):
+        """`defer`: where the release of what the call took (its cgroup, job,
+        scratch directory) goes when the run finished; _record runs it while
+        the provenance line's fsync is in flight, before the reply."""
         """Admission, cgroup, confinement, the run; always releases what it took."""
         extra: dict = {}
         gov = self.governor
@@ -440,12 +516,14 @@ class OverlayUnit(Unit):
             degradation = {k: meta[k] for k in DEGRADATION_FIELDS if k in meta}
         else:
             degradation = {}
+        st.mark("admission")
         if cap.max_fraction is not None:
             degradation["max_fraction"] = cap.max_fraction
         if cap.disable_nonessential and degradation.get("degraded"):
             degradation["disable_nonessential"] = True
         cg = conf = None
         beat = None
+        ok = False
         try:
             if cap.runner == "proc":
                 try:
@@ -455,31 +533,41 @@ class OverlayUnit(Unit):
                     return (Outcome.fail(E.OVERLAY_CONFINEMENT, f"{phase} refused, not run unconfined: {exc}",
                                          phase=phase, confinement=self._mech_dict()), degradation, extra)
                 extra["confinement"] = _conf_dict(conf)
+                st.mark("confine_plan")
                 cg = self.cgroups.acquire(profile.mem.soft_mb * MB, profile.mem.hard_mb * MB)
                 extra["cgroup"] = cg.to_dict()
                 if job is not None:
-                    job.enforcement = cg.to_dict()
+                    job.enforcement = extra["cgroup"]
                     beat = asyncio.ensure_future(self._heartbeat(job_id))
+                st.mark("cgroup")
             else:
                 extra["confinement"] = {"mechanism": "none", "runner": "http"}
             request = canonical({"phase": phase, "capability": cap.name, "payload": payload,
                                  "degradation": degradation, "run_id": rid})
             if cap.runner == "proc":
-                outcome = await self._run_proc(entry, cap, conf, cg, request, rid, phase)
+                outcome = await self._run_proc(entry, cap, conf, cg, request, rid, phase, st)
             else:
                 outcome = await run_http(entry.manifest, cap, request, timeout_s=cap.timeout_s,
                                          max_bytes=self.cfg.max_output_bytes, retries=self.cfg.http_retries,
                                          backoff_s=self.cfg.http_backoff_s)
+            st.mark("run")
+            ok = True
             return outcome, degradation, extra
         finally:
-            if beat is not None:
-                beat.cancel()
-            if cg is not None:
-                self.cgroups.release(cg)
-            if conf is not None:
-                self._cleanup_later(conf)
-            if job is not None and gov.core.jobs.get(job_id) is job:
-                gov.core.release(job_id)
+            def release():
+                if beat is not None:
+                    beat.cancel()
+                if cg is not None:
+                    self.cgroups.release(cg)
+                if conf is not None:     # after the reply is written (the next loop turn)
+                    asyncio.get_running_loop().call_soon(self._cleanup_later, conf)
+                if job is not None and gov.core.jobs.get(job_id) is job:
+                    gov.core.release(job_id)
+            if ok and defer is not None:
+                defer.append(release)     # run while the provenance line is fsynced (_record)
+            else:
+                release()
+                st.mark("release")
 
     def _cleanup_later(self, conf) -> None:
         """Remove the call's scratch directory off the reply's path (an rmdir
@@ -504,7 +592,7 @@ class OverlayUnit(Unit):
             if job_id in self.governor.core.jobs:
                 self.governor.core.heartbeat(job_id)
 
-    async def _run_proc(self, entry, cap, conf, cg, request, rid, phase) -> Outcome:
+    async def _run_proc(self, entry, cap, conf, cg, request, rid, phase, st) -> Outcome:
         m = entry.manifest
         where = entry.where
         argv = list(m.command)
@@ -519,10 +607,13 @@ class OverlayUnit(Unit):
                "AAL_OVERLAY_RUN_ID": rid, "AAL_OVERLAY_PHASE": phase, "AAL_OVERLAY_CAPABILITY": cap.name}
 
         async def _spawn(argv):
+            st.mark("request")
             try:
                 return await spawn(argv, conf, env=env, cwd=where, cgroup_procs=cg.procs if cg else None)
             except SandboxUnavailable as exc:      # ConfinementFailed: the child could not apply it
                 raise SpawnRefused(E.OVERLAY_CONFINEMENT, f"{phase} not run: {exc}") from None
+            finally:
+                st.mark("spawn")
 
         outcome = await run_proc(_spawn, argv, request, timeout_s=cap.timeout_s,
                                  max_stdout=self.cfg.max_output_bytes, max_stderr=self.cfg.max_stderr_bytes,
@@ -535,7 +626,7 @@ class OverlayUnit(Unit):
                              "data": dict(outcome.error.get("data", {}), oom_killed=True)}
         return outcome
 
-    async def _record(self, rec: dict) -> tuple[int, int | None]:
+    async def _record(self, rec: dict, st=None, defer=None) -> tuple[int, int | None]:
         """Append the record (fsynced), then submit its hash to the ledger, in
         log order (one writer at a time).  The reply does not wait for the
         ledger's fsync: the record is durable already, and a record whose
@@ -543,8 +634,19 @@ class OverlayUnit(Unit):
         waits for the anchors in flight)."""
         loop = asyncio.get_running_loop()
         async with self._write_lock:
+            if st is not None:
+                st.mark("prov_lock")
             try:
-                seq, h = await loop.run_in_executor(None, self.log.append, rec)
+                seq, line = self.log.prepare(rec)
+                fut = loop.run_in_executor(None, self.log.write, line)
+                if defer:                # the call's release, meanwhile (it needs nothing of the record)
+                    for release in defer:
+                        release()
+                    defer.clear()
+                    if st is not None:
+                        st.mark("release")
+                await fut
+                h = self.log.commit(seq, line, rec["run_id"])
             except OSError as exc:
                 raise RpcError(E.PROVENANCE_ERROR, f"cannot write the provenance log {self.log.path}: "
                                                    f"{exc.strerror}", {"run_id": rec["run_id"]}) from None
@@ -561,6 +663,9 @@ class OverlayUnit(Unit):
                                             "segments": pruned})
                     except Exception as exc:  # noqa: BLE001
                         log.error("provenance_prune_anchor_failed", error=repr(exc))
+            if st is not None:
+                st.mark("prov_append")
+                st.out["prov_fsync_of_append"] = round(self.log.last_fsync_s * 1000, 4)
             fut = None
             if self.ledger is not None:
                 try:
@@ -570,6 +675,8 @@ class OverlayUnit(Unit):
                     fut.add_done_callback(self._pending.discard)
                 except Exception as exc:  # noqa: BLE001 - anchored at the next start
                     log.error("provenance_anchor_failed", seq=seq, error=repr(exc))
+            if st is not None:
+                st.mark("ledger_submit")
         if fut is None:
             return seq, None
         if fut.done() and not fut.cancelled() and fut.exception() is None:
@@ -617,18 +724,25 @@ class OverlayUnit(Unit):
         return {"records": out, "total": self.log.count}
 
     async def rpc_prov_verify(self, p, call):
-        """Check every record on disk against its ledger entry, in order, in chunks."""
+        """Check every record on disk against its ledger entry, in order, in
+        chunks, up to the records committed when it began: invokes go on
+        meanwhile (the lock is held only to take the snapshot)."""
         if self.ledger is None or self.ledger.ledger is None:
             raise RpcError(E.LEDGER_ERROR, "the ledger is not open")
-        async with self._write_lock:     # no record half-anchored while reading
+        async with self._write_lock:     # a snapshot with every record anchored (or known unanchored)
             if self._pending:
                 await asyncio.wait(list(self._pending), timeout=10.0)
+            snap = self.log.snapshot()
+            end = self.log.count
+            first = self.log.pruned_before
+            ledger_end = self.ledger.ledger.count
+        try:
             start = 0
-            async for chunk in self._ledger_chunks():
+            async for chunk in self._ledger_chunks(end=ledger_end):
                 start = max(start, prov.pruned_from_entries(chunk))
             v = prov.Verifier(start)
-            lines = (line for _, line in self.log.lines(self.log.pruned_before))
-            anchors = self._ledger_chunks()
+            lines = (line for _, line in prov.snapshot_lines(snap, first))
+            anchors = self._ledger_chunks(end=ledger_end)
             while not (v.lines_done and v.anchors_done):
                 if not v.anchors_done and len(v.anchors) < 3 * v.window:
                     try:
@@ -644,7 +758,9 @@ class OverlayUnit(Unit):
                     break
                 await asyncio.sleep(0)
             out = v.finish()
-        out["records"] = self.log.count - self.log.pruned_before
+        finally:
+            prov.close_snapshot(snap)
+        out["records"] = end - first
         out["torn_bytes"] = self.log.torn
         return out
 
