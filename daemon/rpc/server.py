@@ -1,8 +1,10 @@
 """The Unix-socket server: a thin asyncio shell around the pure protocol.
 
 One `Connection` per client.  Bytes go through the framer and `Dispatcher.handle`
-(compiled twins of `LineFramer` and `handle_frame`, ext/rpc_fast.pyx);
-replies are written in order of completion.  Flow control, in bytes of
+(compiled twins of `LineFramer` and `handle_frame`, ext/rpc_fast.pyx), and a
+read's whole path (data_received, _process) is compiled too
+(rpc_fast.ConnectionCore, whose references are _data_received_ref and
+_process_ref here); replies are written in order of completion.  Flow control, in bytes of
 output not yet taken by the client ("unsent"): past `unsent_soft_bytes`
 reading from that client pauses (no frame is parsed or dispatched until it
 drains); a write that would take it past `unsent_hard_bytes` closes it; and
