@@ -22,8 +22,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LIBRARIES = {"ledger_core": ["crypto"], "ossl_ed25519": ["crypto"]}
 # Extra compiler flags per extension module.  lsq (the trend's least squares)
 # must compute exactly what its pure-Python reference does: no fused
-# multiply-add contraction (aarch64 has FMA and GCC would contract a*b+c).
-CFLAGS = {"lsq": ["-ffp-contract=off"]}
+# multiply-add contraction (aarch64 has FMA and GCC would contract a*b+c);
+# rpc_fast.round3 relies on x*1000 being rounded on its own.
+CFLAGS = {"lsq": ["-ffp-contract=off"], "rpc_fast": ["-ffp-contract=off"]}
 CONTRACTS = os.path.join(HERE, "contracts")
 PROTO_OUT = os.path.join(HERE, "daemon", "v1")
 

@@ -29,3 +29,22 @@ class MethodCalls:
 
 def drain(conn: Any, backlog: Any, handle: Callable, call: Any, out: list, room: int, max_inflight: int,
           server: Any) -> int: ...
+
+def round3(x: float) -> float: ...
+
+class ConnectionCore:
+    """Base of server.Connection: its per-read path in C."""
+    server: Any
+    transport: Any
+    framer: Any
+    call: Any
+    backlog: Any
+    inflight: set
+    closing: bool
+    paused: bool
+    reading: bool
+    unsent: int
+    max_inflight: int
+    last_activity: float
+    def data_received(self, data: bytes) -> None: ...
+    def _process(self) -> None: ...

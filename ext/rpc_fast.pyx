@@ -17,10 +17,12 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_GetItem, PyDict_Size
 from cpython.object cimport PyObject
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from libc.math cimport copysign, fabs, floor, fma
 from libc.string cimport memchr
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 import orjson
+from asyncio import get_running_loop as _get_running_loop
 
 cdef object _loads = orjson.loads
 cdef object _dumps = orjson.dumps
@@ -33,6 +35,38 @@ cdef inline double _perf_counter() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline bint _odd(double r) noexcept nogil:
+    # r (an integer-valued double, |r| < 2**52) is odd
+    return floor(r * 0.5) * 2.0 != r
+
+
+cdef double _R3_MAX = 4503599627370496.0 / 1000.0     # 2**52 / 1000
+
+
+cpdef double round3(double x):
+    """round(x, 3), without its decimal string round trip (dtoa, a printf
+    and strtod: a fifth of a system.health call).  x*1000 is split exactly
+    into hi + lo (fma); the nearest integer to that exact value, ties to
+    even, is what dtoa rounds to, and dividing it by 1000 (both exact) is
+    what strtod reads back.  Outside |x| < 2**52/1000, NaN or inf: round
+    itself.  tests/test_rpc_conn_diff.py holds it to round(x, 3)."""
+    cdef double hi, lo, r, d
+    if not (fabs(x) < _R3_MAX):
+        return round(x, 3)
+    hi = x * 1000.0
+    lo = fma(x, 1000.0, -hi)              # x*1000 == hi + lo exactly
+    r = floor(hi)
+    d = hi - r                            # exact, in [0, 1)
+    # d is a multiple of ulp(hi) and |lo| <= ulp(hi)/2, so only a d of
+    # exactly 0.5 needs lo (and a tie, lo == 0, goes to the even integer).
+    if d > 0.5 or (d == 0.5 and (lo > 0.0 or (lo == 0.0 and _odd(r)))):
+        r += 1.0
+    r = r / 1000.0
+    if r == 0.0:
+        return copysign(0.0, x)
+    return r
 
 
 cdef inline bint _is_space(unsigned char c) noexcept nogil:
@@ -66,6 +100,9 @@ cdef class Framer:
         return len(self._buf)
 
     def feed(self, bytes data):
+        return self._feed(data)
+
+    cdef list _feed(self, bytes data):
         cdef Py_ssize_t n = PyBytes_GET_SIZE(data), old
         cdef const char* p
         if n == 0:
@@ -360,3 +397,109 @@ def drain(conn, backlog, handle, call, list out, Py_ssize_t room, Py_ssize_t max
         elif r is not None:
             conn._start_async(r)
     return queued
+
+
+cdef class ConnectionCore:
+    """The per-read path of server.Connection in C: `data_received` and
+    `_process` (flow control, the one bounded write per read, the yield to
+    other clients after a long run of pipelined frames) with the
+    connection's state in C fields, so a read costs no Python frame.
+    References: server._data_received_ref and server._process_ref
+    (tests/test_rpc_conn_diff.py holds both to the same writes and state).
+    The rare turns (a frame too large, the server stopping) are the
+    subclass's Python methods `_too_large(ev, out)` and `_overloaded()`."""
+
+    cdef public object server, transport, framer, call, backlog
+    cdef public set inflight
+    cdef public bint closing, paused, reading
+    cdef public Py_ssize_t unsent, max_inflight
+    cdef public double last_activity
+
+    def data_received(self, data):
+        if self.closing:
+            return
+        self.last_activity = _perf_counter()       # time.monotonic()'s clock
+        fr = self.framer
+        if type(fr) is Framer and type(data) is bytes:
+            frames = (<Framer>fr)._feed(<bytes>data)
+        else:
+            frames = fr.feed(data)
+        if frames:
+            self.backlog.extend(frames)
+        self._process_c()
+
+    def _process(self):
+        """Handle backlog frames while the client keeps up; pause reading if not.
+        Replies of one pass go out in one write (one syscall, not one each)."""
+        self._process_c()
+
+    cdef _process_c(self):
+        cdef object server = self.server
+        cdef object backlog = self.backlog
+        cdef object first = None
+        cdef list out = None
+        cdef Py_ssize_t queued = 0, room, now, total, n
+        cdef Py_ssize_t max_inflight = self.max_inflight
+        cdef set inflight = self.inflight
+        cdef object handle, call, r, ev, t
+        if self.closing:
+            room = 0
+        else:
+            room = <Py_ssize_t>server.unsent_soft - <Py_ssize_t>self.transport.get_write_buffer_size()
+        handle = server.dispatcher.fast
+        call = self.call
+        while True:
+            # The plain frames (what drain / server._drain_ref do).
+            while backlog and queued < room:
+                if self.paused or self.closing or len(inflight) >= max_inflight or server.stopping:
+                    break
+                ev = backlog[0]
+                if type(ev) is not bytes:
+                    break
+                backlog.popleft()
+                if type(handle) is FastDispatch:
+                    r = (<FastDispatch>handle).handle(ev, call)
+                else:
+                    r = handle(ev, call)
+                if type(r) is bytes:
+                    if first is None:
+                        first = r
+                    else:
+                        if out is None:
+                            out = [first]
+                        out.append(r)
+                    queued += PyBytes_GET_SIZE(r)
+                elif r is not None:
+                    self._start_async(r)
+            if not backlog or self.paused or self.closing or len(inflight) >= max_inflight \
+                    or queued >= room:
+                break
+            ev = backlog.popleft()
+            if out is None:
+                out = [] if first is None else [first]
+            if type(ev) is not bytes:
+                self._too_large(ev, out)
+                return
+            # A bytes frame left: only while the server stops.
+            out.append(self._overloaded())
+        if (first is not None or out) and not self.closing:
+            # Bounded by construction (soft limit + one reply): see server.py.
+            t = self.transport
+            if out is None:
+                t.write(first)
+            elif len(out) == 1:
+                t.write(out[0])
+            else:
+                t.write(b"".join(out))
+            now = t.get_write_buffer_size()
+            if now != self.unsent:
+                server.unsent_total = <Py_ssize_t>server.unsent_total + (now - self.unsent)
+                self.unsent = now
+            if server.unsent_total > server.unsent_total_max:
+                server.shed()
+        if backlog and queued and queued >= room and not self.paused and not self.closing:
+            # A long run of pipelined frames: yield to other clients, then go on.
+            _get_running_loop().call_soon(self._process)
+        on = not backlog and not self.paused
+        if on != self.reading:
+            self._set_reading(on)

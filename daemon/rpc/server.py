@@ -1,8 +1,10 @@
 """The Unix-socket server: a thin asyncio shell around the pure protocol.
 
 One `Connection` per client.  Bytes go through the framer and `Dispatcher.handle`
-(compiled twins of `LineFramer` and `handle_frame`, ext/rpc_fast.pyx);
-replies are written in order of completion.  Flow control, in bytes of
+(compiled twins of `LineFramer` and `handle_frame`, ext/rpc_fast.pyx), and a
+read's whole path (data_received, _process) is compiled too
+(rpc_fast.ConnectionCore, whose references are _data_received_ref and
+_process_ref here); replies are written in order of completion.  Flow control, in bytes of
 output not yet taken by the client ("unsent"): past `unsent_soft_bytes`
 reading from that client pauses (no frame is parsed or dispatched until it
 drains); a write that would take it past `unsent_hard_bytes` closes it; and
@@ -28,7 +30,7 @@ from ..log import get_logger
 from . import codec
 from .protocol import Call, Dispatcher, FrameTooLarge, error_frame, new_framer
 from .registry import Access
-from ..rpc_fast import drain as _drain
+from ..rpc_fast import ConnectionCore, drain as _drain
 
 log = get_logger("rpc")
 
@@ -152,7 +154,66 @@ def _drain_ref(conn, backlog, handle, call, out: list, room: int, max_inflight: 
     return queued
 
 
-class Connection(asyncio.Protocol):
+def _data_received_ref(self, data: bytes):
+    """Pure-Python reference of rpc_fast.ConnectionCore.data_received
+    (tests/test_rpc_conn_diff.py)."""
+    if self.closing:
+        return
+    self.last_activity = _monotonic()
+    self.backlog.extend(self.framer.feed(data))
+    self._process()
+
+
+def _process_ref(self):
+    """Pure-Python reference of rpc_fast.ConnectionCore._process: handle
+    backlog frames while the client keeps up; pause reading if not.
+    Replies of one pass go out in one write (one syscall, not one each)."""
+    server = self.server
+    backlog = self.backlog
+    out_buf: list[bytes] = []
+    queued = 0
+    # Replies of this pass may fill what is left below the soft limit
+    # (the last one may cross it, by at most rpc.max_reply_bytes).
+    room = server.unsent_soft - self.transport.get_write_buffer_size() if not self.closing else 0
+    handle, call = server.dispatcher.fast, self.call
+    while True:
+        # The plain frames, compiled (ext/rpc_fast.pyx; reference: _drain_ref).
+        queued += _drain(self, backlog, handle, call, out_buf, room - queued, self.max_inflight, server)
+        if not backlog or self.paused or self.closing or len(self.inflight) >= self.max_inflight \
+                or queued >= room:
+            break
+        ev = backlog.popleft()
+        if type(ev) is not bytes:
+            self._too_large(ev, out_buf)
+            return
+        # A bytes frame _drain left: only while the server stops (the
+        # other reasons it stops at end the loop above).
+        out_buf.append(self._overloaded())
+    if out_buf and not self.closing:
+        # Bounded by construction (soft limit + one reply), so not held
+        # to the hard limit: that one catches what comes without reading.
+        # (_write(..., bounded=True), inline: once per read.)
+        t = self.transport
+        t.write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf))
+        now = t.get_write_buffer_size()
+        if now != self.unsent:
+            server.unsent_total += now - self.unsent
+            self.unsent = now
+        if server.unsent_total > server.unsent_total_max:
+            server.shed()
+    if backlog and queued and queued >= room and not self.paused and not self.closing:
+        # A long run of pipelined frames: yield to other clients, then go on.
+        asyncio.get_running_loop().call_soon(self._process)
+    on = not backlog and not self.paused
+    if on != self.reading:
+        self._set_reading(on)
+
+
+class Connection(ConnectionCore, asyncio.Protocol):
+    """One client.  Its per-read path (data_received, _process) is
+    ConnectionCore's, in C (ext/rpc_fast.pyx); the references are
+    _data_received_ref and _process_ref above."""
+
     def __init__(self, server: "RpcServer"):
         self.server = server
         self.framer = new_framer(server.dispatcher.limits.max_frame_bytes)
@@ -163,6 +224,7 @@ class Connection(asyncio.Protocol):
         self.backlog: collections.deque = collections.deque()   # frames read but not yet handled
         self.dropped_total = 0
         self.inflight: set[asyncio.Future] = set()
+        self.max_inflight = MAX_INFLIGHT
         self.paused = False           # the transport asked us to stop writing
         self.stalled_since: float | None = None   # when it last paused (None: writing)
         self.unsent = 0               # transport bytes as last counted in server.unsent_total
@@ -192,61 +254,19 @@ class Connection(asyncio.Protocol):
                                         {"max_connections": self.server.max_connections}))
             self.close()
 
-    def data_received(self, data: bytes):
-        if self.closing:
-            return
-        self.last_activity = _monotonic()
-        self.backlog.extend(self.framer.feed(data))
-        self._process()
+    # -- the rare turns of the per-read path (ConnectionCore and _process_ref)
+    def _too_large(self, ev: FrameTooLarge, out_buf: list) -> None:
+        """A frame past the limit: say so after this read's replies, close."""
+        self.backlog.clear()
+        out_buf.append(error_frame(None, E.FRAME_TOO_LARGE,
+                                   f"frame exceeds the limit of {ev.limit} bytes; closing the connection",
+                                   {"limit": ev.limit, "size_at_least": ev.size}))
+        self._write(b"".join(out_buf))
+        log.warning("frame_too_large", pid=self.call.pid, uid=self.call.uid, limit=ev.limit)
+        self.close()
 
-    def _process(self):
-        """Handle backlog frames while the client keeps up; pause reading if not.
-        Replies of one pass go out in one write (one syscall, not one each)."""
-        server = self.server
-        backlog = self.backlog
-        out_buf: list[bytes] = []
-        queued = 0
-        # Replies of this pass may fill what is left below the soft limit
-        # (the last one may cross it, by at most rpc.max_reply_bytes).
-        room = server.unsent_soft - self.transport.get_write_buffer_size() if not self.closing else 0
-        handle, call = server.dispatcher.fast, self.call
-        while True:
-            # The plain frames, compiled (ext/rpc_fast.pyx; reference: _drain_ref).
-            queued += _drain(self, backlog, handle, call, out_buf, room - queued, MAX_INFLIGHT, server)
-            if not backlog or self.paused or self.closing or len(self.inflight) >= MAX_INFLIGHT \
-                    or queued >= room:
-                break
-            ev = backlog.popleft()
-            if type(ev) is not bytes:
-                backlog.clear()
-                out_buf.append(error_frame(None, E.FRAME_TOO_LARGE,
-                                           f"frame exceeds the limit of {ev.limit} bytes; closing the connection",
-                                           {"limit": ev.limit, "size_at_least": ev.size}))
-                self._write(b"".join(out_buf))
-                log.warning("frame_too_large", pid=self.call.pid, uid=self.call.uid, limit=ev.limit)
-                self.close()
-                return
-            # A bytes frame _drain left: only while the server stops (the
-            # other reasons it stops at end the loop above).
-            out_buf.append(error_frame(None, E.OVERLOADED, "server is shutting down"))
-        if out_buf and not self.closing:
-            # Bounded by construction (soft limit + one reply), so not held
-            # to the hard limit: that one catches what comes without reading.
-            # (_write(..., bounded=True), inline: once per read.)
-            t = self.transport
-            t.write(out_buf[0] if len(out_buf) == 1 else b"".join(out_buf))
-            now = t.get_write_buffer_size()
-            if now != self.unsent:
-                server.unsent_total += now - self.unsent
-                self.unsent = now
-            if server.unsent_total > server.unsent_total_max:
-                server.shed()
-        if backlog and queued and queued >= room and not self.paused and not self.closing:
-            # A long run of pipelined frames: yield to other clients, then go on.
-            asyncio.get_running_loop().call_soon(self._process)
-        on = not backlog and not self.paused
-        if on != self.reading:
-            self._set_reading(on)
+    def _overloaded(self) -> bytes:
+        return error_frame(None, E.OVERLOADED, "server is shutting down")
 
     def _start_async(self, aw) -> None:
         """An async reply: run it, write it when done (_async_done)."""
