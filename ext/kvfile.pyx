@@ -23,6 +23,7 @@ from posix.unistd cimport close as c_close
 from scan cimport is_ws, parse_u64, pread_whole
 
 import os
+from sys import intern as _intern
 
 
 cdef extern from *:
@@ -399,3 +400,128 @@ cdef class ValueFile(_OpenFile):
         cdef bint ok = False
         cdef long long v = parse_value_c(self.buf, n, &ok)
         return v if ok else None
+
+
+cdef extern from *:
+    """
+    /* object.__new__(cls) without the call: the base type's tp_new, which a
+       dataclass without __new__ inherits. */
+    static PyObject *aal_object_new(PyObject *cls) {
+        static PyObject *empty = NULL;
+        if (empty == NULL && (empty = PyTuple_New(0)) == NULL)
+            return NULL;
+        return PyBaseObject_Type.tp_new((PyTypeObject *)cls, empty, NULL);
+    }
+    """
+    object aal_object_new(object cls)
+    int PyObject_GenericSetAttr(object o, object name, object value) except -1
+
+# Meminfo's fields in the order MeminfoFile fills them, with the KEYS
+# position each comes from (-1: computed).  Keep in step with
+# aal_core.sources.meminfo.KEYS and Meminfo.
+_MI_FIELDS = ("total", "available", "free", "buffers", "cached", "swap_total", "swap_free", "shmem",
+              "available_estimated", "nvmap_used", "nvmap_free", "cma_total", "cma_free")
+_MI_KEYS = (b"MemTotal", b"MemFree", b"MemAvailable", b"Buffers", b"Cached", b"SwapTotal", b"SwapFree",
+            b"Shmem", b"NvMapMemUsed", b"NvMapMemFree", b"CmaTotal", b"CmaFree")
+# a kB value below this is a byte count that fits comfortably in 63 bits
+cdef unsigned long long MI_SMALL = (<unsigned long long>1) << 50
+cdef enum:
+    MI_NF = 13
+
+
+cdef class MeminfoFile(KeyedFile):
+    """/proc/meminfo kept open; sample() → the frozen Meminfo dataclass, built
+    here from the parsed C values (bytes, MemAvailable estimated where the
+    kernel lacks it) without the tuple and the Python arithmetic of
+    sources.meminfo.from_values, which stays the reference: anything unusual
+    (MemTotal or MemFree missing, MemTotal 0, a value of 2**50 kB or more)
+    is handed to it, so its errors and values are the ones raised and
+    returned.  The object is the dataclass' own (created by object.__new__,
+    fields set with the generic setattr its frozen __setattr__ refuses, as
+    its __init__ does); an unchanged field keeps its int object, an
+    unchanged sample is the same (immutable) object."""
+
+    def __init__(self, path, keys, cls, fallback):
+        if tuple(keys) != _MI_KEYS:
+            raise ValueError("MeminfoFile reads the KEYS of aal_core.sources.meminfo, in order")
+        self._keys = _Keys(keys)
+        self.cls = cls
+        self.fallback = fallback
+        self.names = tuple([_intern(f) for f in _MI_FIELDS])
+        self.last = None
+        memset(self.last_u, 0, sizeof(self.last_u))
+        memset(self.last_has, 0, sizeof(self.last_has))
+        self.last_objs = [None] * MI_NF
+
+    cpdef object sample(self):
+        cdef _Keys ks = self._keys
+        cdef KeyTable* t = &ks.t
+        cdef Py_ssize_t n, k
+        cdef unsigned long long u[MI_NF]
+        cdef char has[MI_NF]
+        cdef unsigned long long total, free_, avail, est_sum, shm
+        cdef char* seen = t.seen
+        cdef unsigned long long* v = t.vals
+        cdef bint same
+        cdef list objs
+        cdef object m, o
+        if self.fd < 0:
+            raise ValueError(f"{self.path}: reader is closed")
+        with nogil:                     # one GIL release for the read and the parse
+            n = pread_whole(self.fd, &self.buf, &self.cap)
+            if n >= 0:
+                parse_keyed_c(self.buf, n, t)
+        if n < 0:
+            e = errno
+            raise OSError(e, os.strerror(e), self.path)
+        if not (seen[0] and seen[1]) or v[0] == 0:
+            return self.fallback(ks.result(), self.path)
+        for k in range(12):
+            if seen[k] and v[k] >= MI_SMALL:
+                return self.fallback(ks.result(), self.path)
+        total, free_ = v[0], v[1]
+        # fields in _MI_FIELDS order: 0 total, 1 available, 2 free, 3-7 buffers..shmem,
+        # 8 available_estimated (0/1), 9-12 the Jetson pools (None when absent)
+        if seen[2]:
+            avail = v[2]
+            u[8] = 0
+        else:
+            est_sum = free_ + (v[4] if seen[4] else 0) + (v[3] if seen[3] else 0)
+            shm = v[7] if seen[7] else 0
+            avail = est_sum - shm if est_sum > shm else 0
+            u[8] = 1
+        has[8] = 1
+        u[0], has[0] = total * 1024, 1
+        u[1], has[1] = (avail if avail < total else total) * 1024, 1
+        u[2], has[2] = free_ * 1024, 1
+        for k in range(3, 8):            # buffers cached swap_total swap_free shmem: 0 when absent
+            u[k] = v[k] * 1024 if seen[k] else 0
+            has[k] = 1
+        for k in range(9, 13):           # NvMapMemUsed NvMapMemFree CmaTotal CmaFree: KEYS 8-11
+            has[k] = seen[k - 1]
+            u[k] = v[k - 1] * 1024 if has[k] else 0
+        same = self.last is not None
+        if same:
+            for k in range(MI_NF):
+                if has[k] != self.last_has[k] or u[k] != self.last_u[k]:
+                    same = False
+                    break
+            if same:
+                return self.last
+        objs = self.last_objs
+        m = aal_object_new(self.cls)
+        for k in range(MI_NF):
+            if self.last is not None and has[k] == self.last_has[k] and u[k] == self.last_u[k]:
+                o = objs[k]
+            elif not has[k]:
+                o = None
+            elif k == 8:
+                o = u[k] != 0
+            else:
+                o = PyLong_FromUnsignedLongLong(u[k])
+            objs[k] = o
+            PyObject_GenericSetAttr(m, self.names[k], o)
+        memcpy(self.last_u, u, sizeof(u))
+        memcpy(self.last_has, has, sizeof(has))
+        self.last = m
+        return m

@@ -1,6 +1,9 @@
 """/proc/meminfo: host memory, and on Jetson the NvMap (GPU) and CMA pools.
 
-Read through a kept-open fd by the compiled KeyedFile (ext/kvfile.pyx).
+Read through a kept-open fd by the compiled MeminfoFile (ext/kvfile.pyx),
+which also builds the Meminfo from the parsed C values; `from_values` over
+KeyedFile's tuple is its pure-Python reference (and its fallback for what is
+unusual: tests/test_meminfo_diff.py holds the two to the same values).
 On kernels without MemAvailable (< 3.14, e.g. L4T 24 on a TX1) it is
 estimated the way earlyoom does (MemFree + Cached + Buffers - Shmem) and the
 sample says so (`available_estimated`).
@@ -11,7 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from ..errors import SourceError
-from ..kvfile import KeyedFile
+from ..kvfile import MeminfoFile
 from ._file import KeptOpenReader
 
 KEYS = (b"MemTotal", b"MemFree", b"MemAvailable", b"Buffers", b"Cached", b"SwapTotal", b"SwapFree",
@@ -75,7 +78,10 @@ class MeminfoReader(KeptOpenReader):
     name = "meminfo"
 
     def __init__(self, proc_root: str = "/proc"):
-        super().__init__(os.path.join(proc_root, "meminfo"), KeyedFile, KEYS)
+        super().__init__(os.path.join(proc_root, "meminfo"), MeminfoFile, KEYS, Meminfo, from_values)
 
     def read(self) -> Meminfo:
-        return from_values(self._values(), self.path)
+        try:
+            return self._f.sample()
+        except OSError as exc:
+            raise SourceError(f"{self.path}: read failed: {exc.strerror}") from None

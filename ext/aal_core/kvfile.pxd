@@ -44,3 +44,13 @@ cdef class KeyedFile(_OpenFile):
 
 cdef class ValueFile(_OpenFile):
     cpdef object read(self)
+
+cdef class MeminfoFile(KeyedFile):
+    cdef object cls                     # sources.meminfo.Meminfo
+    cdef object fallback                # sources.meminfo.from_values (the reference)
+    cdef tuple names                    # its field names, interned
+    cdef object last                    # the previous sample, and what it holds
+    cdef unsigned long long last_u[13]
+    cdef char last_has[13]
+    cdef list last_objs
+    cpdef object sample(self)
