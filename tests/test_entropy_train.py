@@ -117,6 +117,21 @@ def test_no_pairs_is_exit_1(tmp_path, capsys):
     assert not (tmp_path / "m.json").exists()
 
 
+def test_an_unwritable_out_is_exit_2_naming_it(tmp_path, capsys):
+    path = str(tmp_path / "l.aal")
+    led = Ledger.open(path)
+    for i in range(8):                      # beats with and without evidence, then a late entry
+        led.append({"type": "venom.decision", "time": 100.0 + i, "evidence": {"value": float(i % 3)},
+                    "anomalies": {"total": i % 3}})
+    led.append({"type": "venom.decision", "time": 1000.0, "evidence": {"value": 0.0}, "anomalies": {"total": 0}})
+    led.close()
+    out = tmp_path / "no-such-dir" / "m.json"
+    assert cli.main(["train", "--ledger", path, "--out", str(out), "--horizon", "5", "--epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write the model" in err and str(out.parent) in err
+    assert not out.parent.exists()
+
+
 def test_unreachable_daemon_is_exit_3(tmp_path, capsys):
     sock = str(tmp_path / "none.sock")
     assert cli.main(["train", "--socket", sock, "--out", str(tmp_path / "m.json")]) == 3

@@ -38,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from ..errors import LedgerError
 from ..ledger import Ledger
-from ..venom.entropy import ML_WEIGHT, write_model
+from ..venom.entropy import ML_WEIGHT, ModelError, write_model
 from . import Client, ConnectError, RpcCallError, default_socket
 
 __all__ = ["EntropyModel", "pairs_from_entries", "train"]
@@ -226,8 +226,12 @@ def main(argv=None) -> int:
     model, losses = train(pairs, epochs=args.epochs, lr=args.lr)
     out = os.path.abspath(args.out)
     w, b = model.parameters_exact()
-    model.export(out, trained_pairs=sum(n for *_, n in pairs), horizon_s=args.horizon,
-                 final_loss=losses[-1])
+    try:
+        model.export(out, trained_pairs=sum(n for *_, n in pairs), horizon_s=args.horizon,
+                     final_loss=losses[-1])
+    except ModelError as exc:
+        print(f"entropy: cannot write the model: {exc}", file=sys.stderr)
+        return 2
     print(f"entropy: weight {w:.6g} bias {b:.6g} loss {losses[0]:.4g} -> {losses[-1]:.4g} "
           f"on {sum(n for *_, n in pairs)} beats; wrote {out}")
     if args.set_model:
