@@ -46,7 +46,10 @@ PY310_SLOW = frozenset({
     "test_govern_example.py",
 })
 # Tests that run this interpreter as a second, unprivileged user.
-AS_OTHER_USER = frozenset({"test_a_non_root_daemon_still_confines_clear"})
+AS_OTHER_USER = frozenset({"test_a_non_root_daemon_still_confines_clear",
+                           # test_overlay_reads.py: its daemon runs as an ordinary user
+                           "test_clear_cannot_read_the_daemons_state_or_key_even_as_its_own_uid",
+                           "test_io_uring_is_refused_in_every_phase"})
 
 
 def others_can_load_this_python() -> bool:
