@@ -83,9 +83,17 @@ time.sleep(3600)
 """
 
 
-def _reader(proc, lines: list, started):
+def _clock() -> str:
+    """Wall-clock time as the daemon's log writes it (HH:MM:SS.mmm, local time)."""
+    now = time.time()
+    return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
+
+
+def _reader(proc, lines: list, started, timeline: list):
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))
+        if line.startswith("step "):
+            timeline.append(f"{_clock()} {line.rstrip()}")
         if line.startswith("step ") and started is not None and not started.is_set():
             n = int(line.split()[1])
             if n >= 3:
@@ -117,6 +125,10 @@ def run_once(condition: str, *, limit_mib: int, hog_mib: int, up_s: float, hold_
                 # trainer out of the cgroup it shares with the ramp.
                 cmd += ["--socket", daemon.socket, "--run-id", "bench"]
             lines: list[str] = []
+            # The timeline, for a failure's message: the trainer's steps, the
+            # ramp's start and the daemon's rungs.
+            timeline: list[str] = []
+            out["_timeline"] = timeline
             started = threading.Event()
             t0 = time.monotonic()
             def enter():
@@ -125,9 +137,10 @@ def run_once(condition: str, *, limit_mib: int, hog_mib: int, up_s: float, hold_
                     fh.write("1000")
             p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                  preexec_fn=enter)
-            threading.Thread(target=_reader, args=(p, lines, started), daemon=True).start()
+            threading.Thread(target=_reader, args=(p, lines, started, timeline), daemon=True).start()
             if not started.wait(timeout_s):
                 raise RuntimeError("the trainer did not start stepping")
+            timeline.append(f"{_clock()} the ramp starts")
             hog = subprocess.Popen([sys.executable, "-c", HOG, str(hog_mib), str(up_s), str(hold_s), str(down_s)],
                                    stdout=subprocess.DEVNULL, preexec_fn=cg.add_self)
             try:
@@ -150,6 +163,9 @@ def run_once(condition: str, *, limit_mib: int, hog_mib: int, up_s: float, hold_
                 out["rejected"] = sum(1 for r in reports if r.get("outcome") == "REJECTED")
                 out["_ledger_command_ids"] = sorted(c["command_id"] for c in cmds)
                 out["_ledger_applied_ids"] = sorted(r["command_id"] for r in reports if r.get("outcome") == "APPLIED")
+                timeline += [line[14:26] + " daemon: " + line.split(" why=")[-1]
+                             for line in daemon.log().splitlines() if " event=rung " in line]
+                timeline.sort()
         if os.path.exists(report):
             with open(report) as fh:
                 rep = json.load(fh)

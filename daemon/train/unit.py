@@ -40,7 +40,7 @@ from ..v1 import train_pb2
 from ..stress import thermal
 from .checks import sign_command
 from .ladder import Knobs, Ladder, build_rungs, commands_between, knobs_at
-from .swing import learn, peak_level, policy_stress
+from .swing import TROUGH_POINTS, ahead, learn, lift_level, policy_stress, trough_slope
 
 __all__ = ["TrainUnit"]
 
@@ -104,6 +104,8 @@ class Run:
     # per-step swing (peak - trough RSS, as a fraction of the budget).
     trough_used: float | None = None
     swings: dict = field(default_factory=dict)      # micro-batch -> swing
+    troughs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TROUGH_POINTS))
+    step_s: float = 0.0                # the latest report's step time
     discounted: int = 0                # samples whose trend was the run's own
     # The circuit breaker: open or not, why, since when (wall), and which
     # trigger ("stress" or "loss") opened it; stress >= pause_at while paused since.
@@ -147,6 +149,7 @@ class TrainUnit(Unit):
         self.expired_total = 0
         self.telemetry_packets_total = 0
         self._trend_since: float | None = None     # monotonic: the trend > 0 since
+        self._reporting: str | None = None         # the run whose report takes a sample now
         self.telemetry_events_total = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -206,43 +209,69 @@ class TrainUnit(Unit):
                 self._trend_since = now
             for run in list(self.runs.values()):
                 self._expire(run)
-                if run.ladder is not None and run.connected:
+                if run.ladder is not None and run.connected and run.run_id != self._reporting:
                     self._evaluate(run, self._policy_stress(run, sample), now)
         except Exception as exc:  # noqa: BLE001 - a bad run must not stop sensing's loop
             log.error("sample_failed", error=repr(exc))
 
+    def _grow(self, run: Run) -> tuple[float | None, float]:
+        """(the troughs' slope, what the budget's use grows by until the
+        run's next peak)."""
+        slope = trough_slope(run.troughs, self.ctx.clock.monotonic())
+        return slope, ahead(slope, run.step_s)
+
     def _policy_stress(self, run: Run, s) -> float:
-        """The stress the ladder reads for this run: the sample's, its trend
-        left out while it is the run's own step (swing.py)."""
+        """The stress the ladder reads for this run: the sample's, at least
+        the level of the run's next peak, its trend left out while it is the
+        run's own step (swing.py)."""
         swing = run.swings.get(run.reported.micro_batch) if run.reported is not None else None
         age = None if self._trend_since is None else self.ctx.clock.monotonic() - self._trend_since
         stress, discounted = policy_stress(float(s.stress), getattr(s, "components", None) or {},
                                            trough_used=run.trough_used, swing=swing,
                                            margin=self.cfg.own_swing_margin, trend_age_s=age,
-                                           trend_max_s=self.cfg.own_trend_max_s)
+                                           trend_max_s=self.cfg.own_trend_max_s, grow=self._grow(run)[1])
         run.discounted += discounted
         return stress
 
     def _below(self, run: Run) -> float | None:
-        """The level of the run's next peak one rung down (trough + its swing
-        at that rung's micro-batch), where that swing was measured: a rung is
-        not lifted for the run to be sent straight back by its own step."""
+        """The stress the lift of the run's rung is judged by (swing.lift_level):
+        a rung is not lifted for the run to be sent straight back by its own
+        step, nor while something else grows."""
         if run.ladder.rung == 0 or run.trough_used is None:
             return None
         lower = knobs_at(run.ladder.rungs, run.ladder.rung - 1, run.base, self.cfg.lr_rule)
-        swing = run.swings.get(lower.micro_batch)
-        return None if swing is None else peak_level(run.trough_used, swing)
+        slope = trough_slope(run.troughs, self.ctx.clock.monotonic())
+        return lift_level(run.trough_used, run.swings.get(lower.micro_batch), slope, run.step_s)
 
-    def _learn_swing(self, run: Run, pkt) -> None:
-        """The run's trough (the budget's use in the latest sample, taken at
-        its safe point) and its own per-step swing at this micro-batch, from
-        the packet's RSS trough and peak (the larger of this step's and the
-        mean with the last: one short step is no proof)."""
-        s = self.sensing.latest() if self.sensing is not None else None
+    def _trough_sample(self, run: Run):
+        """A sample taken now, at the run's safe point (its report): the
+        trough.  The latest periodic one may be 0.1-0.5 s old, taken anywhere
+        in a step.  This run's ladder is not evaluated on it by on_sample:
+        rpc_report does, once the trough is learnt."""
+        if self.sensing is None:
+            return None
+        self._reporting = run.run_id
+        try:
+            s = self.sensing.sample_once(force=True)
+        except Exception as exc:  # noqa: BLE001 - a failed read: the latest sample serves
+            log.error("trough_sample_failed", run_id=run.run_id, error=repr(exc))
+            s = None
+        finally:
+            self._reporting = None
+        return s if s is not None else self.sensing.latest()
+
+    def _learn_swing(self, run: Run, pkt, s) -> None:
+        """The run's trough (the budget's use in sample s, taken at its safe
+        point), the troughs' recent course, and its own per-step swing at this
+        micro-batch, from the packet's RSS trough and peak (the larger of this
+        step's and the mean with the last: one short step is no proof)."""
         comp = getattr(s, "components", None) or {}
         if "used" not in comp or "headroom_mb" not in comp or comp["used"] >= 1.0:
             return
         run.trough_used = float(comp["used"])
+        run.troughs.append((self.ctx.clock.monotonic(), run.trough_used))
+        if pkt.step_time_s > 0:
+            run.step_s = float(pkt.step_time_s)
         budget = float(comp["headroom_mb"]) * MIB / (1.0 - run.trough_used)
         mem = pkt.memory
         if not (mem.HasField("peak_rss_bytes") and mem.rss_bytes and budget > 0):
@@ -537,7 +566,8 @@ class TrainUnit(Unit):
             self._build_ladder(run)
         if not run.pending:
             run.assumed = run.reported
-        self._learn_swing(run, pkt)
+        s = self._trough_sample(run)
+        self._learn_swing(run, pkt, s)
         issued = []
         loss = pkt.training_loss
         if self.cfg.breaker_nonfinite_loss and not math.isfinite(loss) and not run.breaker_open:
@@ -546,7 +576,6 @@ class TrainUnit(Unit):
         elif run.breaker_open and run.breaker_kind == "loss" and math.isfinite(loss):
             issued += self._breaker(run, False, "loss", f"training loss {loss:.6g} at step {pkt.global_step} "
                                     f"is finite again: circuit closed", self._stress() or 0.0)
-        s = self.sensing.latest() if self.sensing is not None else None
         if s is not None:
             self._expire(run)
             issued += self._evaluate(run, self._policy_stress(run, s), self.ctx.clock.monotonic())
@@ -678,6 +707,10 @@ class TrainUnit(Unit):
                   "own_swing": {str(k): round(v, 6) for k, v in sorted(run.swings.items())}}
         if run.trough_used is not None:
             policy["trough_used"] = round(run.trough_used, 6)
+        slope, grow = self._grow(run)
+        if slope is not None:
+            policy["trough_slope_per_s"] = round(slope, 6)
+            policy["ahead"] = round(grow, 6)
         out["policy"] = policy
         if run.last_report_at is not None:
             out["last_report_at"] = run.last_report_at
