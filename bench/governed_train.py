@@ -89,6 +89,28 @@ def _clock() -> str:
     return time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
 
 
+def _secs(clock: str) -> float:
+    h, m, rest = clock.split(":")
+    return int(h) * 3600 + int(m) * 60 + float(rest)
+
+
+def climb(timeline: list[str]) -> dict:
+    """Seconds from the ramp's start to each rung the daemon climbed to
+    before its first lift: how fast the ladder answered the ramp."""
+    start = next((_secs(t.split()[0]) for t in timeline if t.endswith("the ramp starts")), None)
+    out = {}
+    if start is None:
+        return out
+    for t in timeline:
+        if " daemon: " not in t:
+            continue
+        if "lifted" in t:
+            break
+        name = t.rsplit("(", 1)[-1].rstrip(')"')
+        out[name] = round(_secs(t.split()[0]) - start, 2)
+    return out
+
+
 def _reader(proc, lines: list, started, timeline: list):
     for line in proc.stdout:
         lines.append(line.rstrip("\n"))
@@ -166,6 +188,7 @@ def run_once(condition: str, *, limit_mib: int, hog_mib: int, up_s: float, hold_
                 timeline += [line[14:26] + " daemon: " + line.split(" why=")[-1]
                              for line in daemon.log().splitlines() if " event=rung " in line]
                 timeline.sort()
+                out["climb_s"] = climb(timeline)
         if os.path.exists(report):
             with open(report) as fh:
                 rep = json.load(fh)
@@ -228,6 +251,9 @@ def main(argv=None) -> int:
         paused = sum(r.get("paused_s", 0.0) for r in w) / len(w)
         print(f"with: mean wall {ratio:.2f}x the reference's (floor: 1.00x, the unperturbed run; the ramp's own "
               f"hold is {args.hold:g} s), pauses per run {pauses}, mean paused {paused:.1f} s", flush=True)
+        peaks = [round(r.get("peak_fraction", float("nan")), 3) for r in w]
+        print(f"with: peak use {peaks} of the limit; rungs climbed, seconds after the ramp starts (it takes "
+              f"{args.up:g} s up): {[r.get('climb_s', {}) for r in w]}", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)

@@ -218,7 +218,7 @@ def test_hang_is_killed_at_its_timeout_with_its_process_group(d):
     t0 = time.monotonic()
     r = invoke(d, "misbehave", "run", "OPEN", {"mode": "hang"})
     assert time.monotonic() - t0 < 15
-    assert r["error"]["code"] == E.OVERLAY_TIMEOUT and "timed out after 5 s" in r["error"]["message"]
+    assert r["error"]["code"] == E.OVERLAY_TIMEOUT and "timed out after 5 s" in r["error"]["message"], r
     assert r["error"]["data"]["signal_name"] == "SIGKILL"
 
 
