@@ -15,6 +15,7 @@ Pure: the numbers in, a stress out.
 from __future__ import annotations
 
 from ..stress.classic import level
+from ..stress.trend import Ring
 
 __all__ = ["STRESS_PARTS", "ahead", "learn", "lift_level", "peak_level", "policy_stress", "trough_slope"]
 
@@ -46,26 +47,17 @@ def peak_level(trough_used: float, swing: float, grow: float = 0.0) -> float:
     return level(min(1.0, max(0.0, trough_used + grow + swing)))
 
 
-def trough_slope(points, now: float | None = None) -> float | None:
+def trough_slope(troughs: Ring, now: float | None = None) -> float | None:
     """The least-squares slope (fraction of the budget per second) of the
-    run's troughs, [(monotonic t, used fraction)] of its latest reports,
-    those within TROUGH_WINDOW_S of `now` (when given); None with fewer than
-    3 or spanning under TROUGH_MIN_SPAN_S.  Rising: something besides the
-    run's own step is growing (another process, a leak), and the run's next
-    peak will be that much higher."""
-    if now is not None:
-        points = [p for p in points if p[0] >= now - TROUGH_WINDOW_S]
-    if len(points) < 3:
+    run's troughs, a Ring of (monotonic t, used fraction) at its latest
+    reports, those within TROUGH_WINDOW_S of `now` (when given); None with
+    fewer than 3 or spanning under TROUGH_MIN_SPAN_S.  Rising: something
+    besides the run's own step is growing (another process, a leak), and
+    the run's next peak will be that much higher."""
+    slope, _, n, span = troughs.fit(float("-inf") if now is None else now - TROUGH_WINDOW_S)
+    if n < 3 or span < TROUGH_MIN_SPAN_S:
         return None
-    t0 = points[0][0]
-    ts = [t - t0 for t, _ in points]
-    if ts[-1] - ts[0] < TROUGH_MIN_SPAN_S:
-        return None
-    n = len(points)
-    mt = sum(ts) / n
-    mu = sum(u for _, u in points) / n
-    den = sum((t - mt) ** 2 for t in ts)
-    return sum((t - mt) * (u - mu) for t, (_, u) in zip(ts, points)) / den
+    return slope
 
 
 def ahead(slope: float | None, step_s: float) -> float:

@@ -38,6 +38,7 @@ from ..runes import format_profile, resolve
 from ..units import Unit
 from ..v1 import train_pb2
 from ..stress import thermal
+from ..stress.trend import Ring
 from .checks import sign_command
 from .ladder import Knobs, Ladder, build_rungs, commands_between, knobs_at
 from .swing import TROUGH_POINTS, ahead, learn, lift_level, policy_stress, trough_slope
@@ -104,7 +105,7 @@ class Run:
     # per-step swing (peak - trough RSS, as a fraction of the budget).
     trough_used: float | None = None
     swings: dict = field(default_factory=dict)      # micro-batch -> swing
-    troughs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=TROUGH_POINTS))
+    troughs: Ring = field(default_factory=lambda: Ring(TROUGH_POINTS))     # (monotonic, trough_used)
     step_s: float = 0.0                # the latest report's step time
     discounted: int = 0                # samples whose trend was the run's own
     # The circuit breaker: open or not, why, since when (wall), and which
@@ -240,7 +241,7 @@ class TrainUnit(Unit):
         if run.ladder.rung == 0 or run.trough_used is None:
             return None
         lower = knobs_at(run.ladder.rungs, run.ladder.rung - 1, run.base, self.cfg.lr_rule)
-        slope = trough_slope(run.troughs, self.ctx.clock.monotonic())
+        slope, _ = self._grow(run)
         return lift_level(run.trough_used, run.swings.get(lower.micro_batch), slope, run.step_s)
 
     def _trough_sample(self, run: Run):
@@ -269,7 +270,7 @@ class TrainUnit(Unit):
         if "used" not in comp or "headroom_mb" not in comp or comp["used"] >= 1.0:
             return
         run.trough_used = float(comp["used"])
-        run.troughs.append((self.ctx.clock.monotonic(), run.trough_used))
+        run.troughs.push(self.ctx.clock.monotonic(), run.trough_used)
         if pkt.step_time_s > 0:
             run.step_s = float(pkt.step_time_s)
         budget = float(comp["headroom_mb"]) * MIB / (1.0 - run.trough_used)
